@@ -1,0 +1,37 @@
+# Every target bootstraps .venv on first use. TORCH_SPEC picks the torch build:
+#   default torch==2.13.0 (CPU); e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>" for GPUs.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,parquet,joblib
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
+
+.PHONY: venv run test test-all lint bench bench-compare clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The main job: the default trace, its statistics and plots.
+run: venv
+	$(PY) -m traces.cli demo --out outputs/demo
+
+# The default test suite (slow tests excluded; `make test-all` runs everything).
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .benchmarks

@@ -1,0 +1,165 @@
+"""Importers for routing traces recorded by other tools.
+
+* :func:`import_olmoe_npz`   the per-event npz of OLMoE-1B-7B decode traces (one row per generated
+  token and layer, with sequence / domain ids);
+* :func:`import_mixtral_jsonl` the per-row JSONL of Mixtral-8x7B traces (one object per token and
+  layer, several files = several datasets).
+
+Both keep request (sequence) boundaries as ``request_id``, the token position as ``position``, the
+dataset as ``domain`` (names in ``meta.extra['domains']``) and mark every step as decode, since
+neither source recorded prefill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from traces.errors import ImportFormatError
+from traces.trace import DECODE, EXPERT_DTYPE, GATE_DTYPE, Trace, TraceMeta, make_trace, now_iso
+
+IMPORTER_VERSION = "1"
+OLMOE_DOMAINS = ["wikitext-103", "mbpp", "gsm8k", "arc-challenge"]
+_OLMOE_FIELDS = ("sequence_id", "domain_id", "generated_token_index", "layer_index",
+                 "requested_expert_ids", "router_weights")
+
+
+def import_olmoe_npz(path: str | os.PathLike[str], *, num_experts: int = 64,
+                     model: str = "OLMoE-1B-7B-0924") -> Trace:
+    """Read the OLMoE per-event npz into a ``[tokens, 16, 8]`` trace (requests in file order)."""
+    name = str(path)
+    try:
+        data = np.load(name, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ImportFormatError(f"cannot read npz ({exc})", file=name) from None
+    with data:
+        missing = [f for f in _OLMOE_FIELDS if f not in data.files]
+        if missing:
+            raise ImportFormatError(f"missing arrays {missing}", file=name, field=missing[0])
+        seq = data["sequence_id"].astype(np.int64)
+        dom = data["domain_id"].astype(np.int16)
+        tok = data["generated_token_index"].astype(np.int64)
+        layer = data["layer_index"].astype(np.int64)
+        ids = data["requested_expert_ids"]
+        weights = data["router_weights"]
+    n_layers = int(layer.max()) + 1 if layer.size else 0
+    top_k = ids.shape[1]
+    # Events are (sequence, token, layer) in file order; sort defensively by that key.
+    order = np.lexsort((layer, tok, seq))
+    seq, dom, tok, layer, ids, weights = seq[order], dom[order], tok[order], layer[order], ids[order], \
+        weights[order]
+    if len(seq) % n_layers:
+        raise ImportFormatError(f"{len(seq)} events are not a multiple of {n_layers} layers", file=name,
+                                field="layer_index")
+    T = len(seq) // n_layers
+    expect = np.tile(np.arange(n_layers), T)
+    bad = np.flatnonzero(layer != expect)
+    if bad.size:
+        raise ImportFormatError(f"token at event {order[bad[0]]} lacks layer {expect[bad[0]]}", file=name,
+                                field="layer_index", index=int(order[bad[0]]))
+    step_seq = seq[::n_layers]
+    if np.any(seq.reshape(T, n_layers) != step_seq[:, None]):
+        raise ImportFormatError("a token's layers span two sequences", file=name, field="sequence_id")
+    meta = TraceMeta(
+        model=model, num_layers=n_layers, num_experts=num_experts, top_k=top_k,
+        source="imported:olmoe-npz", generator="traces.importers.import_olmoe_npz",
+        generator_version=IMPORTER_VERSION, created_at=now_iso(),
+        notes=f"from {Path(name).name}; decode only; router weights are softmax over all experts",
+        extra={"domains": OLMOE_DOMAINS, "gate_normalisation": "softmax-all-experts"})
+    return make_trace(ids.reshape(T, n_layers, top_k).astype(EXPERT_DTYPE), meta,
+                      gate_weights=weights.reshape(T, n_layers, top_k).astype(GATE_DTYPE),
+                      request_id=step_seq, position=tok[::n_layers], phase=np.full(T, DECODE, np.int8),
+                      domain=dom[::n_layers], file=name)
+
+
+def import_mixtral_jsonl(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
+                         num_layers: int = 32, num_experts: int = 8,
+                         model: str = "Mixtral-8x7B-Instruct") -> Trace:
+    """Read one or more Mixtral per-row JSONL files into one trace.
+
+    Each (dataset, problem_id) becomes a request. The collector dropped rows whose two weights were
+    exactly 0.5 and renumbered tokens per layer, so layers of one request can differ by a few rows;
+    rows are aligned per layer by ``token_idx`` and each request is cut to its shortest layer (the
+    number of tokens dropped is kept in ``meta.extra['dropped_rows']``).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    per_request: dict[tuple[str, int], dict[int, dict[int, tuple[list[int], list[float]]]]] = {}
+    domains: list[str] = []
+    top_k = 0
+    for path in sorted(str(p) for p in paths):
+        with open(path) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    key = (str(row["dataset"]), int(row["problem_id"]))
+                    layer, tok = int(row["layer"]), int(row["token_idx"])
+                    experts = [int(e) for e in row["experts"]]
+                    probs = [float(p) for p in row["gating_probs"]]
+                except json.JSONDecodeError as exc:
+                    raise ImportFormatError(f"not JSON ({exc.msg})", file=path, field="line",
+                                            index=lineno) from None
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ImportFormatError(f"bad or missing field ({exc!r})", file=path, field="row",
+                                            index=lineno) from None
+                if not 0 <= layer < num_layers:
+                    raise ImportFormatError(f"layer {layer} outside [0, {num_layers})", file=path,
+                                            field="layer", index=lineno)
+                if len(experts) != len(probs):
+                    raise ImportFormatError("experts and gating_probs differ in length", file=path,
+                                            field="gating_probs", index=lineno)
+                top_k = max(top_k, len(experts))
+                if key[0] not in domains:
+                    domains.append(key[0])
+                per_request.setdefault(key, defaultdict(dict))[layer][tok] = (experts, probs)
+    experts_out, gates_out, req_out, pos_out, dom_out = [], [], [], [], []
+    dropped = 0
+    for rid, key in enumerate(sorted(per_request)):
+        layers = per_request[key]
+        counts = [len(layers.get(layer, {})) for layer in range(num_layers)]
+        n_tok = min(counts)
+        dropped += sum(counts) - n_tok * num_layers
+        e = np.full((n_tok, num_layers, top_k), -1, EXPERT_DTYPE)
+        g = np.zeros((n_tok, num_layers, top_k), GATE_DTYPE)
+        for layer in range(num_layers):
+            rows = layers[layer]
+            for i, tok in enumerate(sorted(rows)[:n_tok]):
+                ids, probs = rows[tok]
+                e[i, layer, :len(ids)] = ids
+                g[i, layer, :len(probs)] = probs
+        experts_out.append(e)
+        gates_out.append(g)
+        req_out.append(np.full(n_tok, rid, np.int64))
+        pos_out.append(np.arange(n_tok))
+        dom_out.append(np.full(n_tok, domains.index(key[0]), np.int16))
+    if not experts_out:
+        raise ImportFormatError("no rows found", file=",".join(str(p) for p in paths))
+    meta = TraceMeta(
+        model=model, num_layers=num_layers, num_experts=num_experts, top_k=top_k,
+        source="imported:mixtral-jsonl", generator="traces.importers.import_mixtral_jsonl",
+        generator_version=IMPORTER_VERSION, created_at=now_iso(),
+        notes="decode only; gating probabilities renormalised over the top-k",
+        extra={"domains": domains, "requests": [f"{d}/{p}" for d, p in sorted(per_request)],
+               "dropped_rows": int(dropped), "gate_normalisation": "softmax-top-k"})
+    T = sum(len(r) for r in req_out)
+    return make_trace(np.concatenate(experts_out), meta, gate_weights=np.concatenate(gates_out),
+                      request_id=np.concatenate(req_out), position=np.concatenate(pos_out),
+                      phase=np.full(T, DECODE, np.int8), domain=np.concatenate(dom_out))
+
+
+def shared_data_dir() -> Path | None:
+    """The ``../shared/data`` folder beside the repository (or ``$MOESIM_SHARED_DATA``), if present."""
+    env = os.environ.get("MOESIM_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
