@@ -1,0 +1,46 @@
+"""The one replay loop every policy shares (inlined into each policy's cached ``replay``).
+
+A replay is a sequence of *rows*: all experts one (token, layer) needs at once. ``keys`` holds the
+rows back to back (CSR: row ``r`` is ``keys[row_ptr[r]:row_ptr[r + 1]]``, already in the chosen
+tie-break order), ``row_time[r]`` is the row's global layer-clock step, ``next_use[i]`` is the row
+time at which ``keys[i]`` is requested next (``NEVER`` if never; only OPT-like policies read it).
+
+Before a row is served every key in it is *guarded* (``guard[key] == stamp``): a policy may not
+choose a guarded key as victim, so the experts of one row never evict each other. A policy's
+``access(state, key, now, next_use, guard, stamp)`` returns ``HIT``, ``MISS`` (inserted, nothing
+evicted) or the evicted key (>= 0); it inserts on every miss.
+
+Why inline: numba cannot cache a function that takes another jitted function as an argument, but
+a per-policy ``replay`` that calls this inlined loop with its own ``access`` is cached normally.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+HIT = -2
+MISS = -1
+NEVER = np.iinfo(np.int64).max
+
+
+@njit(inline="always")
+def replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """Serve every row; write 1/0 per access into ``hits_out``; return the number of evictions."""
+    guard = np.full(num_keys, -1, np.int64)
+    evictions = 0
+    for r in range(row_ptr.shape[0] - 1):
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        for i in range(lo, hi):
+            guard[keys[i]] = r
+        now = row_time[r]
+        for i in range(lo, hi):
+            res = access(state, keys[i], now, next_use[i], guard, r)
+            if res == HIT:
+                hits_out[i] = 1
+            else:
+                hits_out[i] = 0
+                if res >= 0:
+                    evictions += 1
+    return evictions
