@@ -2,7 +2,7 @@
 #   default torch==2.13.0 (CPU); e.g. TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>" for GPUs.
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,parquet,joblib
+EXTRAS ?= dev,parquet,joblib,record
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)

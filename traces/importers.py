@@ -13,6 +13,7 @@ neither source recorded prefill.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -47,7 +48,19 @@ def import_olmoe_npz(path: str | os.PathLike[str], *, num_experts: int = 64,
         layer = data["layer_index"].astype(np.int64)
         ids = data["requested_expert_ids"]
         weights = data["router_weights"]
-    n_layers = int(layer.max()) + 1 if layer.size else 0
+    if layer.size == 0:
+        raise ImportFormatError("no events", file=name, field="layer_index")
+    n = len(layer)
+    for field, arr in (("sequence_id", seq), ("domain_id", dom), ("generated_token_index", tok)):
+        if arr.shape != (n,):
+            raise ImportFormatError(f"shape {arr.shape} differs from layer_index ({n},)", file=name,
+                                    field=field)
+    if ids.ndim != 2 or ids.shape[0] != n or weights.shape != ids.shape:
+        raise ImportFormatError(f"requested_expert_ids {ids.shape} and router_weights {weights.shape} "
+                                f"must both be [{n}, top_k]", file=name, field="requested_expert_ids")
+    # Checked in file order so the error names the event (row) of the file, not a trace index.
+    _check_rows(ids, weights, num_experts, name, ("requested_expert_ids", "router_weights"))
+    n_layers = int(layer.max()) + 1
     top_k = ids.shape[1]
     # Events are (sequence, token, layer) in file order; sort defensively by that key.
     order = np.lexsort((layer, tok, seq))
@@ -77,6 +90,35 @@ def import_olmoe_npz(path: str | os.PathLike[str], *, num_experts: int = 64,
                       domain=dom[::n_layers], file=name)
 
 
+def _check_rows(ids: np.ndarray, weights: np.ndarray, num_experts: int, file: str,
+                fields: tuple[str, str]) -> None:
+    """Expert ids in range and distinct per row, weights finite and >= 0; errors name the row."""
+    ids = np.asarray(ids, np.int64)
+    bad_ids = ((ids < 0) | (ids >= num_experts)).any(axis=1)
+    srt = np.sort(ids, axis=1)
+    dup = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+    bad_w = (~np.isfinite(weights) | (weights < 0)).any(axis=1)
+    for bad, field, why in ((bad_ids, fields[0], f"outside [0, {num_experts})"),
+                            (dup, fields[0], "repeat an expert"), (bad_w, fields[1], "must be finite and >= 0")):
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            values = (ids if field == fields[0] else weights)[r].tolist()
+            raise ImportFormatError(f"{values} {why}", file=file, field=field, index=r)
+
+
+def _check_row(experts: list[int], probs: list[float], num_experts: int, file: str, line: int) -> None:
+    """The same checks for one JSONL row (plain Python: numpy per row would dominate the import)."""
+    if any(not 0 <= e < num_experts for e in experts):
+        raise ImportFormatError(f"expert ids {experts} outside [0, {num_experts})", file=file, field="experts",
+                                index=line)
+    if len(set(experts)) != len(experts):
+        raise ImportFormatError(f"expert ids {experts} repeat an expert", file=file, field="experts",
+                                index=line)
+    if any(not math.isfinite(p) or p < 0 for p in probs):
+        raise ImportFormatError(f"gating_probs {probs} must be finite and >= 0", file=file,
+                                field="gating_probs", index=line)
+
+
 def import_mixtral_jsonl(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
                          num_layers: int = 32, num_experts: int = 8,
                          model: str = "Mixtral-8x7B-Instruct") -> Trace:
@@ -91,6 +133,7 @@ def import_mixtral_jsonl(paths: Sequence[str | os.PathLike[str]] | str | os.Path
         paths = [paths]
     per_request: dict[tuple[str, int], dict[int, dict[int, tuple[list[int], list[float]]]]] = {}
     domains: list[str] = []
+    origin: dict[tuple[str, int], str] = {}  # the file that first named each request
     top_k = 0
     for path in sorted(str(p) for p in paths):
         with open(path) as fh:
@@ -115,15 +158,20 @@ def import_mixtral_jsonl(paths: Sequence[str | os.PathLike[str]] | str | os.Path
                 if len(experts) != len(probs):
                     raise ImportFormatError("experts and gating_probs differ in length", file=path,
                                             field="gating_probs", index=lineno)
+                _check_row(experts, probs, num_experts, path, lineno)
                 top_k = max(top_k, len(experts))
                 if key[0] not in domains:
                     domains.append(key[0])
+                origin.setdefault(key, path)
                 per_request.setdefault(key, defaultdict(dict))[layer][tok] = (experts, probs)
     experts_out, gates_out, req_out, pos_out, dom_out = [], [], [], [], []
     dropped = 0
     for rid, key in enumerate(sorted(per_request)):
         layers = per_request[key]
         counts = [len(layers.get(layer, {})) for layer in range(num_layers)]
+        if min(counts) == 0:
+            raise ImportFormatError(f"request {key[0]}/{key[1]} has no rows for layer {counts.index(0)}",
+                                    file=origin[key], field="layer")
         n_tok = min(counts)
         dropped += sum(counts) - n_tok * num_layers
         e = np.full((n_tok, num_layers, top_k), -1, EXPERT_DTYPE)

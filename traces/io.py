@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,7 +164,7 @@ def load_npz(path: str | os.PathLike[str]) -> Trace:
     name = str(path)
     try:
         data = np.load(name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CorruptTraceFileError(f"cannot read npz ({exc})", file=name) from None
     with data:
         if "__meta__" not in data.files:
@@ -197,13 +198,24 @@ def _rows(trace: Trace) -> Iterator[dict[str, Any]]:
                 row: dict[str, Any] = {"step": t, "layer": layer}
                 for n, arr in steps.items():
                     row[n] = int(arr[t])
-                keep = e[i, layer] != PAD
-                row["experts"] = e[i, layer][keep].tolist()
+                # Only trailing pads are dropped: a pad inside a row keeps its slot, so the
+                # text forms give back exactly the same arrays.
+                n = _kept_width(e[i, layer], None if g is None else g[i, layer])
+                row["experts"] = e[i, layer][:n].tolist()
                 if g is not None:
-                    row["gates"] = [float(x) for x in g[i, layer][keep]]
+                    row["gates"] = [float(x) for x in g[i, layer][:n]]
                 if p is not None:
-                    row["predicted"] = p[i, layer][p[i, layer] != PAD].tolist()
+                    row["predicted"] = p[i, layer][:_kept_width(p[i, layer], None)].tolist()
                 yield row
+
+
+def _kept_width(ids: np.ndarray, gates: np.ndarray | None) -> int:
+    """Slots up to the last one holding an expert or a gate whose bits are not all zero."""
+    used = ids != PAD
+    if gates is not None:
+        used |= gates.view(np.uint32) != 0  # -0.0 and a weight on a pad slot count as data
+    nz = np.flatnonzero(used)
+    return int(nz[-1]) + 1 if nz.size else 0
 
 
 def _chunked(trace: Trace) -> Iterator[tuple[int, Trace]]:
@@ -213,12 +225,17 @@ def _chunked(trace: Trace) -> Iterator[tuple[int, Trace]]:
         start += chunk.num_steps
 
 
+def _head(trace: Trace) -> dict[str, Any]:
+    """The first line of the row forms; ``fields`` lists the optional arrays even when T == 0."""
+    return {"meta": trace.meta.to_strings(), "width": trace.width,
+            "predicted_width": None if trace.predicted is None else trace.predicted.shape[2],
+            "fields": sorted(trace.optional_fields())}
+
+
 def save_jsonl(trace: Trace, path: str | os.PathLike[str]) -> Path:
     """First line ``{"meta": {...}}``, then one JSON object per (step, layer)."""
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        fh.write(json.dumps({"meta": trace.meta.to_strings(), "width": trace.width,
-                             "predicted_width": None if trace.predicted is None else trace.predicted.shape[2]})
-                 + "\n")
+        fh.write(json.dumps(_head(trace)) + "\n")
         for row in _rows(trace):
             fh.write(json.dumps(row) + "\n")
     return Path(path)
@@ -232,9 +249,7 @@ def save_csv(trace: Trace, path: str | os.PathLike[str]) -> Path:
     if trace.predicted is not None:
         cols.append("predicted")
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        head = {"meta": trace.meta.to_strings(), "width": trace.width,
-                "predicted_width": None if trace.predicted is None else trace.predicted.shape[2]}
-        fh.write("# moesim.trace " + json.dumps(head) + "\n")
+        fh.write("# moesim.trace " + json.dumps(_head(trace)) + "\n")
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for row in _rows(trace):
@@ -277,7 +292,12 @@ def load_csv(path: str | os.PathLike[str]) -> Trace:
         if not first.startswith(prefix):
             raise ImportFormatError(f"first line must start with '{prefix}'", file=name, field="header",
                                     index=1)
-        head = json.loads(first[len(prefix):])
+        try:
+            head = json.loads(first[len(prefix):])
+            meta_strings = head["meta"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ImportFormatError(f"first line must be '{prefix}{{\"meta\": {{...}}}}'", file=name,
+                                    field="header", index=1) from None
         reader = csv.DictReader(fh)
 
         def rows() -> Iterator[tuple[int, dict[str, Any]]]:
@@ -288,14 +308,14 @@ def load_csv(path: str | os.PathLike[str]) -> Trace:
                         raise ImportFormatError("wrong number of columns", file=name, field="row",
                                                 index=lineno)
                     if key in ("experts", "predicted"):
-                        out[key] = [int(v) for v in value.split()]
+                        out[key] = [_parse_int(v, name, key, lineno) for v in value.split()]
                     elif key == "gates":
-                        out[key] = [float(v) for v in value.split()]
+                        out[key] = [_parse_float(v, name, key, lineno) for v in value.split()]
                     else:
                         out[key] = _parse_int(value, name, key, lineno)
                 yield lineno, out
 
-        return _from_rows(rows(), head, head["meta"], name)
+        return _from_rows(rows(), head, meta_strings, name)
 
 
 def _parse_int(value: str, file: str, field: str, lineno: int) -> int:
@@ -303,6 +323,28 @@ def _parse_int(value: str, file: str, field: str, lineno: int) -> int:
         return int(value)
     except ValueError:
         raise ImportFormatError(f"not an integer: {value!r}", file=file, field=field, index=lineno) from None
+
+
+def _parse_float(value: str, file: str, field: str, lineno: int) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ImportFormatError(f"not a number: {value!r}", file=file, field=field, index=lineno) from None
+
+
+def _fill(dest: np.ndarray, values: Any, file: str, field: str, lineno: int) -> None:
+    """Copy a row's list into the first slots of ``dest``; refuse a list too long or not numeric."""
+    try:
+        n = len(values)
+        if n > dest.shape[0]:
+            raise ImportFormatError(f"{n} values exceed the width {dest.shape[0]}", file=file, field=field,
+                                    index=lineno)
+        dest[:n] = values
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ImportFormatError):
+            raise
+        raise ImportFormatError(f"bad values {values!r} ({exc})", file=file, field=field,
+                                index=lineno) from None
 
 
 def _from_rows(rows: Iterator[tuple[int, dict[str, Any]]], head: dict[str, Any],
@@ -315,6 +357,7 @@ def _from_rows(rows: Iterator[tuple[int, dict[str, Any]]], head: dict[str, Any],
     predicted: list[np.ndarray] = []
     steps: dict[str, list[int]] = {n: [] for n in _ROW_STEP_FIELDS}
     present: set[str] = set()
+    next_layer = L  # rows come step by step, layers 0..L-1 each; a missing one is an error
     for lineno, row in rows:
         try:
             t, layer = int(row["step"]), int(row["layer"])
@@ -322,6 +365,9 @@ def _from_rows(rows: Iterator[tuple[int, dict[str, Any]]], head: dict[str, Any],
             raise ImportFormatError("row needs integer 'step' and 'layer'", file=name, field="step",
                                     index=lineno) from None
         if layer == 0:
+            if next_layer != L:
+                raise ImportFormatError(f"step {t - 1} stops at layer {next_layer - 1} of {L}", file=name,
+                                        field="layer", index=lineno)
             if t != len(experts):
                 raise ImportFormatError(f"step {t} out of order (expected {len(experts)})", file=name,
                                         field="step", index=lineno)
@@ -333,20 +379,23 @@ def _from_rows(rows: Iterator[tuple[int, dict[str, Any]]], head: dict[str, Any],
                 if n in row:
                     present.add(n)
                     steps[n].append(int(row[n]))
-        elif t != len(experts) - 1 or layer >= L:
-            raise ImportFormatError(f"row (step {t}, layer {layer}) out of order", file=name, field="layer",
+        elif t != len(experts) - 1 or layer != next_layer:
+            raise ImportFormatError(f"row (step {t}, layer {layer}) out of order (expected step "
+                                    f"{len(experts) - 1}, layer {next_layer})", file=name, field="layer",
                                     index=lineno)
-        ids = list(row.get("experts", []))
-        if len(ids) > K:
-            raise ImportFormatError(f"{len(ids)} experts exceed the width {K}", file=name, field="experts",
-                                    index=lineno)
-        experts[-1][layer, :len(ids)] = ids
+        next_layer = layer + 1
+        _fill(experts[-1][layer], row.get("experts", []), name, "experts", lineno)
         if "gates" in row:
             present.add("gate_weights")
-            gates[-1][layer, :len(row["gates"])] = row["gates"]
+            _fill(gates[-1][layer], row["gates"], name, "gates", lineno)
         if pk and "predicted" in row:
-            predicted[-1][layer, :len(row["predicted"])] = row["predicted"]
+            _fill(predicted[-1][layer], row["predicted"], name, "predicted", lineno)
+    if next_layer != L:
+        raise ImportFormatError(f"the last step stops at layer {next_layer - 1} of {L}", file=name,
+                                field="layer")
     T = len(experts)
+    if T == 0:  # no rows to show which fields exist: the head lists them
+        present.update(f for f in head.get("fields", ()) if f in (*_ROW_STEP_FIELDS, "gate_weights"))
     kw: dict[str, Any] = {n: np.asarray(steps[n]) for n in _ROW_STEP_FIELDS if n in present}
     for n in list(kw):
         if len(kw[n]) != T:

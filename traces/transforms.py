@@ -68,7 +68,8 @@ def batch_decode(trace: Trace, batch_size: int) -> Trace:
     experts = np.asarray(dec.experts)
     gates = None if dec.gate_weights is None else np.asarray(dec.gate_weights)
     # Simulate the slots: cursor[s] = next step of the request in slot s.
-    queue = list(zip(starts.tolist(), stops.tolist(), strict=True))
+    # A trace without request ids and no decode steps is one empty "request": skip empties.
+    queue = [(a, b) for a, b in zip(starts.tolist(), stops.tolist(), strict=True) if b > a]
     slots: list[list[int]] = []
     while queue and len(slots) < batch_size:
         slots.append(list(queue.pop(0)))
@@ -109,7 +110,8 @@ def batch_decode(trace: Trace, batch_size: int) -> Trace:
     meta = trace.meta.with_updates(extra={**trace.meta.extra, "batch_size": batch_size,
                                           "batched_from_steps": dec.num_steps})
     return make_trace(np.stack(out_e) if T else np.zeros((0, L, width), EXPERT_DTYPE), meta,
-                      gate_weights=np.stack(out_g) if (T and gates is not None) else None,
+                      gate_weights=None if gates is None else
+                      (np.stack(out_g) if T else np.zeros((0, L, width), np.float32)),
                       request_id=np.arange(T), position=np.asarray(active, np.int64),
                       phase=np.full(T, DECODE, np.int8))
 

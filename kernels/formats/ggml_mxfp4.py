@@ -1,0 +1,65 @@
+"""ggml's ``block_mxfp4`` (GGUF type MXFP4) and lossless conversion to and from the gpt-oss layout.
+
+One block is 17 bytes: the E8M0 scale byte ``e``, then 16 bytes ``qs`` where byte ``j`` holds element
+``j`` in its low nibble and element ``j + 16`` in its high nibble (gpt-oss pairs ``2j`` / ``2j + 1``
+instead). A row of K values is K/32 consecutive blocks; :func:`to_ggml` returns ``[..., G, 17]``,
+whose ``.reshape(-1)`` is the byte stream of a tensor.
+
+ggml decodes with a doubled table (the E2M1 values times 2: 0, 1, 2, 3, 4, 6, 8, 12 and negatives)
+and a *half* scale ``2^(e-128)`` built from bits (``e < 2``: the subnormals 2^-128, 2^-127; else
+``(e - 1) << 23``), so its values are exactly ``E2M1 * 2^(e-127)`` for every byte, including 0xFF:
+ggml has no NaN scale, and 0xFF gives ``E2M1 * 2^128`` (+-0.5 -> +-2^127, +-0 -> +-0, larger
+magnitudes +-Inf), where OCP decoding gives a NaN block. :func:`decode_ggml` reproduces ggml's
+arithmetic. Conversion only moves nibbles and bytes, so ggml -> gpt-oss -> ggml (and the reverse)
+is bit-identical for every input, 0xFF scales included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.formats.base import FormatError
+from kernels.formats.gptoss import decode_gptoss
+
+BLOCK_BYTES = 17
+
+
+def to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """gpt-oss ``blocks [..., G, 16]`` + ``scales [..., G]`` -> ggml ``block_mxfp4`` bytes ``[..., G, 17]``."""
+    b = np.asarray(blocks, dtype=np.uint8)
+    s = np.asarray(scales, dtype=np.uint8)
+    if b.ndim < 1 or b.shape[-1] != 16 or b.shape[:-1] != s.shape:
+        raise FormatError(f"to_ggml: blocks {b.shape} / scales {s.shape} are not [..., G, 16] / [..., G]")
+    # Unpack to element order (2j low, 2j+1 high), then repack as (j low, j+16 high).
+    elems = np.empty((*b.shape[:-1], 32), np.uint8)
+    elems[..., 0::2] = b & 0xF
+    elems[..., 1::2] = b >> 4
+    out = np.empty((*b.shape[:-1], BLOCK_BYTES), np.uint8)
+    out[..., 0] = s
+    out[..., 1:] = elems[..., :16] | (elems[..., 16:] << 4)
+    return out
+
+
+def from_ggml(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml bytes ``[..., G, 17]`` (or a flat stream whose length is a multiple of 17) -> gpt-oss
+    ``(blocks [..., G, 16], scales [..., G])``."""
+    r = np.asarray(raw, dtype=np.uint8)
+    if r.ndim == 1:
+        if r.size % BLOCK_BYTES != 0:
+            raise FormatError(f"from_ggml: a flat stream of {r.size} bytes is not a whole number of "
+                              f"{BLOCK_BYTES}-byte blocks")
+        r = r.reshape(-1, BLOCK_BYTES)
+    if r.shape[-1] != BLOCK_BYTES:
+        raise FormatError(f"from_ggml: last dimension of shape {r.shape} must be {BLOCK_BYTES}")
+    qs = r[..., 1:]
+    elems = np.concatenate([qs & 0xF, qs >> 4], axis=-1)  # element j, then element j + 16
+    blocks = (elems[..., 0::2] | (elems[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, np.ascontiguousarray(r[..., 0])
+
+
+def decode_ggml(raw: np.ndarray, *, dtype: Any = np.float32, backend: str = "numba") -> np.ndarray:
+    """ggml's own dequantization (``kvalue * half_scale``) of ``[..., G, 17]`` -> ``[..., G * 32]``."""
+    blocks, scales = from_ggml(raw)
+    return decode_gptoss(blocks, scales, dtype=dtype, ldexp="exact", backend=backend)

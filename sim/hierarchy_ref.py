@@ -1,0 +1,248 @@
+"""Plain-Python twin of :func:`sim.hierarchy.simulate_hierarchy`, for the tests.
+
+It re-implements the L1 policies it supports (``lru``, ``fifo``, ``opt``) as small step-by-step
+classes, and L2 with ordered dicts, following the rules in :mod:`sim.hierarchy`'s docstring
+rather than its code.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.hierarchy import (
+    COUNTERS,
+    KIND_DEMAND,
+    KIND_PREFETCH,
+    SRC_DRAM,
+    SRC_L1,
+    SRC_SSD,
+    DemandRows,
+    HierarchyConfig,
+    HierarchyResult,
+    TransferEvents,
+    check_capacities,
+    demand_rows,
+    prefetch_next_use,
+)
+from sim.kernel import NEVER
+from sim.prefetch import PrefetchPlan, empty_plan
+from sim.rows import next_use_reference
+from traces.trace import Trace
+
+HIT = "hit"
+
+
+class _Lru:
+    def __init__(self, capacity: int) -> None:
+        self.cap = capacity
+        self.d: OrderedDict[int, None] = OrderedDict()  # first = least recent
+
+    def access(self, key: int, now: int, next_use: int, guard: set[int]) -> Any:
+        if key in self.d:
+            self.d.move_to_end(key)
+            return HIT
+        victim = None
+        if len(self.d) >= self.cap:
+            victim = next(k for k in self.d if k not in guard)
+            del self.d[victim]
+        self.d[key] = None
+        return victim
+
+
+class _Fifo(_Lru):
+    def access(self, key: int, now: int, next_use: int, guard: set[int]) -> Any:
+        if key in self.d:
+            return HIT
+        return super().access(key, now, next_use, guard)
+
+
+class _Opt:
+    def __init__(self, capacity: int) -> None:
+        self.cap = capacity
+        self.next: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.n = 0
+
+    def access(self, key: int, now: int, next_use: int, guard: set[int]) -> Any:
+        n = self.n
+        self.n += 1
+        victim = None
+        if key in self.next:
+            self.next[key] = next_use
+            self.last[key] = n
+            return HIT
+        if len(self.next) >= self.cap:
+            victim = max((k for k in self.next if k not in guard), key=lambda k: (self.next[k], -self.last[k]))
+            del self.next[victim]
+            del self.last[victim]
+        self.next[key] = next_use
+        self.last[key] = n
+        return victim
+
+
+_POLICIES = {"lru": _Lru, "fifo": _Fifo, "opt": _Opt}
+
+
+def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: PrefetchPlan | None = None,
+                        bytes_per_expert: int | None = None, warmup_steps: int = 0) -> HierarchyResult:
+    """Same inputs and result as :func:`sim.hierarchy.simulate_hierarchy` (L1 policy lru, fifo or opt)."""
+    if config.l1.policy not in _POLICIES:
+        raise ConfigError(f"the reference hierarchy supports L1 policies {sorted(_POLICIES)}, not "
+                          f"{config.l1.policy!r}")
+    rows: DemandRows = demand_rows(trace)
+    L, E = rows.num_layers, rows.num_experts
+    per_layer = config.l1.organisation == "per_layer"
+    l1_cap = config.l1.capacity(bytes_per_expert)
+    l2_cap = None if config.l2 is None else config.l2.capacity(bytes_per_expert)
+    check_capacities(config, rows, l1_cap, l2_cap)
+    plan = empty_plan(rows.num_rows) if plan is None else plan
+    plan.check(rows.num_rows, rows.num_keys)
+    next_use = next_use_reference(rows.keys, rows.row_ptr, np.arange(rows.num_rows))
+    pf_next = prefetch_next_use(rows, plan) if len(plan) else np.zeros(0, np.int64)
+    if config.l1.policy != "opt":
+        next_use = np.full(len(rows.keys), NEVER, np.int64)
+        pf_next = np.full(len(plan), NEVER, np.int64)
+    caches = [_POLICIES[config.l1.policy](l1_cap) for _ in range(L if per_layer else 1)]
+    part = (lambda k: k // E) if per_layer else (lambda k: 0)
+    budget = float("inf") if config.prefetch_budget is None else config.prefetch_budget
+    count_from = min(warmup_steps * L, rows.num_rows)
+    cnt = dict.fromkeys(COUNTERS, 0)
+
+    l1: set[int] = set()
+    l2_on = config.l2 is not None
+    l2_lru = l2_on and config.l2.policy == "lru"  # type: ignore[union-attr]
+    l2: set[int] = set()  # every expert DRAM holds
+    queue: OrderedDict[int, None] = OrderedDict()  # DRAM's eviction order, front first
+    if l2_on and config.l2_prefill:
+        for k in range(min(l2_cap, rows.num_keys)):  # type: ignore[type-var]
+            l2.add(k)
+            queue[k] = None
+    unused_pf: dict[int, int] = {}  # key -> event index of a prefetch not yet used
+    outstanding: dict[int, int] = {}  # key -> target row
+    hit = np.zeros(len(rows.keys), np.uint8)
+    src = np.zeros(len(rows.keys), np.int8)
+    events: list[tuple[int, int, int, int]] = []
+    useful: list[int] = []
+
+    def bump(name: str, counted: bool) -> None:
+        if counted:
+            cnt[name] += 1
+
+    def evict_l2(counted: bool) -> None:
+        victim = next(k for k in queue if not (config.inclusive and k in l1))
+        del queue[victim]
+        l2.discard(victim)
+        bump("l2_evictions", counted)
+
+    def fetch(k: int, counted: bool) -> int:
+        if not l2_on:
+            bump("l2_hits", counted)
+            return SRC_DRAM
+        if k in l2:
+            bump("l2_hits", counted)
+            if not config.inclusive:
+                l2.discard(k)
+                del queue[k]
+            elif l2_lru:
+                del queue[k]
+            return SRC_DRAM
+        bump("l2_misses", counted)
+        bump("ssd_reads", counted)
+        if config.inclusive:
+            if len(l2) >= l2_cap:  # type: ignore[operator]
+                evict_l2(counted)
+            l2.add(k)
+            if not l2_lru:
+                queue[k] = None
+            bump("l2_fills", counted)
+        return SRC_SSD
+
+    def evict_l1(v: int, counted: bool) -> None:
+        l1.discard(v)
+        bump("l1_evictions", counted)
+        ev = unused_pf.pop(v, None)
+        if ev is not None:
+            bump("prefetch_wasted", events[ev][0] >= count_from)
+        if not l2_on:
+            return
+        if config.inclusive:
+            if l2_lru:
+                queue[v] = None
+            return
+        if len(l2) >= l2_cap:  # type: ignore[operator]
+            evict_l2(counted)
+        l2.add(v)
+        queue[v] = None
+        bump("demotions", counted)
+
+    for r in range(rows.num_rows):
+        counted = r >= count_from
+        for k in [k for k, t in outstanding.items() if t <= r]:
+            del outstanding[k]
+        lo, hi = int(rows.row_ptr[r]), int(rows.row_ptr[r + 1])
+        row = [int(k) for k in rows.keys[lo:hi]]
+        guard = set(row) | set(outstanding)
+        for i, k in enumerate(row, start=lo):
+            p = part(k)
+            local = k - p * E if per_layer else k
+            lguard = {g - p * E for g in guard if part(g) == p} if per_layer else guard
+            res = caches[p].access(local, r, int(next_use[i]), lguard)
+            if res == HIT:
+                hit[i], src[i] = 1, SRC_L1
+                bump("l1_hits", counted)
+                ev = unused_pf.pop(k, None)
+                if ev is not None:
+                    useful[ev] = 1
+                    bump("prefetch_useful", events[ev][0] >= count_from)
+                continue
+            l1.add(k)
+            s = fetch(k, counted)
+            src[i] = s
+            bump("l1_misses", counted)
+            bump("l1_fills", counted)
+            if s == SRC_SSD:
+                bump("demand_from_ssd", counted)
+            events.append((r, k, s, KIND_DEMAND))
+            useful.append(0)
+            if res is not None:
+                evict_l1(res + p * E if per_layer else res, counted)
+        for j in range(int(plan.row_ptr[r]), int(plan.row_ptr[r + 1])):
+            k, target = int(plan.keys[j]), int(plan.target[j])
+            if k in l1:
+                bump("prefetch_skipped_resident", counted)
+                continue
+            if len(outstanding) >= budget:
+                bump("prefetch_dropped_budget", counted)
+                continue
+            p = part(k)
+            in_part = sum(1 for o in outstanding if part(o) == p)
+            if in_part + 1 + rows.width > l1_cap:
+                bump("prefetch_dropped_room", counted)
+                continue
+            guard.add(k)
+            local = k - p * E if per_layer else k
+            lguard = {g - p * E for g in guard if part(g) == p} if per_layer else guard
+            res = caches[p].access(local, r, int(pf_next[j]), lguard)
+            l1.add(k)
+            s = fetch(k, counted)
+            bump("prefetch_issued", counted)
+            bump("l1_fills", counted)
+            unused_pf[k] = len(events)
+            events.append((r, k, s, KIND_PREFETCH))
+            useful.append(0)
+            outstanding[k] = target
+            if res is not None:
+                evict_l1(res + p * E if per_layer else res, counted)
+
+    ev = np.array(events, np.int64).reshape(-1, 4)
+    te = TransferEvents(ev[:, 0].copy(), ev[:, 1].astype(np.int32), ev[:, 2].astype(np.int8),
+                        ev[:, 3].astype(np.int8), np.array(useful, np.uint8))
+    counts = {k: v for k, v in cnt.items() if k != "inconsistent"}
+    return HierarchyResult(config, l1_cap, l2_cap, counts, hit, src, te, rows, count_from)
+
+
+__all__ = ["reference_hierarchy"]

@@ -1,0 +1,259 @@
+"""S3-FIFO: a small probationary FIFO, a main FIFO with 2-bit reinsertion, and a ghost FIFO.
+
+Yang et al., "FIFO queues are all you need for cache eviction" (SOSP'23), as implemented by
+libCacheSim (``S3FIFO.c``, the version shipped in the ``libcachesim`` 0.3 package), whose hit
+counts this module reproduces request by request on traces with one expert per row:
+
+* Every resident has a frequency counter, set to 0 on insertion and incremented on each hit,
+  capped at 3 (two bits).
+* A miss that is in the ghost FIFO is inserted into the main FIFO; any other miss goes to the
+  small FIFO, except that until the first eviction ever, a miss that finds the small FIFO full
+  goes to main (libCacheSim's refinement over the paper's pseudo-code; ``prefill_main=False``
+  gives the paper's behaviour).
+* When the cache is full, one resident is evicted: from main if main holds more than its share
+  (``capacity - small``) or small is empty, otherwise from small.
+* Evicting from small walks it oldest first: an entry with ``freq >= move_threshold`` (paper:
+  ``freq > 1``) moves to the back of main with its counter reset to 0; the first one below the
+  threshold is evicted and its key recorded in the ghost FIFO (the oldest ghost entry is dropped
+  when the ghost holds more than ``ghost_ratio * capacity`` keys). If the walk promotes every
+  entry, main evicts instead.
+* Evicting from main walks it oldest first: an entry with ``freq >= 1`` is reinserted at the back
+  with ``freq - 1``; the first with ``freq == 0`` is evicted (no ghost entry).
+
+Knobs: ``small_ratio`` (small FIFO share, default 0.1; its size is ``max(1, floor(ratio * C))``),
+``ghost_ratio`` (ghost entries as a multiple of the capacity, default 0.9, 0 disables the ghost),
+``move_threshold`` (hits in small needed to reach main, default 2), ``prefill_main`` (default True).
+
+Guarded keys (the current row's experts) are skipped *in place*: the walks pass over them without
+touching their position or counter, so a row never evicts its own experts; if one queue holds
+only guarded entries the other queue evicts. libCacheSim differences: it refuses to build a small
+FIFO of 0 slots and, with 1 slot (capacities 10-19), admits nothing at all; here the small FIFO
+always has at least one slot and admission is never refused (capacity must be >= 2).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from sim.kernel import HIT, MISS, replay_kernel
+from sim.policies import _knobs
+from sim.policies._lists import new_lists, push_back, unlink
+
+NAME = "s3fifo"
+PARAMS: dict[str, Any] = {"small_ratio": 0.1, "ghost_ratio": 0.9, "move_threshold": 2, "prefill_main": True}
+
+MAX_FREQ = 3
+# where[] codes and counter slots of the state.
+NONE, SMALL, MAIN, GHOST = 0, 1, 2, 3
+N_SMALL, N_MAIN, N_GHOST, CAP, SMALL_CAP, MAIN_CAP, GHOST_CAP, THRESHOLD, HAS_EVICTED, PREFILL = range(10)
+
+
+def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validated knobs plus the derived queue sizes ``small``, ``main`` and ``ghost`` (in keys)."""
+    p = _knobs.resolve(NAME, PARAMS, params)
+    capacity = _knobs.capacity_at_least(NAME, capacity, 2)
+    small_ratio = _knobs.fraction(NAME, "small_ratio", p["small_ratio"], hi_open=True)
+    ghost_ratio = _knobs.at_least(NAME, "ghost_ratio", p["ghost_ratio"], 0.0)
+    threshold = _knobs.integer(NAME, "move_threshold", p["move_threshold"], 1, MAX_FREQ)
+    prefill = _knobs.flag(NAME, "prefill_main", p["prefill_main"])
+    # int() truncates like libCacheSim's double -> int64 cast.
+    small = min(max(1, int(capacity * small_ratio)), capacity - 1)
+    return {"small": small, "main": capacity - small, "ghost": int(capacity * ghost_ratio),
+            "move_threshold": threshold, "prefill_main": prefill}
+
+
+def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
+    z = sizes(capacity, params)
+    prv, nxt = new_lists(num_keys, 3)  # sentinels: small, main, ghost
+    where = np.zeros(num_keys, np.int8)
+    freq = np.zeros(num_keys, np.int8)
+    cnt = np.zeros(10, np.int64)
+    cnt[CAP], cnt[SMALL_CAP], cnt[MAIN_CAP], cnt[GHOST_CAP] = capacity, z["small"], z["main"], z["ghost"]
+    cnt[THRESHOLD], cnt[PREFILL] = z["move_threshold"], int(z["prefill_main"])
+    return prv, nxt, where, freq, cnt
+
+
+@njit(cache=True)
+def _evict_small(prv, nxt, where, freq, cnt, guard, stamp):
+    """Walk small oldest first; promote or evict (to the ghost); return the victim or -1."""
+    n = where.shape[0]
+    s_small, s_main, s_ghost = n, n + 1, n + 2
+    k = nxt[s_small]
+    while k != s_small:
+        following = nxt[k]
+        if guard[k] != stamp:
+            unlink(prv, nxt, k)
+            cnt[N_SMALL] -= 1
+            if freq[k] >= cnt[THRESHOLD]:
+                push_back(prv, nxt, s_main, k)
+                where[k] = MAIN
+                freq[k] = 0
+                cnt[N_MAIN] += 1
+            else:
+                where[k] = NONE
+                if cnt[GHOST_CAP] > 0:
+                    push_back(prv, nxt, s_ghost, k)
+                    where[k] = GHOST
+                    cnt[N_GHOST] += 1
+                    if cnt[N_GHOST] > cnt[GHOST_CAP]:
+                        g = nxt[s_ghost]
+                        unlink(prv, nxt, g)
+                        where[g] = NONE
+                        cnt[N_GHOST] -= 1
+                return k
+        k = following
+    return -1
+
+
+@njit(cache=True)
+def _evict_main(prv, nxt, where, freq, cnt, guard, stamp):
+    """Walk main oldest first, reinserting entries with freq >= 1 (freq - 1); return the victim or -1."""
+    s_main = where.shape[0] + 1
+    progressed = True
+    while progressed:  # every pass lowers the counter of each unguarded entry, so at most 4 passes
+        progressed = False
+        k = nxt[s_main]
+        while k != s_main:
+            following = nxt[k]
+            if guard[k] != stamp:
+                progressed = True
+                unlink(prv, nxt, k)
+                if freq[k] >= 1:
+                    freq[k] -= 1
+                    push_back(prv, nxt, s_main, k)
+                else:
+                    where[k] = NONE
+                    cnt[N_MAIN] -= 1
+                    return k
+            k = following
+    return -1
+
+
+@njit(cache=True)
+def _evict(prv, nxt, where, freq, cnt, guard, stamp):
+    for _ in range(2):  # a second round only matters when guards blocked the first queue
+        if cnt[N_MAIN] > cnt[MAIN_CAP] or cnt[N_SMALL] == 0:
+            v = _evict_main(prv, nxt, where, freq, cnt, guard, stamp)
+            if v < 0:
+                v = _evict_small(prv, nxt, where, freq, cnt, guard, stamp)
+        else:
+            v = _evict_small(prv, nxt, where, freq, cnt, guard, stamp)
+            if v < 0:  # every unguarded small entry was promoted
+                v = _evict_main(prv, nxt, where, freq, cnt, guard, stamp)
+        if v >= 0:
+            return v
+    return -1
+
+
+@njit(cache=True)
+def access(state, key, now, next_use, guard, stamp):
+    prv, nxt, where, freq, cnt = state
+    n = where.shape[0]
+    w = where[key]
+    if w == SMALL or w == MAIN:
+        if freq[key] < MAX_FREQ:
+            freq[key] += 1
+        return HIT
+    ghost_hit = w == GHOST
+    if ghost_hit:
+        unlink(prv, nxt, key)
+        where[key] = NONE
+        cnt[N_GHOST] -= 1
+    victim = MISS
+    if cnt[N_SMALL] + cnt[N_MAIN] >= cnt[CAP]:
+        victim = _evict(prv, nxt, where, freq, cnt, guard, stamp)
+        if victim < 0:
+            raise ValueError("s3fifo: every resident is guarded (capacity smaller than the row width)")
+        cnt[HAS_EVICTED] = 1
+    if ghost_hit or (cnt[PREFILL] != 0 and cnt[HAS_EVICTED] == 0 and cnt[N_SMALL] >= cnt[SMALL_CAP]):
+        push_back(prv, nxt, n + 1, key)
+        where[key] = MAIN
+        cnt[N_MAIN] += 1
+    else:
+        push_back(prv, nxt, n, key)
+        where[key] = SMALL
+        cnt[N_SMALL] += 1
+    freq[key] = 0
+    return victim
+
+
+@njit(cache=True)
+def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+
+
+def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,
+              capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, int]:
+    """Plain-Python S3-FIFO with the same row semantics: (hit per access, evictions)."""
+    z = sizes(capacity, params)
+    small: OrderedDict[int, None] = OrderedDict()  # first item = oldest
+    main: OrderedDict[int, None] = OrderedDict()
+    ghost: OrderedDict[int, None] = OrderedDict()
+    freq: dict[int, int] = {}
+    has_evicted = False
+    hits = np.zeros(len(keys), np.uint8)
+    evictions = 0
+
+    def from_small(row: set[int]) -> int | None:
+        for k in [k for k in small if k not in row]:
+            del small[k]
+            if freq[k] >= z["move_threshold"]:
+                main[k] = None
+                freq[k] = 0
+                continue
+            if z["ghost"] > 0:
+                ghost[k] = None
+                if len(ghost) > z["ghost"]:
+                    ghost.popitem(last=False)
+            return k
+        return None
+
+    def from_main(row: set[int]) -> int | None:
+        while True:
+            k = next((k for k in main if k not in row), None)
+            if k is None:
+                return None
+            if freq[k] >= 1:
+                freq[k] -= 1
+                main.move_to_end(k)
+            else:
+                del main[k]
+                return k
+
+    for r in range(len(row_ptr) - 1):
+        row = {int(k) for k in keys[row_ptr[r]:row_ptr[r + 1]]}
+        for i in range(int(row_ptr[r]), int(row_ptr[r + 1])):
+            k = int(keys[i])
+            if k in small or k in main:
+                freq[k] = min(freq[k] + 1, MAX_FREQ)
+                hits[i] = 1
+                continue
+            ghost_hit = k in ghost
+            if ghost_hit:
+                del ghost[k]
+            if len(small) + len(main) >= capacity:
+                victim = None
+                for _ in range(2):
+                    if len(main) > z["main"] or not small:
+                        victim = from_main(row)
+                        victim = from_small(row) if victim is None else victim
+                    else:
+                        victim = from_small(row)
+                        victim = from_main(row) if victim is None else victim
+                    if victim is not None:
+                        break
+                if victim is None:
+                    raise ValueError("s3fifo: every resident is guarded (capacity smaller than the row width)")
+                evictions += 1
+                has_evicted = True
+            if ghost_hit or (z["prefill_main"] and not has_evicted and len(small) >= z["small"]):
+                main[k] = None
+            else:
+                small[k] = None
+            freq[k] = 0
+    return hits, evictions

@@ -1,0 +1,302 @@
+"""From a trace to the rows a cache serves: keys, CSR offsets, layer-clock times, next-use times.
+
+One *instance* is one independent cache: a shared cache (keys ``l * E + e``, rows in layer-clock
+order ``t * L + l``) or, per layer, ``L`` caches (keys ``e``, rows of layer ``l`` only, times still
+``t * L + l``). Pinned experts are dropped from the rows (they always hit and are counted apart),
+pads (-1) are dropped, and rows left empty are skipped. The experts of a row are ordered by the
+tie-break: ``row`` (as recorded, i.e. the router's order), ``reverse``, or ``expert_id``
+(ascending). Whether a row's experts hit never depends on the order (a row's experts never evict
+each other), but the order fixes the recency / insertion order they leave behind, so later
+evictions (and thus later hits) of LRU, FIFO, CLOCK, SIEVE and the tie rules of LFU can differ.
+
+A trace is processed in *pieces* of consecutive steps (bounded memory for memory-mapped traces);
+piece boundaries also fall on request starts (when the cache restarts cold per request) and on the
+end of the warm-up, so each piece is wholly counted or wholly warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+from numba import njit
+
+from sim.errors import ConfigError
+from sim.kernel import NEVER
+
+TIE_BREAKS = {"row": 0, "reverse": 1, "expert_id": 2}
+ORGANISATIONS = ("shared", "per_layer")
+# A piece holds at most about this many (step, layer, slot) entries: ~50 MB of row arrays.
+PIECE_ENTRIES = 1 << 22
+
+
+@njit(cache=True)
+def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break):
+    T, L, K = experts.shape
+    n_max = T * L * K
+    keys = np.empty(n_max, np.int32)
+    src = np.empty(n_max, np.int32)
+    row_ptr = np.empty(T * L + 1, np.int64)
+    row_time = np.empty(T * L, np.int64)
+    inst_rows = np.zeros((L if per_layer else 1) + 1, np.int64)
+    buf_e = np.empty(K, np.int64)
+    buf_k = np.empty(K, np.int64)
+    n = 0
+    R = 0
+    row_ptr[0] = 0
+    outer = L if per_layer else T
+    inner = T if per_layer else L
+    for a in range(outer):
+        for b in range(inner):
+            if per_layer:
+                layer = a
+                t = b
+            else:
+                t = a
+                layer = b
+            m = 0
+            for k in range(K):
+                e = experts[t, layer, k]
+                if e >= 0 and pinned[layer * num_experts + e] == 0:
+                    buf_e[m] = e
+                    buf_k[m] = k
+                    m += 1
+            if m == 0:
+                continue
+            if tie_break == 1:
+                for j in range(m // 2):
+                    x = buf_e[j]
+                    buf_e[j] = buf_e[m - 1 - j]
+                    buf_e[m - 1 - j] = x
+                    x = buf_k[j]
+                    buf_k[j] = buf_k[m - 1 - j]
+                    buf_k[m - 1 - j] = x
+            elif tie_break == 2:
+                for j in range(1, m):  # insertion sort by expert id (rows are short)
+                    e = buf_e[j]
+                    kk = buf_k[j]
+                    i = j - 1
+                    while i >= 0 and buf_e[i] > e:
+                        buf_e[i + 1] = buf_e[i]
+                        buf_k[i + 1] = buf_k[i]
+                        i -= 1
+                    buf_e[i + 1] = e
+                    buf_k[i + 1] = kk
+            base = 0 if per_layer else layer * num_experts
+            for j in range(m):
+                keys[n] = base + buf_e[j]
+                src[n] = (t * L + layer) * K + buf_k[j]
+                n += 1
+            row_time[R] = (step0 + t) * L + layer
+            R += 1
+            row_ptr[R] = n
+        if per_layer:
+            inst_rows[a + 1] = R
+    if not per_layer:
+        inst_rows[1] = R
+    return keys[:n], row_ptr[:R + 1], row_time[:R], src[:n], inst_rows
+
+
+@njit(cache=True)
+def next_use_backward(keys, row_ptr, row_time, nxt, out):
+    """Fill ``out[i]`` with the time of the next row requesting ``keys[i]``, walking rows backwards.
+
+    ``nxt[key]`` holds the first request time after these rows (``NEVER`` if none) and is left
+    holding the first one at or after them, so consecutive blocks can be processed last to first.
+    """
+    for r in range(row_ptr.shape[0] - 2, -1, -1):
+        t = row_time[r]
+        for i in range(row_ptr[r], row_ptr[r + 1]):
+            k = keys[i]
+            out[i] = nxt[k]
+            nxt[k] = t
+
+
+def next_use_times(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, num_keys: int) -> np.ndarray:
+    """Next-use time of every access of one block of rows (``NEVER`` after its last use)."""
+    out = np.empty(len(keys), np.int64)
+    nxt = np.full(num_keys, NEVER, np.int64)
+    next_use_backward(np.asarray(keys), np.asarray(row_ptr, np.int64), np.asarray(row_time, np.int64),
+                      nxt, out)
+    return out
+
+
+def next_use_reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray) -> np.ndarray:
+    """Plain-Python :func:`next_use_times` (a forward scan per access: O(n * rows), tests only)."""
+    R = len(row_ptr) - 1
+    out = np.full(len(keys), NEVER, np.int64)
+    for r in range(R):
+        for i in range(int(row_ptr[r]), int(row_ptr[r + 1])):
+            for s in range(r + 1, R):
+                if int(keys[i]) in {int(k) for k in keys[row_ptr[s]:row_ptr[s + 1]]}:
+                    out[i] = int(row_time[s])
+                    break
+    return out
+
+
+@njit(cache=True)
+def widest_rows(experts, num_experts, pinned, out):
+    """``out[l] = max(out[l], widest row of layer l)`` counting only experts that are not pinned."""
+    T, L, K = experts.shape
+    for t in range(T):
+        for layer in range(L):
+            m = 0
+            for k in range(K):
+                e = experts[t, layer, k]
+                if e >= 0 and pinned[layer * num_experts + e] == 0:
+                    m += 1
+            if m > out[layer]:
+                out[layer] = m
+
+
+@njit(cache=True)
+def pinned_hits(experts, num_experts, pinned, step_hits, hit_mask, record_mask):
+    """Count the accesses to pinned experts into ``step_hits[t, l]`` (and set ``hit_mask``)."""
+    T, L, K = experts.shape
+    for t in range(T):
+        for layer in range(L):
+            for k in range(K):
+                e = experts[t, layer, k]
+                if e >= 0 and pinned[layer * num_experts + e] != 0:
+                    step_hits[t, layer] += 1
+                    if record_mask:
+                        hit_mask[t, layer, k] = True
+
+
+@njit(cache=True)
+def scatter_hits(hits, src, K, step_hits_flat, hit_mask_flat, record_mask):
+    """Add each access's hit (``hits[i]``) to its (step, layer) count via ``src`` (flat index)."""
+    for i in range(hits.shape[0]):
+        h = hits[i]
+        s = src[i]
+        step_hits_flat[s // K] += h
+        if record_mask:
+            hit_mask_flat[s] = h != 0
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Steps ``[start, stop)``; ``reset``: the caches restart before it; ``epoch``: resets so far."""
+
+    start: int
+    stop: int
+    reset: bool
+    counted: bool
+    epoch: int
+
+
+def plan_pieces(num_steps: int, chunk_steps: int, warmup_steps: int = 0,
+                request_starts: np.ndarray | None = None) -> list[Piece]:
+    """Cut ``[0, num_steps)`` at every ``chunk_steps``, at ``warmup_steps`` and at request starts.
+
+    ``request_starts`` (given only when the cache restarts per request) are the steps where the
+    cache is reset.
+    """
+    if chunk_steps < 1:
+        raise ConfigError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    cuts = set(range(0, num_steps, chunk_steps)) | {num_steps}
+    if 0 < warmup_steps < num_steps:
+        cuts.add(int(warmup_steps))
+    resets: set[int] = set()
+    if request_starts is not None:
+        resets = {int(s) for s in request_starts if 0 < s < num_steps}
+        cuts |= resets
+    bounds = sorted(cuts)
+    pieces = []
+    epoch = 0
+    for a, b in pairwise(bounds):
+        if a in resets:
+            epoch += 1
+        pieces.append(Piece(a, b, a in resets, a >= warmup_steps, epoch))
+    return pieces
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a trace becomes cache instances."""
+
+    organisation: str  # "shared" or "per_layer"
+    num_layers: int
+    num_experts: int
+    pinned: np.ndarray  # uint8 [L * E]: 1 where the key l * E + e is pinned
+    tie_break: str = "row"
+
+    def __post_init__(self) -> None:
+        if self.organisation not in ORGANISATIONS:
+            raise ConfigError(f"organisation must be one of {ORGANISATIONS}, got {self.organisation!r}")
+        if self.tie_break not in TIE_BREAKS:
+            raise ConfigError(f"tie_break must be one of {tuple(TIE_BREAKS)}, got {self.tie_break!r}")
+
+    @property
+    def per_layer(self) -> bool:
+        return self.organisation == "per_layer"
+
+    @property
+    def num_instances(self) -> int:
+        return self.num_layers if self.per_layer else 1
+
+    @property
+    def keys_per_instance(self) -> int:
+        return self.num_experts if self.per_layer else self.num_layers * self.num_experts
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """The rows of one piece for every instance (CSR, instance after instance)."""
+
+    keys: np.ndarray  # int32
+    row_ptr: np.ndarray  # int64, absolute into keys
+    row_time: np.ndarray  # int64
+    src: np.ndarray  # int32: flat index of each access in the piece's [steps, L, K] experts
+    inst_rows: np.ndarray  # rows of instance j: inst_rows[j]:inst_rows[j + 1]
+
+    def instance(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, row_ptr from 0, row_time, src) of instance ``j``."""
+        a, b = int(self.inst_rows[j]), int(self.inst_rows[j + 1])
+        lo, hi = int(self.row_ptr[a]), int(self.row_ptr[b])
+        return self.keys[lo:hi], self.row_ptr[a:b + 1] - lo, self.row_time[a:b], self.src[lo:hi]
+
+
+def build_rows(experts: np.ndarray, step0: int, layout: Layout) -> RowBlock:
+    """The rows of ``experts`` (steps ``step0 ...`` of the trace) for every instance of ``layout``."""
+    experts = np.ascontiguousarray(experts, np.int16)
+    if experts.size >= 2**31:
+        raise ConfigError(f"a piece of {experts.size} entries is too large; lower chunk_steps")
+    keys, row_ptr, row_time, src, inst_rows = _build_rows(
+        experts, step0, layout.num_experts, layout.pinned, layout.per_layer, TIE_BREAKS[layout.tie_break])
+    return RowBlock(keys, row_ptr, row_time, src, inst_rows)
+
+
+def iter_row_blocks(experts: np.ndarray, pieces: list[Piece], layout: Layout,
+                    reverse: bool = False) -> Iterator[tuple[Piece, np.ndarray, RowBlock]]:
+    """(piece, its experts as an in-memory array, its rows), reading one piece at a time."""
+    for piece in (reversed(pieces) if reverse else pieces):
+        chunk = np.ascontiguousarray(experts[piece.start:piece.stop])
+        yield piece, chunk, build_rows(chunk, piece.start, layout)
+
+
+def default_chunk_steps(num_layers: int, width: int) -> int:
+    return max(1, PIECE_ENTRIES // max(1, num_layers * width))
+
+
+def build_rows_reference(experts: np.ndarray, num_experts: int, pinned: set[int], organisation: str,
+                         tie_break: str) -> list[tuple[list[list[int]], list[int]]]:
+    """Plain-Python rows per instance: [(rows of keys, row times)], for the tests."""
+    T, L, _ = experts.shape
+    per_layer = organisation == "per_layer"
+    out: list[tuple[list[list[int]], list[int]]] = [([], []) for _ in range(L if per_layer else 1)]
+    for t in range(T):
+        for layer in range(L):
+            row = [int(e) for e in experts[t, layer] if e >= 0 and layer * num_experts + int(e) not in pinned]
+            if tie_break == "reverse":
+                row = row[::-1]
+            elif tie_break == "expert_id":
+                row = sorted(row)
+            if not row:
+                continue
+            j = layer if per_layer else 0
+            out[j][0].append(row if per_layer else [layer * num_experts + e for e in row])
+            out[j][1].append(t * L + layer)
+    return out

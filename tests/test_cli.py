@@ -1,0 +1,276 @@
+"""Every ``moesim-trace`` subcommand through ``main([...])``: exit codes, printed output, files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from traces import io
+from traces.cli import main
+from traces.plots import PLOT_NAMES
+from traces.stats import read_table, table_columns
+from traces.trace import PAD, Trace, TraceMeta, make_trace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_trace(seed: int = 0, steps: int = 40) -> Trace:
+    rng = np.random.default_rng(seed)
+    L, E, K = 3, 8, 2
+    e = np.stack([[rng.choice(E, K, replace=False) for _ in range(L)] for _ in range(steps)]).astype(np.int16)
+    return make_trace(e, TraceMeta("cli-toy", L, E, K, source="synthetic"),
+                      request_id=np.arange(steps) // 10, gate_weights=np.full((steps, L, K), 0.5))
+
+
+@pytest.fixture
+def trace_file(tmp_path: Path) -> Path:
+    return io.save(small_trace(), tmp_path / "toy.safetensors")
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path) -> Path:
+    e = np.asarray(small_trace().experts).copy()
+    e[3, 2, 1] = 99
+    bad = make_trace(e, TraceMeta("cli-toy", 3, 8, 2), validate=False)
+    return io.save(bad, tmp_path / "bad.safetensors")
+
+
+# ---- info / validate / convert ---------------------------------------------------------------
+
+def test_info_prints_metadata_and_summary(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(trace_file)]) == 0
+    out = capsys.readouterr().out
+    assert "cli-toy" in out and '"num_layers": "3"' in out
+    assert '"steps": 40' in out and '"requests": 4' in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["layer", "accesses"])
+    assert [line.split()[0] for line in lines[header + 1:header + 5]] == ["0", "1", "2", "all"]
+    assert lines[header + 4].split()[1] == str(40 * 3 * 2)
+
+
+def test_info_on_a_bad_trace_fails(bad_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(bad_file)]) == 1
+    assert str(bad_file) in capsys.readouterr().err
+
+
+def test_validate_ok(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(trace_file)]) == 0
+    assert capsys.readouterr().out.strip() == f"{trace_file}: ok"
+
+
+def test_validate_reports_the_bad_file(trace_file: Path, bad_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(trace_file), str(bad_file)]) == 1
+    captured = capsys.readouterr()
+    assert f"{trace_file}: ok" in captured.out
+    assert "bad.safetensors: field 'experts' at [3, 2, 1]: expert id 99" in captured.err
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage"])
+def test_validate_corrupt_and_missing_files(tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(content)
+    assert main(["validate", str(broken), str(tmp_path / "missing.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.safetensors" in err and "missing.jsonl" in err
+
+
+@pytest.mark.parametrize("ext", [".npz", ".csv", ".jsonl", ".safetensors"])
+def test_convert_by_extension(trace_file: Path, tmp_path: Path, ext: str) -> None:
+    out = tmp_path / f"converted{ext}"
+    assert main(["convert", str(trace_file), str(out)]) == 0
+    back, orig = io.load_any(out), io.load(trace_file)
+    np.testing.assert_array_equal(back.experts, orig.experts)
+    np.testing.assert_array_equal(back.gate_weights, orig.gate_weights)
+    np.testing.assert_array_equal(back.request_id, orig.request_id)
+    assert back.meta == orig.meta
+
+
+def test_convert_unknown_extension(trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", str(trace_file), str(tmp_path / "x.h5")]) == 1
+    assert "unknown trace extension '.h5'" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+# ---- import ----------------------------------------------------------------------------------
+
+def test_import_olmoe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    n = 2 * 16  # two tokens of one sequence, 16 layers, top-8 of 64
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.choice(64, 8, replace=False) for _ in range(n)]).astype(np.int16)
+    src = tmp_path / "olmoe.npz"
+    np.savez(src, sequence_id=np.zeros(n, np.int32), domain_id=np.zeros(n, np.int8),
+             generated_token_index=np.repeat([0, 1], 16).astype(np.int32),
+             layer_index=np.tile(np.arange(16), 2).astype(np.int16), requested_expert_ids=ids,
+             router_weights=np.full((n, 8), 0.01, np.float32))
+    out = tmp_path / "olmoe.safetensors"
+    assert main(["import", "olmoe", str(src), "--out", str(out)]) == 0
+    tr = io.load(out)
+    assert (tr.num_steps, tr.num_layers, tr.num_experts, tr.width) == (2, 16, 64, 8)
+    np.testing.assert_array_equal(tr.experts[1, 3], ids[16 + 3])
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_import_olmoe_takes_one_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "olmoe", "a.npz", "b.npz", "--out", str(tmp_path / "o.safetensors")]) == 1
+    assert "one npz file" in capsys.readouterr().err
+
+
+def test_import_mixtral_several_files(tmp_path: Path) -> None:
+    files = []
+    for ds in ("gsm8k", "humaneval"):
+        path = tmp_path / f"{ds}.jsonl"
+        rows = [{"dataset": ds, "problem_id": 0, "layer": layer, "experts": [t % 8, (t + 1) % 8],
+                 "gating_probs": [0.6, 0.4], "token_idx": t} for layer in range(32) for t in range(3)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files.append(str(path))
+    out = tmp_path / "mixtral.jsonl"
+    assert main(["import", "mixtral", *files, "--out", str(out)]) == 0
+    tr = io.load_any(out)
+    assert (tr.num_steps, tr.num_layers, tr.width) == (6, 32, 2)
+    assert tr.meta.extra["domains"] == ["gsm8k", "humaneval"]
+
+
+def test_import_bad_input_fails_with_location(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"dataset": "g", "problem_id": 0, "layer": 0, "experts": [0, 9], '
+                   '"gating_probs": [0.5, 0.5], "token_idx": 0}\n')
+    assert main(["import", "mixtral", str(src), "--out", str(tmp_path / "o.safetensors")]) == 1
+    assert f"{src}: field 'experts' at [1]" in capsys.readouterr().err
+
+
+# ---- stats -----------------------------------------------------------------------------------
+
+def test_stats_writes_table_and_plots(trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "stats"
+    assert main(["stats", str(trace_file), "--out", str(out), "--window", "5"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    table = next(p for p in out.iterdir() if p.stem == "stats")
+    assert names == sorted([table.name, *PLOT_NAMES])
+    rows = read_table(table)
+    assert [r["layer"] for r in rows] == ["0", "1", "2", "all"]
+    assert list(rows[0]) == table_columns()
+    assert rows[-1]["ws_window"] == 5 and rows[-1]["accesses"] == 240
+    assert all((out / n).stat().st_size > 1000 for n in PLOT_NAMES)
+    assert str(table) in capsys.readouterr().out
+
+
+def test_stats_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o")]) == 1
+    assert "nope.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ---- generate / demo -------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_synth(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """A stand-in ``traces.synth`` that records its calls (the real one is tested on its own)."""
+    calls: list[tuple] = []
+    module = types.ModuleType("traces.synth")
+
+    def generate_preset(name: str, *, seed: int = 0, num_requests: int | None = None, **kw: object) -> Trace:
+        calls.append((name, seed, num_requests))
+        if name != "default" and name != "tiny":
+            raise ValueError(f"unknown preset {name!r}")
+        return small_trace(seed, steps=10 * (num_requests or 4))
+
+    module.generate_preset = generate_preset  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "traces.synth", module)
+    return calls
+
+
+def test_generate_passes_preset_seed_and_requests(fake_synth: list[tuple], tmp_path: Path) -> None:
+    out = tmp_path / "g.safetensors"
+    assert main(["generate", "tiny", "--seed", "5", "--requests", "2", "--out", str(out)]) == 0
+    assert fake_synth == [("tiny", 5, 2)]
+    np.testing.assert_array_equal(io.load(out).experts, small_trace(5, 20).experts)
+
+
+def test_generate_unknown_preset(fake_synth: list[tuple], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "nope", "--out", str(tmp_path / "g.safetensors")]) == 1
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_demo_writes_trace_table_and_plots(fake_synth: list[tuple], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert fake_synth == [("default", 0, None)]
+    names = {p.name for p in out.iterdir()}
+    assert {"trace.safetensors", *PLOT_NAMES} <= names
+    assert any(n.startswith("stats.") for n in names) and len(names) == 5
+    printed = capsys.readouterr().out
+    assert '"model": "cli-toy"' in printed and "entropy_bits" in printed
+
+
+@pytest.mark.parametrize("command", ["demo", "generate"])
+def test_missing_generator_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "traces.synth", None)  # import fails as if the module were absent
+    args = ["demo", "--out", str(tmp_path / "d")] if command == "demo" else \
+        ["generate", "default", "--out", str(tmp_path / "g.safetensors")]
+    assert main(args) == 1
+    assert "traces.synth is not available" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def real_synth_or_skip() -> None:
+    try:
+        from traces.synth import generate_preset
+
+        generate_preset("default", seed=0, num_requests=1)
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(f"traces.synth cannot build the default preset here: {exc}")
+
+
+def test_generate_with_the_real_generator_is_reproducible(tmp_path: Path) -> None:
+    real_synth_or_skip()
+    paths = []
+    for i, seed in enumerate((3, 3, 4)):
+        paths.append(tmp_path / f"g{i}.safetensors")
+        assert main(["generate", "default", "--seed", str(seed), "--requests", "2", "--out", str(paths[-1])]) == 0
+    # safetensors writes its header keys in hash order, so compare what the files hold.
+    first, again, other = (io.load(p) for p in paths)
+    assert np.array_equal(first.experts, again.experts)
+    assert np.array_equal(first.gate_weights, again.gate_weights)
+    assert first.meta == again.meta
+    assert not np.array_equal(first.experts, other.experts)
+    assert len(first.request_bounds()) - 1 == 2
+
+
+def test_demo_with_the_real_generator(tmp_path: Path) -> None:
+    real_synth_or_skip()
+    assert main(["demo", "--out", str(tmp_path), "--requests", "3"]) == 0
+    assert {"trace.safetensors", *PLOT_NAMES} <= {p.name for p in tmp_path.iterdir()}
+
+
+# ---- argument handling -----------------------------------------------------------------------
+
+def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["convert", "only-one"]) == 2
+    assert main(["import", "parquet", "x", "--out", "y"]) == 2
+    assert main(["--help"]) == 0
+    assert "validate" in capsys.readouterr().out
+
+
+def test_runs_as_a_module(trace_file: Path) -> None:
+    for module in ("traces.cli", "traces"):
+        done = subprocess.run([sys.executable, "-m", module, "validate", str(trace_file)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"{trace_file}: ok"
+
+
+def test_pad_only_trace_through_stats(tmp_path: Path) -> None:
+    tr = make_trace(np.full((4, 2, 2), PAD, np.int16), TraceMeta("pads", 2, 4, 2))
+    path = io.save(tr, tmp_path / "pads.safetensors")
+    assert main(["stats", str(path), "--out", str(tmp_path / "s")]) == 0
+    rows = read_table(next((tmp_path / "s").glob("stats.*")))
+    assert rows[-1]["accesses"] == 0

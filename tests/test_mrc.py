@@ -1,0 +1,137 @@
+"""Hit-ratio curves: LRU stack distances with rows (one pass) against separate replays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.errors import ConfigError
+from sim.mrc import (
+    hit_ratio_curve,
+    lru_hit_curve,
+    make_stack_state,
+    stack_distances,
+    stack_distances_reference,
+)
+from sim.replay import replay
+from traces.trace import Trace, TraceMeta, make_trace
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def trace_of(experts, num_experts: int, **kw) -> Trace:
+    arr = np.asarray(experts, np.int16)
+    return make_trace(arr, TraceMeta("test", arr.shape[1], num_experts, arr.shape[2]), **kw)
+
+
+def depths(rows: list[list[int]], num_keys: int) -> list[int]:
+    keys = np.array([k for r in rows for k in r], np.int32)
+    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
+    out = np.empty(len(keys), np.int64)
+    stack_distances(make_stack_state(num_keys), keys, row_ptr, out)
+    assert out.tolist() == stack_distances_reference(keys, row_ptr).tolist()
+    return out.tolist()
+
+
+def test_stack_distances_by_hand() -> None:
+    # Rows [0, 1], [2], [1, 0], [2]. Distances are read at the start of the row:
+    # row 2: stack (most recent first) 2 1 0 -> 1 at 2, 0 at 3; the row leaves 0 1 2 (0 last, on top);
+    # row 3: 2 is third.
+    assert depths([[0, 1], [2], [1, 0], [2]], 3) == [0, 0, 0, 2, 3, 3]
+
+
+@SETTINGS
+@given(rows=st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=4, unique=True), min_size=1, max_size=120))
+def test_stack_distances_match_the_reference(rows: list[list[int]]) -> None:
+    # 10 keys use a 64-position tree, so traces over 64 accesses exercise the renumbering.
+    depths(rows, 10)
+
+
+@st.composite
+def traces(draw):
+    L = draw(st.integers(1, 3))
+    E = draw(st.integers(2, 6))
+    K = draw(st.integers(1, min(3, E)))
+    T = draw(st.integers(1, 16))
+    experts = np.full((T, L, K), -1, np.int16)
+    for t in range(T):
+        for layer in range(L):
+            n = draw(st.integers(0, K))
+            experts[t, layer, :n] = draw(st.permutations(range(E)))[:n]
+    rid = np.cumsum(draw(st.lists(st.booleans(), min_size=T, max_size=T))).astype(np.int64)
+    return make_trace(experts, TraceMeta("h", L, E, K), request_id=rid)
+
+
+@SETTINGS
+@given(trace=traces(), organisation=st.sampled_from(["shared", "per_layer"]),
+       tie=st.sampled_from(["row", "reverse", "expert_id"]), warmup=st.integers(0, 3), cold=st.booleans(),
+       n_pinned=st.integers(0, 2), chunk=st.integers(1, 6))
+def test_one_pass_curve_equals_separate_replays(trace, organisation, tie, warmup, cold, n_pinned, chunk) -> None:
+    L, E = trace.num_layers, trace.num_experts
+    pinned = sorted({(i * 5 + 1) % (L * E) for i in range(n_pinned)})
+    kw = {"organisation": organisation, "tie_break": tie, "warmup_steps": warmup,
+          "cold_start_per_request": cold, "pinned": pinned}
+    curve = lru_hit_curve(trace, chunk_steps=chunk, **kw)
+    assert curve.sizes[-1] == L * E
+    for n, size in enumerate(curve.sizes):
+        res = replay(trace, "lru", int(size), **kw)
+        assert curve.hits[n] == res.hits, size
+        assert curve.layer_hits[n].tolist() == [c.hits for c in res.per_layer]
+        assert curve.accesses == res.accesses
+    assert np.all(np.diff(curve.hits) >= 0)  # LRU is a stack algorithm: never worse when bigger
+    # The smallest size is the smallest one a replay accepts.
+    if curve.sizes[0] > 1:
+        with pytest.raises(ConfigError):
+            replay(trace, "lru", int(curve.sizes[0]) - 1, **kw)
+
+
+def test_curve_starts_at_the_widest_row_by_hand() -> None:
+    # One layer, 4 experts; rows [0, 1], [2, 3], [0, 1]: no cache below 2 can serve a row.
+    # Size 2: the third row misses (2 3 evicted 0 1). Size 3: 3 evicts 0, so in the last row 1 is
+    # still there (stack distance 3) and hits, 0 (distance 4) misses. Size 4 keeps everything.
+    tr = trace_of([[[0, 1]], [[2, 3]], [[0, 1]]], 4)
+    curve = lru_hit_curve(tr)
+    assert curve.sizes.tolist() == [2, 3, 4]
+    assert curve.hits.tolist() == [0, 1, 2]
+    assert curve.hit_ratio.tolist() == [0.0, 1 / 6, 2 / 6]
+    assert [replay(tr, "lru", s).hits for s in (2, 3, 4)] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="size 1: 1 policy slot"):
+        lru_hit_curve(tr, [1])
+
+
+def test_hit_ratio_curve_uses_one_pass_for_lru() -> None:
+    tr = trace_of([[[0, 1]], [[2, 3]], [[0, 1]]], 4)
+    curve = hit_ratio_curve(tr, "lru", [2, 4])
+    assert curve.method == "stack" and curve.hits.tolist() == [0, 2]
+    d = curve.to_dict()
+    assert d["sizes"] == [2, 4] and d["hits"] == [0, 2] and d["hit_ratio"][1] == 2 / 6
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_hit_ratio_curve_replays_other_policies(processes: int) -> None:
+    rng = np.random.default_rng(2)
+    T, L, E = 120, 2, 6
+    ex = np.stack([np.stack([rng.choice(E, 2, replace=False) for _ in range(L)]) for _ in range(T)])
+    tr = trace_of(ex, E)
+    sizes = [2, 5, 9]
+    curve = hit_ratio_curve(tr, "fifo", sizes, processes=processes, warmup_steps=10)
+    assert curve.method == "replay"
+    for n, s in enumerate(sizes):
+        res = replay(tr, "fifo", s, warmup_steps=10)
+        assert curve.hits[n] == res.hits
+        assert curve.layer_hits[n].tolist() == [c.hits for c in res.per_layer]
+    fifo = hit_ratio_curve(tr, "fifo", sizes, processes=1)
+    opt = hit_ratio_curve(tr, "opt", sizes, processes=1)
+    assert np.all(opt.hits >= fifo.hits) and np.all(np.diff(opt.hits) >= 0)
+
+
+def test_hit_ratio_curve_refuses_bad_arguments() -> None:
+    tr = trace_of([[[0]]], 2)
+    with pytest.raises(ConfigError, match=r"does not take \['capacity'\]"):
+        hit_ratio_curve(tr, "lru", [1], capacity=3)
+    with pytest.raises(ConfigError, match="unknown policy 'nope'"):
+        hit_ratio_curve(tr, "nope", [1])
+    with pytest.raises(ConfigError, match="sizes is empty"):
+        hit_ratio_curve(tr, "fifo", [])

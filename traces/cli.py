@@ -1,0 +1,219 @@
+"""``moesim-trace``: inspect, validate, convert, import, generate and summarise routing traces.
+
+Every subcommand returns an exit status (0 success, 1 a bad trace or input, 2 bad usage) instead
+of raising, so ``main([...])`` is usable from tests and notebooks as well as from the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from traces.errors import TraceError
+from traces.importers import import_mixtral_jsonl, import_olmoe_npz
+from traces.io import load_any, save_any
+from traces.plots import plot_all
+from traces.stats import WINDOW_DEFAULT, compute_stats, describe, summary_table, write_table
+from traces.trace import Trace
+
+# Errors a bad file or argument can raise; anything else is a bug and keeps its traceback.
+_INPUT_ERRORS = (TraceError, OSError, ValueError)
+DEMO_PRESET = "default"
+TRACE_NAME = "trace.safetensors"
+TABLE_NAME = "stats"  # write_table picks .parquet or .csv
+
+
+class SynthUnavailableError(RuntimeError):
+    """The synthetic generator (:mod:`traces.synth`) cannot be imported."""
+
+
+def _synth() -> ModuleType:
+    try:
+        return importlib.import_module("traces.synth")
+    except ImportError as exc:
+        raise SynthUnavailableError(
+            f"the synthetic generator traces.synth is not available ({exc}); `generate` and `demo` "
+            "need it") from None
+
+
+def _generate(preset: str, seed: int, requests: int | None) -> Trace:
+    synth = _synth()
+    try:
+        return synth.generate_preset(preset, seed=seed, num_requests=requests)
+    except FileNotFoundError as exc:
+        raise SynthUnavailableError(f"preset {preset!r} cannot be built: {exc}") from None
+
+
+# ---- printing --------------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as aligned plain text (one line per row)."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    cells = [cols] + [[_fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells)
+
+
+def _print_summary(trace: Trace, stats: Any) -> None:
+    info = describe(trace, stats)
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()},
+                     indent=2))
+    print(format_table(summary_table(stats)))
+
+
+# ---- subcommands -----------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace) -> int:
+    trace = load_any(args.path)
+    print(f"# {trace!r}")
+    print(json.dumps(trace.meta.to_strings(), indent=2))
+    _print_summary(trace, compute_stats(trace, window=args.window))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.paths:
+        try:
+            load_any(path)
+        except _INPUT_ERRORS as exc:
+            print(f"{path}: invalid: {exc}", file=sys.stderr)
+            status = 1
+        else:
+            print(f"{path}: ok")
+    return status
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    out = save_any(load_any(args.src), args.dst)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    if args.format == "olmoe":
+        if len(args.src) != 1:
+            raise TraceError(f"the OLMoE importer reads one npz file, got {len(args.src)}", field="SRC")
+        trace = import_olmoe_npz(args.src[0])
+    else:
+        trace = import_mixtral_jsonl(args.src)
+    out = save_any(trace, args.out)
+    print(f"wrote {out}: {trace!r}")
+    return 0
+
+
+def _write_stats(trace: Trace, out_dir: Path, window: int) -> None:
+    stats = compute_stats(trace, window=window)
+    _print_summary(trace, stats)
+    table = write_table(summary_table(stats), out_dir / TABLE_NAME)
+    print(f"wrote {table}")
+    for path in plot_all(trace, out_dir, stats=stats):
+        print(f"wrote {path}")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    _write_stats(load_any(args.path), Path(args.out), args.window)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    trace = _generate(args.preset, args.seed, args.requests)
+    out = save_any(trace, args.out)
+    print(f"wrote {out}: {trace!r}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The default synthetic trace, its statistics, table and plots (what ``make run`` calls)."""
+    out_dir = Path(args.out)
+    trace = _generate(DEMO_PRESET, args.seed, args.requests)
+    path = save_any(trace, out_dir / TRACE_NAME)
+    print(f"wrote {path}: {trace!r}")
+    _write_stats(trace, out_dir, args.window)
+    return 0
+
+
+# ---- argument parsing --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moesim-trace", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def window(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--window", type=int, default=WINDOW_DEFAULT,
+                        help=f"working-set window in tokens (default {WINDOW_DEFAULT})")
+
+    sp = sub.add_parser("info", help="print metadata and summary statistics")
+    sp.add_argument("path")
+    window(sp)
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("validate", help="check traces; exit 1 if any is bad")
+    sp.add_argument("paths", nargs="+")
+    sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("convert", help="rewrite a trace in another format (by extension)")
+    sp.add_argument("src")
+    sp.add_argument("dst")
+    sp.set_defaults(func=cmd_convert)
+
+    sp = sub.add_parser("import", help="import a trace recorded by another tool")
+    sp.add_argument("format", choices=["olmoe", "mixtral"])
+    sp.add_argument("src", nargs="+")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_import)
+
+    sp = sub.add_parser("stats", help="write the statistics table and plots")
+    sp.add_argument("path")
+    sp.add_argument("--out", required=True, help="output folder")
+    window(sp)
+    sp.set_defaults(func=cmd_stats)
+
+    sp = sub.add_parser("generate", help="write a synthetic trace from a preset")
+    sp.add_argument("preset")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--requests", type=int, default=None, help="number of requests (preset default)")
+    sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("demo", help="generate the default trace and write its statistics and plots")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--requests", type=int, default=None)
+    window(sp)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or bad usage (2): a status, not an exception
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        return int(args.func(args))
+    except SynthUnavailableError as exc:
+        print(f"moesim-trace {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except _INPUT_ERRORS as exc:
+        print(f"moesim-trace {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
