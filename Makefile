@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The main job: the default trace, its statistics and plots.
+# The main job: the default sweep (policies x GPU cache sizes on the embedded default trace);
+# it ends by printing where the report (table, plots, report.md) is.
 run: venv
-	$(PY) -m traces.cli demo --out outputs/demo
+	$(PY) -m sim +experiment=default_sweep
 
 # The default test suite (slow tests excluded; `make test-all` runs everything).
 test: venv

@@ -1,5 +1,9 @@
 """Quantization error metrics shared by every format; all accumulate in float64.
 
+Sums use numpy's own (pairwise) reductions, never BLAS dot / nrm2: BLAS splits long vectors across
+threads, so the last bits would depend on the thread count and a sweep's worker processes would
+not reproduce the parent's numbers bit for bit.
+
 ``w`` is the original tensor and ``w_q`` its decoded (quantized) version, of the same shape. Inputs
 are anything ``np.asarray`` takes (numpy arrays, CPU tensors of float32 / float16 / float64); NaN or
 Inf in either propagates to the result. Undefined ratios follow one convention: zero error over a
@@ -29,6 +33,10 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
+def _norm(a: np.ndarray) -> float:
+    return float(np.sqrt(np.sum(a * a)))
+
+
 def mse(w: Any, w_q: Any) -> float:
     """Mean squared error."""
     a, b = _pair(w, w_q)
@@ -38,7 +46,7 @@ def mse(w: Any, w_q: Any) -> float:
 def relative_frobenius(w: Any, w_q: Any) -> float:
     """``||w - w_q||_F / ||w||_F``."""
     a, b = _pair(w, w_q)
-    return _ratio(float(np.linalg.norm((a - b).ravel())), float(np.linalg.norm(a.ravel())))
+    return _ratio(_norm(a - b), _norm(a))
 
 
 def sqnr_db(w: Any, w_q: Any) -> float:
@@ -51,7 +59,8 @@ def sqnr_db(w: Any, w_q: Any) -> float:
         return float("inf") if not np.isnan(signal) else float("nan")
     if signal == 0.0:
         return float("-inf")
-    return 10.0 * float(np.log10(signal / noise))
+    with np.errstate(divide="ignore"):  # infinite noise: log10(0) is the -Inf wanted, not a warning
+        return 10.0 * float(np.log10(signal / noise))
 
 
 def max_abs_error(w: Any, w_q: Any) -> float:
@@ -62,10 +71,10 @@ def max_abs_error(w: Any, w_q: Any) -> float:
 def cosine_similarity(w: Any, w_q: Any) -> float:
     """Cosine of the angle between the flattened tensors; NaN when either is all zeros (undefined)."""
     a, b = _pair(w, w_q)
-    na, nb = float(np.linalg.norm(a.ravel())), float(np.linalg.norm(b.ravel()))
+    na, nb = _norm(a), _norm(b)
     if na == 0.0 or nb == 0.0:
         return float("nan")
-    return float(np.dot(a.ravel(), b.ravel()) / (na * nb))
+    return float(np.sum(a * b) / (na * nb))
 
 
 def output_error(w: Any, w_q: Any, x: Any = None, *, seed: int = 0, n: int = 64) -> float:
@@ -91,4 +100,4 @@ def output_error(w: Any, w_q: Any, x: Any = None, *, seed: int = 0, n: int = 64)
             raise ValueError(f"output_error: x of shape {xs.shape} does not match w of shape {a.shape} "
                              f"(expected [batch, {a.shape[0]}])")
     ref = xs @ a
-    return _ratio(float(np.linalg.norm(ref - xs @ b)), float(np.linalg.norm(ref)))
+    return _ratio(_norm(ref - xs @ b), _norm(ref))

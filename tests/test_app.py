@@ -1,0 +1,241 @@
+"""The Hydra app end to end: config validation, one run's metrics, multirun sweeps with the basic
+and joblib launchers (identical numbers), failures recorded without losing the other jobs, resume,
+the aggregated table and the plots drawn from it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from bench import plots
+from bench.aggregate import collect
+from bench.report import build_report
+from sim.app import CONF_DIR
+from sim.experiment import GIB, run_experiment
+from sim.profiles import load_model_profile
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["trace.requests=2", "quant.error_rows=8"]
+
+
+def composed(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+# ---- config ----------------------------------------------------------------------------------
+
+def test_defaults_compose_with_every_group() -> None:
+    cfg = composed([])
+    assert cfg.policy.name == "lru" and cfg.prefetch.name == "none" and cfg.quant.format == "mxfp4"
+    assert cfg.model.name == "gpt-oss-20b" and cfg.hardware.name == "rtx-4090"
+    assert cfg.trace.preset == "gpt-oss-20b"  # follows the model
+
+
+@pytest.mark.parametrize("override", ["cache.l1_experts=many", "cache.l1_expert=3", "policy.nme=lru", "seed=x"])
+def test_typos_and_wrong_types_fail_at_compose(override: str) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)):
+        composed([override])
+
+
+def test_unknown_group_choice_fails_at_compose() -> None:
+    with pytest.raises(ConfigCompositionException, match="policy"):
+        composed(["policy=not_a_policy"])
+
+
+# ---- one run ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trace_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("traces"))
+
+
+def test_one_run_agrees_with_itself_and_is_reproducible(trace_cache: str) -> None:
+    cfg = composed([*SMALL, "cache.l1_experts=128", f"trace.cache_dir={trace_cache}"])
+    a = run_experiment(cfg)
+    b = run_experiment(cfg)
+    assert a["status"] == "ok"
+    rep, off = a["replay"], a["offload"]
+    # Without a prefetcher the hierarchy's L1 is the replayed policy: same demand hits.
+    assert off["counts"]["l1_hits"] == rep["hits"] and off["counts"]["l1_misses"] == rep["misses"]
+    assert sum(layer["hits"] for layer in rep["per_layer"]) == rep["hits"]
+    assert a["capacity"]["l1_experts"] == 128
+    for key in ("replay", "offload", "quant", "capacity", "trace"):
+        assert a[key] == b[key], key
+    assert 0 < off["tokens_per_s"] and off["latency_p50_s"] <= off["latency_p99_s"]
+
+
+def test_budget_in_gib_becomes_whole_experts(trace_cache: str) -> None:
+    cfg = composed([*SMALL, "cache.l1_gib=2.5", "quant=nvfp4", f"trace.cache_dir={trace_cache}"])
+    m = run_experiment(cfg)
+    eb = load_model_profile("gpt-oss-20b").expert_bytes("nvfp4")
+    assert m["capacity"]["expert_bytes"] == eb
+    assert m["capacity"]["l1_experts"] == int(2.5 * GIB // eb)
+    assert m["quant"]["format"] == "nvfp4" and m["quant"]["bits_per_weight"] == pytest.approx(4.5, abs=0.01)
+
+
+def test_trace_that_does_not_match_the_model_is_refused(trace_cache: str) -> None:
+    cfg = composed([*SMALL, "trace.preset=mixtral-8x7b", f"trace.cache_dir={trace_cache}"])
+    with pytest.raises(Exception, match="does not match model profile"):
+        run_experiment(cfg)
+
+
+def test_relative_trace_path_resolves_from_the_launch_folder(tmp_path: Path, trace_cache: str) -> None:
+    from traces import io
+
+    src = composed([*SMALL, f"trace.cache_dir={trace_cache}"])
+    from sim.experiment import load_trace
+
+    tr = load_trace(src.trace)
+    io.save(tr, tmp_path / "t.safetensors")
+    cfg = composed(["trace=file", "trace.path=t.safetensors", "cache.l1_experts=128", "quant.error_rows=8"])
+    m = run_experiment(cfg, base_dir=tmp_path)
+    assert m["trace"]["steps"] == tr.num_steps
+
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+def moesim(args: list[str], cwd: Path, cache: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MOESIM_CACHE=cache, HYDRA_FULL_ERROR="1")
+    return subprocess.run([sys.executable, "-m", "sim", *args], cwd=cwd, env=env, text=True, capture_output=True,
+                          timeout=600, check=False)
+
+
+def metrics_by_job(sweep: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted(sweep.glob("*/metrics.json")):
+        m = json.loads(p.read_text())
+        m.pop("elapsed_s", None)
+        out[p.parent.name] = m
+    return out
+
+
+def job_dir(sweep: Path, prefix: str) -> Path:
+    (found,) = [p for p in sweep.iterdir() if p.name.startswith(prefix)]
+    return found
+
+
+SWEEP = ["-m", "policy=lru,opt", "cache.l1_experts=128,256", *SMALL]
+
+
+@pytest.fixture(scope="module")
+def basic_sweep(tmp_path_factory: pytest.TempPathFactory, trace_cache: str) -> Path:
+    cwd = tmp_path_factory.mktemp("basic")
+    res = moesim([*SWEEP, "sweep_name=s"], cwd, trace_cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return cwd / "multirun" / "s"
+
+
+def test_basic_and_joblib_launchers_give_identical_metrics(basic_sweep: Path, tmp_path: Path, trace_cache: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    res = moesim([*SWEEP, "sweep_name=s", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path, trace_cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = metrics_by_job(basic_sweep), metrics_by_job(tmp_path / "multirun" / "s")
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for job in a:
+        for key in ("replay", "offload", "quant", "capacity"):
+            assert a[job][key] == b[job][key], (job, key)
+
+
+def test_aggregated_table_has_one_row_per_job_with_the_metrics(basic_sweep: Path) -> None:
+    report = basic_sweep / "report"
+    with open(report / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    jobs = metrics_by_job(basic_sweep)
+    for r in rows:
+        m = jobs[r["job"]]
+        assert r["status"] == "ok" and r["policy"] == m["config"]["policy"]["name"]
+        assert int(r["cache.l1_experts"]) == m["capacity"]["l1_experts"] == int(r["l1_experts"])
+        assert int(r["hits"]) == m["replay"]["hits"]
+        assert float(r["tokens_per_s"]) == pytest.approx(m["offload"]["tokens_per_s"], rel=1e-12)
+        assert float(r["latency_p99_ms"]) == pytest.approx(m["offload"]["latency_p99_s"] * 1e3, rel=1e-12)
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(report / "results.parquet").to_pylist()
+    assert len(table) == 4 and {t["job"] for t in table} == {r["job"] for r in rows}
+    # OPT is the optimum at every size.
+    by = {(r["policy"], r["cache.l1_experts"]): int(r["hits"]) for r in rows}
+    for size in ("128", "256"):
+        assert by[("opt", size)] >= by[("lru", size)]
+
+
+def test_plots_exist_and_show_the_table(basic_sweep: Path) -> None:
+    report = basic_sweep / "report"
+    for stem in ("hit_rate_vs_size", "latency_vs_budget", "budget_frontier"):
+        for ext in ("png", "svg"):
+            assert (report / f"{stem}.{ext}").stat().st_size > 1000, stem
+    assert "hit_rate_vs_size.png" in (report / "report.md").read_text()
+    rows = [r for r in collect(basic_sweep) if r["status"] == "ok"]
+    data = plots.hit_rate_vs_size(rows, report)
+    assert set(data) == {"policy=lru", "policy=opt"}
+    for label, (xs, ys) in data.items():
+        pol = label.split("=")[1]
+        want = sorted((r["l1_experts"], r["hit_rate"]) for r in rows if r["policy"] == pol)
+        assert list(zip(xs, ys, strict=True)) == [(float(x), float(y)) for x, y in want]
+    win = plots.frontier(rows)
+    assert len(win) == 2 and all(w["policy"] == "opt" for w in win)  # OPT is fastest at each size
+    assert [w["tokens_per_s"] for w in win] == [
+        max(r["tokens_per_s"] for r in rows if r["l1_experts"] == n) for n in (128, 256)]
+
+
+def test_a_failing_job_is_recorded_and_resume_skips_finished_jobs(tmp_path: Path, trace_cache: str) -> None:
+    args = ["-m", "cache.l1_experts=0,128", *SMALL, "sweep_name=f"]
+    res = moesim(args, tmp_path, trace_cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "f"
+    bad_path = job_dir(sweep, "cache.l1_experts=0,") / "metrics.json"
+    good_path = job_dir(sweep, "cache.l1_experts=128,") / "metrics.json"
+    bad = json.loads(bad_path.read_text())
+    assert bad["status"] == "failed" and "at least 1" in bad["error"]
+    assert json.loads(good_path.read_text())["status"] == "ok"
+    rows = {r["job"]: r for r in collect(sweep)}
+    assert rows[bad_path.parent.name]["status"] == "failed" and rows[good_path.parent.name]["status"] == "ok"
+    assert "Failed jobs" in (sweep / "report" / "report.md").read_text()
+    before = good_path.stat().st_mtime_ns, good_path.read_bytes()
+    res = moesim(args, tmp_path, trace_cache)
+    assert res.returncode == 0
+    assert (good_path.stat().st_mtime_ns, good_path.read_bytes()) == before  # skipped, not recomputed
+    assert json.loads(bad_path.read_text())["status"] == "failed"
+
+
+def test_report_command_on_a_folder(basic_sweep: Path, tmp_path: Path) -> None:
+    from bench.report import main
+
+    assert main([str(basic_sweep), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").exists() and (tmp_path / "results.csv").exists()
+    assert main([str(tmp_path / "missing")]) == 2
+    res = build_report(basic_sweep, tmp_path / "again")
+    assert len(res["rows"]) == 4 and np.isfinite([r["tokens_per_s"] for r in res["rows"]]).all()
+
+
+# ---- launchers for many machines, in their local modes ----------------------------------------
+
+@pytest.mark.integration
+def test_submitit_local_launcher(tmp_path: Path, trace_cache: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    res = moesim(["-m", "policy=lru,opt", "cache.l1_experts=128", *SMALL, "sweep_name=sub",
+                  "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], tmp_path, trace_cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = collect(tmp_path / "multirun" / "sub")
+    assert sorted(r["policy"] for r in rows) == ["lru", "opt"] and all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.integration
+def test_ray_launcher_local(tmp_path: Path, trace_cache: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    res = moesim(["-m", "policy=lru,opt", "cache.l1_experts=128", *SMALL, "sweep_name=ray",
+                  "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                  "+hydra.launcher.ray.init.include_dashboard=false"], tmp_path, trace_cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = collect(tmp_path / "multirun" / "ray")
+    assert sorted(r["policy"] for r in rows) == ["lru", "opt"] and all(r["status"] == "ok" for r in rows)
