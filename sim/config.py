@@ -106,11 +106,14 @@ class QuantConf:
         ones) quantized to report the format's error beside the timing (0 skips it); the weight
         analysis of a real checkpoint gives the real numbers.
     error_dof: degrees of freedom of that Student-t distribution.
+    error_table: the ``summary`` table (parquet or CSV) of a weight analysis of a real checkpoint
+        (``moesim-analyze``); when given, the format's error comes from its all-layers row there.
     """
 
     format: str = "mxfp4"
     error_rows: int = 64
     error_dof: float = 5.0
+    error_table: Optional[str] = None
 
 
 @dataclass

@@ -128,7 +128,7 @@ def quant_error(fmt: str, model: ModelProfile, rows: int, dof: float, seed: int)
     f = get_format(fmt)
     shape = (rows, model.hidden_size)
     out: dict[str, Any] = {"format": fmt, "bits_per_weight": float(f.bits_per_weight(shape)),
-                           "expert_bytes": int(model.expert_bytes(fmt))}
+                           "expert_bytes": int(model.expert_bytes(fmt)), "source": "synthetic student-t"}
     if rows <= 0:
         return out
     rng = np.random.default_rng(seed)
@@ -137,6 +137,23 @@ def quant_error(fmt: str, model: ModelProfile, rows: int, dof: float, seed: int)
     out.update(rel_frobenius=relative_frobenius(w, wq), sqnr_db=sqnr_db(w, wq), max_abs_error=max_abs_error(w, wq),
                cosine=cosine_similarity(w, wq), output_error=output_error(w.T, wq.T, seed=seed))
     return out
+
+
+def measured_quant_error(fmt: str, model: ModelProfile, table: str, base_dir: Any) -> dict[str, Any]:
+    """The format's error over all layers and projections of a weight-analysis ``summary`` table."""
+    from kernels.analysis import read_table
+
+    path = Path(table)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    rows = [r for r in read_table(path) if r["format"] == fmt and int(r["layer"]) == -1 and r["proj"] == "all"]
+    if not rows:
+        raise ConfigError(f"{path}: field 'format' has no all-layers row for {fmt!r} (was it analysed?)")
+    r = rows[0]
+    return {"format": fmt, "bits_per_weight": float(r["bits_per_weight"]), "expert_bytes": int(model.expert_bytes(fmt)),
+            "rel_frobenius": float(r["rel_frobenius_mean"]), "sqnr_db": float(r["sqnr_db_mean"]),
+            "max_abs_error": float(r["max_abs_error_max"]), "cosine": float(r["cosine_mean"]),
+            "output_error": float(r["output_error_mean"]), "source": str(path)}
 
 
 def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -182,7 +199,10 @@ def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) 
                            prefetch_budget=pf.get("budget"), batch_size=batch, seed=seed, warmup_steps=warmup,
                            gpu_reserve_gib=float(cache.get("gpu_reserve_gib", 1.0)))
     q = c.get("quant", {})
-    quant = quant_error(fmt, model, int(q.get("error_rows", 64)), float(q.get("error_dof", 5.0)), seed)
+    if q.get("error_table"):
+        quant = measured_quant_error(fmt, model, q["error_table"], base_dir)
+    else:
+        quant = quant_error(fmt, model, int(q.get("error_rows", 64)), float(q.get("error_dof", 5.0)), seed)
     off_d = off.to_dict()
     off_d.pop("config", None)
     return {

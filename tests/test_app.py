@@ -239,3 +239,39 @@ def test_ray_launcher_local(tmp_path: Path, trace_cache: str) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     rows = collect(tmp_path / "multirun" / "ray")
     assert sorted(r["policy"] for r in rows) == ["lru", "opt"] and all(r["status"] == "ok" for r in rows)
+
+
+# ---- the weight analysis as a Hydra app, feeding the sweep's quant error ------------------------
+
+def test_analysis_sweep_and_measured_error_in_the_experiment(tmp_path: Path, trace_cache: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from kernels.analysis import read_table
+
+    rng = torch.Generator().manual_seed(0)
+    tensors = {f"model.layers.0.block_sparse_moe.experts.{e}.{p}.weight": torch.randn(64, 64, generator=rng)
+               for e in range(2) for p in ("w1", "w2", "w3")}
+    tensors["model.layers.0.unrelated.weight"] = torch.zeros(4)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    env = dict(os.environ, MOESIM_CACHE=trace_cache)
+    res = subprocess.run([sys.executable, "-m", "kernels.analysis_app", "-m", "checkpoint=model.safetensors",
+                          "rules=mixtral", "formats=[mxfp4,nvfp4]", "sample_rows=16,32", "sweep_name=a", "plots=false"],
+                         cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted((tmp_path / "multirun" / "analysis-a").glob("*/status.json"))
+    assert [json.loads(p.read_text())["status"] for p in jobs] == ["ok", "ok"]
+    job = jobs[0].parent
+    stats = read_table(next(job.glob("matrix_stats.*")))
+    assert len(stats) == 6 and {r["sampled_rows"] for r in stats} == {16}
+    inventory = read_table(next(job.glob("inventory.*")))
+    assert [r["tensor"] for r in inventory if r["status"] == "unmatched"] == ["model.layers.0.unrelated.weight"]
+    summary_path = next(job.glob("summary.*"))
+    want = next(r for r in read_table(summary_path) if r["format"] == "nvfp4" and r["layer"] == -1 and r["proj"] == "all")
+    cfg = composed([*SMALL, "quant=nvfp4", f"quant.error_table='{summary_path}'", "cache.l1_experts=128",
+                    f"trace.cache_dir={trace_cache}"])
+    m = run_experiment(cfg)
+    assert m["quant"]["rel_frobenius"] == want["rel_frobenius_mean"] and m["quant"]["source"] == str(summary_path)
+    cfg = composed([*SMALL, "quant=nf4", f"quant.error_table='{summary_path}'", f"trace.cache_dir={trace_cache}"])
+    with pytest.raises(Exception, match="nf4"):
+        run_experiment(cfg)
