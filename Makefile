@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
 
-.PHONY: venv run test test-all lint bench bench-compare clean
+.PHONY: venv run test test-all lint bench bench-compare bench-plot clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,21 @@ test-all: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# Timed benchmarks, saved under .benchmarks/<machine>/ (keep one baseline per machine: the
+# numbers are only comparable on the machine that produced them).
+BENCH_OPTS = -p no:cacheprovider --benchmark-enable --benchmark-group-by=group --benchmark-columns=min,median,ops
+bench: venv
+	$(PY) -m pytest bench $(BENCH_OPTS) --benchmark-autosave
+
+# Compare with the last saved run; fail when a benchmark's minimum time grew by more than 25%
+# (the minimum is the statistic least disturbed by other load; shared 2-core machines still move
+# it by 10-20% from run to run, so a tighter threshold would cry wolf).
+bench-compare: venv
+	$(PY) -m pytest bench $(BENCH_OPTS) --benchmark-compare --benchmark-compare-fail=min:25%
+
+bench-plot: venv
+	$(PY) -m bench.history .benchmarks --out outputs/bench_history.png
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .benchmarks

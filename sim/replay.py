@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from sim.errors import ConfigError
 from sim.kernel import NEVER
@@ -255,6 +256,21 @@ def _next_use_pass(trace: Trace, pieces: list[Piece], layout: Layout, instances:
     return out
 
 
+@njit(cache=True)
+def _row_widths(chunk):
+    """int64 ``[T, L]``: the experts (non-padding entries) of each row; numpy's boolean sum over the
+    short last axis was a fifth of a replay's time."""
+    T, L, K = chunk.shape
+    out = np.zeros((T, L), np.int64)
+    for t in range(T):
+        for layer in range(L):
+            n = 0
+            for k in range(K):
+                n += chunk[t, layer, k] >= 0
+            out[t, layer] = n
+    return out
+
+
 def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layout,
              instances: list[_Instance], next_use: dict[tuple[int, int], np.ndarray] | None, restart: Any,
              record_steps: bool, *, total: int, layer_caps: tuple[int, ...] | None, params: dict[str, Any],
@@ -269,14 +285,17 @@ def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layo
     all_step_hits = np.zeros((T, L), np.uint16) if record_steps else None
     all_mask = np.zeros((T, L, K), np.bool_) if record_steps else None
     no_next = np.zeros(0, np.int64)
+    any_pinned = bool(layout.pinned.any())
     for p, (piece, chunk, block) in enumerate(iter_row_blocks(trace.experts, pieces, layout)):
         if piece.reset:
             restart(piece.epoch)
         Tc = piece.stop - piece.start
         step_hits = np.zeros((Tc, L), np.int64)
         mask = all_mask[piece.start:piece.stop] if all_mask is not None else np.zeros((0, 0, 0), np.bool_)
-        pinned_hits(chunk, trace.num_experts, layout.pinned, step_hits, mask, record_steps)
-        piece_pinned = int(step_hits.sum())
+        piece_pinned = 0
+        if any_pinned:  # a scan of the whole piece, skipped when nothing is pinned
+            pinned_hits(chunk, trace.num_experts, layout.pinned, step_hits, mask, record_steps)
+            piece_pinned = int(step_hits.sum())
         for inst in instances:
             keys, row_ptr, row_time, src = block.instance(inst.index)
             if len(keys) == 0:
@@ -286,7 +305,7 @@ def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layo
             ev = module.replay(inst.state, keys, row_ptr, row_time, np.asarray(nu), inst.num_keys, hits)
             evictions[int(piece.counted)] += int(ev)
             scatter_hits(hits, src, K, step_hits.reshape(-1), mask.reshape(-1), record_steps)
-        step_acc = (chunk >= 0).sum(axis=2)
+        step_acc = _row_widths(chunk)
         if all_step_hits is not None:
             all_step_hits[piece.start:piece.stop] = step_hits
         if not piece.counted:

@@ -307,18 +307,20 @@ def _validate_meta(meta: TraceMeta, file: str | None) -> None:
 
 
 def _validate_ids(ids: np.ndarray, name: str, num_experts: int, offset: int, file: str | None) -> None:
-    bad = (ids < PAD) | (ids >= num_experts)
-    if bad.any():
-        pos = np.argwhere(bad)[0]
+    from traces.validate_kernel import first_duplicate_row, first_out_of_range
+
+    ids = np.ascontiguousarray(ids)
+    i = first_out_of_range(ids.reshape(-1), num_experts)
+    if i >= 0:
+        pos = np.unravel_index(i, ids.shape)
         raise ExpertIdRangeError(
-            f"expert id {ids[tuple(pos)]} is outside [0, {num_experts}) and is not the pad -1",
-            file=file, field=name, index=(pos[0] + offset, pos[1], pos[2]))
-    if ids.shape[-1] < 2:
+            f"expert id {ids[pos]} is outside [0, {num_experts}) and is not the pad -1",
+            file=file, field=name, index=(int(pos[0]) + offset, int(pos[1]), int(pos[2])))
+    if ids.shape[-1] < 2 or ids.size == 0:
         return
-    srt = np.sort(ids, axis=-1)
-    dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] != PAD)
-    if dup.any():
-        t, layer, _ = np.argwhere(dup)[0]
+    r = first_duplicate_row(ids.reshape(-1, ids.shape[-1]), num_experts)
+    if r >= 0:
+        t, layer = divmod(r, ids.shape[1])
         row = ids[t, layer]
         values, counts = np.unique(row[row != PAD], return_counts=True)
         expert = int(values[counts > 1][0])

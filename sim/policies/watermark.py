@@ -1,7 +1,8 @@
 """Watermark: batch eviction between a high and a low occupancy mark, scored in the layer clock.
 
 The policy of the two-level expert-caching design this project grew from. Occupancy grows freely up
-to the *high* watermark ``H = floor(high * C)`` slots. A miss that finds ``H`` residents first runs
+to the *high* watermark ``H = floor(high * C)`` slots (the floor forgives float rounding:
+``high = 0.29`` of 100 slots is 29). A miss that finds ``H`` residents first runs
 one batch eviction that removes the lowest-score unguarded residents until ``T = min(floor(low *
 C), H - 1)`` remain (``T < H`` so the newcomer always fits), then inserts. With ``low == high ==
 1`` it degenerates to one eviction per miss.
@@ -18,7 +19,13 @@ engine's ``_num_layers``), a request at global step ``now`` happens at layer-loc
 * ``mix``:       ``weight * (last - k_now) + (1 - weight) * frequency`` (the recency term is minus
   the age in ticks, so ``weight = 1`` orders like ``recency`` and ``weight = 0`` like ``frequency``).
 
-Victims are taken in increasing score; ties go to the lower key first (deterministic). Powers of
+The tick is the same for every layer's keys (the layer-local clock ``t div L`` of the design map),
+so in a cache shared by all layers the experts of one token all carry the same ``last``: recency
+does not order layers within a token, only tokens. Per-layer caches (``organisation="per_layer"``)
+see one row per tick, so there ``recency`` is LRU with the experts of one row tied.
+
+Victims are taken in increasing score; ties go to the lower key first (deterministic; in a shared
+cache the lower key is the earlier layer, or the lower expert id within a layer). Powers of
 ``decay`` are computed by repeated squaring in both the jitted and the plain-Python code, so the
 two agree bit for bit.
 
@@ -37,6 +44,7 @@ returns the true number of evictions (not the number of misses that evicted).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +62,12 @@ SIZE, CAP, HIGH, TARGET, LAYERS, SCORE, EVICTED, BATCH_LEN = range(8)
 DECAY, WEIGHT = range(2)
 
 
+def slots(fraction: float, capacity: int) -> int:
+    """``floor(fraction * capacity)``, forgiving the last-bit rounding of a product that is an integer in
+    exact arithmetic (``0.29 * 100`` is ``28.999999999999996`` in floating point, but means 29 slots)."""
+    return math.floor(fraction * capacity * (1 + 1e-12))
+
+
 def settings(capacity: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validated knobs plus the derived slot counts ``high_slots`` and ``target`` and ``num_layers``."""
     p = _knobs.resolve(NAME, PARAMS, params)
@@ -62,13 +76,13 @@ def settings(capacity: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
     low = _knobs.fraction(NAME, "low", p["low"])
     if low > high:
         raise _knobs.ConfigError(f"{NAME}: knob 'low' ({low:g}) must not exceed knob 'high' ({high:g})")
-    high_slots = int(high * capacity)
+    high_slots = slots(high, capacity)
     if high_slots < 1:
         raise _knobs.ConfigError(f"{NAME}: knob 'high' ({high:g}) leaves no slot in a cache of {capacity}")
     num_layers = _knobs.integer(NAME, "_num_layers", p.get("_num_layers", 1), 1)
     return {
         "high_slots": high_slots,
-        "target": min(int(low * capacity), high_slots - 1),
+        "target": min(slots(low, capacity), high_slots - 1),
         "score": SCORES.index(_knobs.choice(NAME, "score", p["score"], SCORES)),
         "decay": _knobs.fraction(NAME, "decay", p["decay"]),
         "weight": _knobs.fraction(NAME, "weight", p["weight"], lo_open=False),

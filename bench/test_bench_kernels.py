@@ -1,0 +1,208 @@
+"""Throughput of the numba MXFP4 kernels against memory bandwidth and a plain torch implementation.
+
+Every case works on one float32 tensor of ``BENCH_BYTES`` (64 MiB; decode writes it, encode reads
+it) and records in ``extra_info``: the bytes of that tensor, GB/s from the fastest round, and ratios
+against a same-run ``np.copyto`` of the same number of bytes (memory bandwidth: what a
+memory-bound kernel can at best reach; ``np.copyto`` runs on one thread) and against torch on the
+CPU. The numba kernels run with 1 and with ``THREADS`` threads, torch with ``THREADS``. On a machine
+shared with other work the two-thread figures move most (a parallel loop waits for its slowest
+thread); the fastest round is reported for that reason.
+
+    python -m pytest bench/test_bench_kernels.py --benchmark-enable
+
+With ``--benchmark-disable`` (the project default) each case runs once on ``SMALL_BYTES`` and
+still checks that numba and torch agree bit for bit, so the suite doubles as a quick test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from functools import cache
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+from kernels.formats import _mx_numba as nbk
+from kernels.formats._mx_common import ELEMENTS, OCP_SCALES, element_lut, pair_lut
+from kernels.formats.mx import encode_mx
+
+BENCH_BYTES = 64 * 2**20
+SMALL_BYTES = 256 * 2**10
+THREADS = 2
+COPY_REPEATS = 15
+FP4 = ELEMENTS["fp4_e2m1"]
+
+pytestmark = pytest.mark.benchmark(group="kernels")
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> Iterator[None]:
+    """Pin torch to THREADS threads; restore numba's and torch's thread counts afterwards."""
+    nb_before, t_before = numba.get_num_threads(), torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    numba.set_num_threads(nb_before)
+    torch.set_num_threads(t_before)
+
+
+def _numba_threads(threads: int) -> int:
+    """Use ``threads`` numba threads (fewer where numba was started with fewer); the count used."""
+    used = min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(used)
+    return used
+
+
+def _size(benchmark) -> int:
+    return SMALL_BYTES if benchmark.disabled else BENCH_BYTES
+
+
+@cache
+def _weights(nbytes: int) -> np.ndarray:
+    """Weights shaped like an expert's rows: normal values, a per-row magnitude."""
+    rng = np.random.default_rng(0)
+    n = nbytes // 4
+    rows = n // 2880 if n % 2880 == 0 else n // 4096
+    w = rng.standard_normal(n, dtype=np.float32).reshape(rows, -1)
+    w *= np.exp2(rng.integers(-8, 4, (rows, 1))).astype(np.float32)
+    return w.reshape(-1)
+
+
+@cache
+def _encoded(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+    blocks, scales = encode_mx(_weights(nbytes), FP4, parallel=True)
+    return blocks.reshape(-1, 16), scales.reshape(-1)
+
+
+@cache
+def _copy_buffers(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.ones_like(src)  # written, so no page is first touched inside a timing
+    return src, dst
+
+
+def _copy_seconds(nbytes: int) -> float:
+    """Fastest of COPY_REPEATS ``np.copyto`` of ``nbytes``, measured right after each case so that
+    both see the same machine load."""
+    src, dst = _copy_buffers(nbytes)
+    best = float("inf")
+    for _ in range(COPY_REPEATS):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _record(benchmark, nbytes: int, kind: str, threads: int, torch_seconds: float | None = None) -> None:
+    """bytes, GB/s and the ratios to memory copy (and to torch) into ``extra_info``."""
+    benchmark.extra_info.update({"bytes": nbytes, "kind": kind, "threads": threads})
+    if benchmark.disabled:
+        return
+    best = benchmark.stats.stats.min
+    copy = _copy_seconds(nbytes)
+    benchmark.extra_info.update({
+        "gbps": nbytes / best / 1e9,
+        "copy_gbps": nbytes / copy / 1e9,
+        "vs_copy": copy / best,
+    })
+    if torch_seconds is not None:
+        benchmark.extra_info["vs_torch"] = torch_seconds / best
+
+
+def _best_of(fn: Callable[[], object], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ---- the torch implementations compared against ---------------------------------------------------
+
+_TORCH_LUT = torch.from_numpy(element_lut("fp4_e2m1")[:16].copy())
+_TORCH_SCALES = torch.from_numpy(OCP_SCALES.copy())
+
+
+def torch_lut_decode(blocks: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The straightforward decode: index a value table with each nibble (low first), multiply by
+    the scale looked up per block. ``out`` is float32 ``[nblocks, 32]``."""
+    out[:, 0::2] = _TORCH_LUT[(blocks & 0xF).long()]
+    out[:, 1::2] = _TORCH_LUT[(blocks >> 4).long()]
+    out *= _TORCH_SCALES[scales.long()].unsqueeze(1)
+    return out
+
+
+def torch_encode(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from kernels.formats._mx_torch import encode
+
+    enc = encode(w.reshape(-1, 32), FP4, "floor")
+    return enc["blocks"], enc["scales"]
+
+
+# ---- cases ---------------------------------------------------------------------------------------------
+
+def test_copy_baseline(benchmark) -> None:
+    nbytes = _size(benchmark)
+    src, dst = _copy_buffers(nbytes)
+    dst[:] = 0
+    benchmark.pedantic(np.copyto, args=(dst, src), rounds=1 if benchmark.disabled else 20, warmup_rounds=1)
+    assert np.array_equal(dst, src)
+    _record(benchmark, nbytes, "copy", 1)
+
+
+@pytest.mark.parametrize("threads", [1, THREADS])
+def test_numba_mxfp4_decode(benchmark, threads: int) -> None:
+    threads = _numba_threads(threads)
+    nbytes = _size(benchmark)
+    blocks, scales = _encoded(nbytes)
+    out = np.ones((scales.size, 32), np.float32)
+    kernel = nbk.pick("decode_fp4", scales.size, parallel=True)
+    args = (blocks, scales, pair_lut("fp4_e2m1"), OCP_SCALES, out)
+    kernel(*args)  # compile (or load from the cache) outside the timing
+    benchmark.pedantic(kernel, args=args, rounds=1 if benchmark.disabled else 30, warmup_rounds=1)
+    t_out = torch.zeros(scales.size, 32)
+    tb, ts = torch.from_numpy(blocks), torch.from_numpy(scales)
+    torch_lut_decode(tb, ts, t_out)
+    assert np.array_equal(t_out.numpy().view(np.uint32), out.view(np.uint32))
+    torch_s = None if benchmark.disabled else _best_of(lambda: torch_lut_decode(tb, ts, t_out), 5)
+    _record(benchmark, nbytes, "decode", threads, torch_s)
+
+
+def test_torch_lut_mxfp4_decode(benchmark) -> None:
+    nbytes = _size(benchmark)
+    blocks, scales = _encoded(nbytes)
+    tb, ts = torch.from_numpy(blocks), torch.from_numpy(scales)
+    out = torch.zeros(scales.size, 32)
+    benchmark.pedantic(torch_lut_decode, args=(tb, ts, out), rounds=1 if benchmark.disabled else 5,
+                       warmup_rounds=1)
+    _record(benchmark, nbytes, "decode-torch", THREADS)
+
+
+@pytest.mark.parametrize("threads", [1, THREADS])
+def test_numba_mxfp4_encode(benchmark, threads: int) -> None:
+    threads = _numba_threads(threads)
+    nbytes = _size(benchmark)
+    w = _weights(nbytes)
+    bits = w.view(np.uint32)
+    nb = w.size // 32
+    blocks, scales = np.zeros(nb * 16, np.uint8), np.zeros(nb, np.uint8)
+    kernel = nbk.pick("encode_fp4", nb, parallel=True)
+    args = (bits, blocks, scales, FP4.emax, FP4.max_frac, False)
+    kernel(*args)  # compile (or load from the cache) outside the timing
+    benchmark.pedantic(kernel, args=args, rounds=1 if benchmark.disabled else 20, warmup_rounds=1)
+    tw = torch.from_numpy(w)
+    t_blocks, t_scales = torch_encode(tw)
+    assert np.array_equal(t_blocks.numpy().reshape(-1), blocks)
+    assert np.array_equal(t_scales.numpy().reshape(-1), scales)
+    torch_s = None if benchmark.disabled else _best_of(lambda: torch_encode(tw), 3)
+    _record(benchmark, nbytes, "encode", threads, torch_s)
+
+
+def test_torch_mxfp4_encode(benchmark) -> None:
+    nbytes = _size(benchmark)
+    tw = torch.from_numpy(_weights(nbytes))
+    benchmark.pedantic(torch_encode, args=(tw,), rounds=1 if benchmark.disabled else 3, warmup_rounds=1)
+    _record(benchmark, nbytes, "encode-torch", THREADS)

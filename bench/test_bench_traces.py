@@ -1,0 +1,139 @@
+"""Trace I/O benchmarks (group ``traces``) and the out-of-core replay (group ``scale``).
+
+* Loading a trace (header checks, memory map, chunked validation) against a raw ``np.load`` of the
+  same bytes, side by side in the same run (ratio in ``extra_info``).
+* A trace far larger than one replay chunk, written to disk in chunks and replayed through the
+  memory map in a separate process that reports its peak *anonymous* memory: file-backed pages of
+  the map count in RSS while they are cached but the kernel drops them under pressure, so the
+  honest figure for "does not load the whole trace" is the anonymous (heap) peak.
+
+Size: ``MOESIM_BENCH_SCALE_MB`` (default 1024) MiB of expert ids when timing; a few MiB when the
+benchmark only runs as a test (``--benchmark-disable``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from traces import io as trace_io
+from traces.record_writer import ChunkedTraceWriter
+from traces.synth import generate_preset
+from traces.trace import Trace
+
+pytestmark = pytest.mark.benchmark(group="traces")
+
+
+def _tiled_trace(path: Path, target_bytes: int) -> Trace:
+    """A gpt-oss-20b-shaped trace of about ``target_bytes`` of expert ids, written chunk by chunk
+    (one synthetic block repeated with fresh request ids), never whole in memory."""
+    block = generate_preset("gpt-oss-20b", seed=0, num_requests=4)
+    step_bytes = block.num_layers * block.width * 2
+    repeats = max(1, target_bytes // (block.num_steps * step_bytes))
+    rid = np.asarray(block.request_id, np.int64)
+    with ChunkedTraceWriter(path, {"experts": (block.num_layers, block.width), "request_id": ()},
+                            chunk_steps=1 << 16) as writer:
+        for i in range(repeats):
+            writer.append({"experts": np.asarray(block.experts), "request_id": rid + i * (int(rid.max()) + 1)})
+        return writer.close(block.meta.with_updates(notes="tiled benchmark trace"))
+
+
+@pytest.fixture(scope="module")
+def big_trace(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Trace:
+    opt = request.config.getoption
+    disabled = bool(opt("benchmark_disable", False)) and not bool(opt("benchmark_enable", False))
+    mb = 4 if disabled else float(os.environ.get("MOESIM_BENCH_SCALE_MB", "1024"))
+    return _tiled_trace(tmp_path_factory.mktemp("scale") / "big.safetensors", int(mb * 2**20))
+
+
+def test_load_vs_raw_np_load(benchmark: Any, big_trace: Trace, tmp_path: Path) -> None:
+    raw = tmp_path / "experts.npy"
+    np.save(raw, np.asarray(big_trace.experts))
+    nbytes = int(big_trace.experts.nbytes)
+
+    def ours() -> int:
+        t = trace_io.load(big_trace.file)  # memory map + header checks + chunked validation
+        return int(t.experts[-1, 0, 0])
+
+    def baseline() -> int:
+        return int(np.load(raw)[-1, 0, 0])
+
+    assert ours() == baseline()
+    result = benchmark.pedantic(ours, rounds=3, iterations=1, warmup_rounds=1)
+    assert result == baseline()
+    if not benchmark.disabled:
+        import time
+
+        t0 = time.perf_counter()
+        for _ in range(3):
+            baseline()
+        raw_s = (time.perf_counter() - t0) / 3
+        ours_s = benchmark.stats.stats.min
+        benchmark.extra_info.update(bytes=nbytes, gb_per_s=nbytes / ours_s / 1e9, np_load_gb_per_s=nbytes / raw_s / 1e9,
+                                    ratio_vs_np_load=raw_s / ours_s)
+    else:
+        benchmark.extra_info.update(bytes=nbytes)
+
+
+REPLAY_CHILD = textwrap.dedent("""
+    import json, sys, threading, time
+    from sim.replay import replay
+    from traces import io
+
+    peak = [0]
+    stop = False
+    def anon_kb():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+        return 0
+    def watch():
+        while not stop:
+            peak[0] = max(peak[0], anon_kb())
+            time.sleep(0.005)
+    base = anon_kb()
+    t = io.load(sys.argv[1])
+    replay(t.slice_steps(0, 64), "lru", int(sys.argv[2]))  # load the compiled code before timing
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    t0 = time.perf_counter()
+    res = replay(t, "lru", int(sys.argv[2]), chunk_steps=int(sys.argv[3]))
+    dt = time.perf_counter() - t0
+    stop = True
+    w.join()
+    print(json.dumps({"hits": res.hits, "accesses": res.accesses, "seconds": dt, "base_anon_kb": base,
+                      "peak_anon_kb": max(peak[0], anon_kb())}))
+""")
+
+
+@pytest.mark.benchmark(group="scale")
+def test_out_of_core_replay_keeps_memory_bounded(benchmark: Any, big_trace: Trace) -> None:
+    chunk = 1 << 14  # steps per piece: 24 x 4 x 2 bytes x 16 k = 3 MiB of ids per chunk
+
+    def child() -> dict[str, Any]:
+        out = subprocess.run([sys.executable, "-c", REPLAY_CHILD, str(big_trace.file), "256", str(chunk)],
+                             capture_output=True, text=True, check=True, timeout=1800)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    res = benchmark.pedantic(child, rounds=1, iterations=1)
+    trace_bytes = int(big_trace.experts.nbytes)
+    grew = (res["peak_anon_kb"] - res["base_anon_kb"]) * 1024
+    benchmark.extra_info.update(trace_bytes=trace_bytes, accesses=res["accesses"],
+                                accesses_per_s=res["accesses"] / res["seconds"],
+                                peak_anon_mb=res["peak_anon_kb"] / 1024, anon_growth_mb=grew / 2**20)
+    if benchmark.disabled:
+        from sim.replay import replay
+
+        direct = replay(big_trace, "lru", 256)
+        assert (res["hits"], res["accesses"]) == (direct.hits, direct.accesses)
+    elif trace_bytes >= 256 * 2**20:
+        # The heap must not hold the trace: at most a few chunks' worth of working arrays.
+        assert grew < trace_bytes / 4, (grew, trace_bytes)
