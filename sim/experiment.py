@@ -191,7 +191,7 @@ def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) 
     warmup = int(cache.get("warmup_steps", 0))
     rep = replay(dec, pol["name"], l1, organisation=organisation, pinned=pinned, params=params, seed=seed,
                  warmup_steps=warmup, cold_start_per_request=bool(cache.get("cold_start_per_request", False)),
-                 tie_break=str(cache.get("tie_break", "row")))
+                 tie_break=str(cache.get("tie_break", "row")), progress=bool(c.get("progress", False)))
     level1 = Level(experts=l1 if organisation == "shared" else max(1, l1 // model.num_moe_layers),
                    policy=pol["name"], params=params, organisation=organisation)
     off = simulate_offload(trace, model, hw, fmt, l1=level1, l2=l2, inclusive=bool(cache.get("inclusive", True)),

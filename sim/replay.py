@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from tqdm import tqdm
 
 from sim.errors import ConfigError
 from sim.kernel import NEVER
@@ -167,7 +168,7 @@ def replay(trace: Trace, policy: str, capacity: int | None = None, *, capacity_b
            per_layer_capacity: Sequence[int] | None = None, pinned: Collection[int] | None = None,
            params: Mapping[str, Any] | None = None, seed: int = 0, warmup_steps: int = 0,
            cold_start_per_request: bool = False, tie_break: str = "row", record_steps: bool = False,
-           chunk_steps: int | None = None) -> ReplayResult:
+           chunk_steps: int | None = None, progress: bool = False) -> ReplayResult:
     """Replay ``trace`` through ``policy`` and count hits (see the module docstring).
 
     ``capacity`` in experts, or ``capacity_bytes`` / ``bytes_per_expert`` (floored to whole
@@ -175,7 +176,7 @@ def replay(trace: Trace, policy: str, capacity: int | None = None, *, capacity_b
     a total ``capacity`` is split equally (the remainder to the first layers). ``pinned``: keys
     ``l * E + e``. ``tie_break``: order of a row's experts (``row`` as recorded, ``reverse``,
     ``expert_id``); it never changes whether they hit, only the recency / insertion order they
-    leave (see :mod:`sim.rows`). ``seed`` seeds randomized policies (per cache instance and
+    leave (see :mod:`sim.rows`). ``progress``: a progress bar over the trace's pieces (stderr). ``seed`` seeds randomized policies (per cache instance and
     restart, :func:`instance_seed`). ``chunk_steps`` sets the piece size (default ~4 M entries).
     """
     module = get_policy(policy)
@@ -229,7 +230,7 @@ def replay(trace: Trace, policy: str, capacity: int | None = None, *, capacity_b
                     else None)
         return _forward(trace, module, pieces, layout, instances, next_use, restart, record_steps,
                         total=total, layer_caps=layer_caps, params=dict(params or {}), seed=seed,
-                        warmup_steps=warmup_steps, cold_start=cold_start_per_request)
+                        warmup_steps=warmup_steps, cold_start=cold_start_per_request, progress=progress)
 
 
 def _next_use_pass(trace: Trace, pieces: list[Piece], layout: Layout, instances: list[_Instance],
@@ -274,7 +275,7 @@ def _row_widths(chunk):
 def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layout,
              instances: list[_Instance], next_use: dict[tuple[int, int], np.ndarray] | None, restart: Any,
              record_steps: bool, *, total: int, layer_caps: tuple[int, ...] | None, params: dict[str, Any],
-             seed: int, warmup_steps: int, cold_start: bool) -> ReplayResult:
+             seed: int, warmup_steps: int, cold_start: bool, progress: bool = False) -> ReplayResult:
     L, K, T = trace.num_layers, trace.width, trace.num_steps
     layer_acc = np.zeros(L, np.int64)
     layer_hit = np.zeros(L, np.int64)
@@ -286,7 +287,9 @@ def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layo
     all_mask = np.zeros((T, L, K), np.bool_) if record_steps else None
     no_next = np.zeros(0, np.int64)
     any_pinned = bool(layout.pinned.any())
+    bar = tqdm(total=trace.num_steps, unit="step", desc=f"replay {module.NAME}", disable=not progress, leave=False)
     for p, (piece, chunk, block) in enumerate(iter_row_blocks(trace.experts, pieces, layout)):
+        bar.update(piece.stop - piece.start)
         if piece.reset:
             restart(piece.epoch)
         Tc = piece.stop - piece.start
@@ -320,6 +323,7 @@ def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layo
                 sel = ph == value
                 phases.setdefault(int(value), np.zeros(2, np.int64))
                 phases[int(value)] += (int(step_acc[sel].sum()), int(step_hits[sel].sum()))
+    bar.close()
     return ReplayResult(
         policy=module.NAME, organisation=layout.organisation, capacity=total, layer_capacity=layer_caps,
         num_pinned=int(layout.pinned.sum()), params=params, seed=seed, tie_break=layout.tie_break,
