@@ -272,6 +272,25 @@ def _row_widths(chunk):
     return out
 
 
+FUSED_PATHS = True  # the tests switch it off to compare the fused loops with the generic path
+
+
+def _plain_chunks(experts: np.ndarray, pieces: list[Piece]) -> Any:
+    for piece in pieces:
+        yield piece, np.ascontiguousarray(experts[piece.start:piece.stop]), None
+
+
+def _count_phases(trace: Trace, piece: Piece, step_acc: np.ndarray, step_hits: np.ndarray,
+                  phases: dict[int, np.ndarray]) -> None:
+    if trace.phase is None:
+        return
+    ph = np.asarray(trace.phase[piece.start:piece.stop])
+    for value in np.unique(ph):
+        sel = ph == value
+        phases.setdefault(int(value), np.zeros(2, np.int64))
+        phases[int(value)] += (int(step_acc[sel].sum()), int(step_hits[sel].sum()))
+
+
 def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layout,
              instances: list[_Instance], next_use: dict[tuple[int, int], np.ndarray] | None, restart: Any,
              record_steps: bool, *, total: int, layer_caps: tuple[int, ...] | None, params: dict[str, Any],
@@ -288,12 +307,28 @@ def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layo
     no_next = np.zeros(0, np.int64)
     any_pinned = bool(layout.pinned.any())
     bar = tqdm(total=trace.num_steps, unit="step", desc=f"replay {module.NAME}", disable=not progress, leave=False)
-    for p, (piece, chunk, block) in enumerate(iter_row_blocks(trace.experts, pieces, layout)):
+    # A policy may offer a fused loop reading the trace directly (no CSR rows, no scatter) for the
+    # plain case; it must give exactly what the generic path gives (tests compare the two).
+    fused = (FUSED_PATHS and hasattr(module, "replay_steps") and not layout.per_layer and not any_pinned
+             and layout.tie_break == "row" and not record_steps and next_use is None)
+    blocks = _plain_chunks(trace.experts, pieces) if fused else iter_row_blocks(trace.experts, pieces, layout)
+    for p, (piece, chunk, block) in enumerate(blocks):
         bar.update(piece.stop - piece.start)
         if piece.reset:
             restart(piece.epoch)
         Tc = piece.stop - piece.start
         step_hits = np.zeros((Tc, L), np.int64)
+        if fused:
+            step_acc = np.zeros((Tc, L), np.int64)
+            ev = module.replay_steps(instances[0].state, chunk, trace.num_experts, step_hits, step_acc)
+            evictions[int(piece.counted)] += int(ev)
+            if not piece.counted:
+                warm += (int(step_acc.sum()), int(step_hits.sum()))
+                continue
+            layer_acc += step_acc.sum(axis=0)
+            layer_hit += step_hits.sum(axis=0)
+            _count_phases(trace, piece, step_acc, step_hits, phases)
+            continue
         mask = all_mask[piece.start:piece.stop] if all_mask is not None else np.zeros((0, 0, 0), np.bool_)
         piece_pinned = 0
         if any_pinned:  # a scan of the whole piece, skipped when nothing is pinned
@@ -317,12 +352,7 @@ def _forward(trace: Trace, module: ModuleType, pieces: list[Piece], layout: Layo
         pinned_total += piece_pinned
         layer_acc += step_acc.sum(axis=0)
         layer_hit += step_hits.sum(axis=0)
-        if trace.phase is not None:
-            ph = np.asarray(trace.phase[piece.start:piece.stop])
-            for value in np.unique(ph):
-                sel = ph == value
-                phases.setdefault(int(value), np.zeros(2, np.int64))
-                phases[int(value)] += (int(step_acc[sel].sum()), int(step_hits[sel].sum()))
+        _count_phases(trace, piece, step_acc, step_hits, phases)
     bar.close()
     return ReplayResult(
         policy=module.NAME, organisation=layout.organisation, capacity=total, layer_capacity=layer_caps,

@@ -143,6 +143,58 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
+@njit(cache=True)
+def replay_steps(state, chunk, num_experts, step_hits, step_acc):
+    """Fused fast path of :func:`replay` for the common case (one shared cache, nothing pinned, row
+    order as recorded): reads the rows straight from ``chunk`` ``[T, L, K]`` (keys ``l * E + e``,
+    pads skipped) instead of a prepared CSR block, and writes each (step, layer)'s hits and
+    accesses. Same arithmetic, same order as :func:`replay`; returns the evictions."""
+    ring, last, resident, st = state
+    mask = ring.shape[0] - 1
+    head = st[0]
+    p = st[1]
+    size = st[2]
+    cap = st[3]
+    evictions = 0
+    T, L, K = chunk.shape
+    for t in range(T):
+        for layer in range(L):
+            base = layer * num_experts
+            if p - head + K > ring.shape[0]:
+                st[0] = head
+                st[1] = p
+                _compact(ring, last, st)
+                p = st[1]
+            miss = 0
+            n = 0
+            for j in range(K):
+                e = chunk[t, layer, j]
+                if e < 0:
+                    continue
+                k = base + e
+                h = resident[k]
+                miss += 1 - h
+                resident[k] = 1
+                last[k] = p
+                ring[p & mask] = k
+                p += 1
+                n += 1
+            step_hits[t, layer] = n - miss
+            step_acc[t, layer] = n
+            size += miss
+            while size > cap:
+                v = ring[head & mask]
+                cur = np.int64(last[v] == head)
+                resident[v] = resident[v] & np.uint8(1 - cur)
+                size -= cur
+                evictions += cur
+                head += 1
+    st[0] = head
+    st[1] = p
+    st[2] = size
+    return evictions
+
+
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,
               capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, int]:
     """Plain-Python LRU with the same row semantics: (hit per access, evictions)."""
