@@ -16,7 +16,9 @@ def matrix_bytes(format_name: str, shape: tuple[int, ...]) -> float:
     count = 1
     for s in shape:
         count *= s
-    return get_format(format_name).bits_per_weight(shape) * count / 8.0
+    # Every format stores a whole number of bits per tensor; rounding the float product to it drops
+    # the last-place error of an amortised per-tensor scale (32 / count is rarely exact in binary).
+    return round(get_format(format_name).bits_per_weight(shape) * count) / 8.0
 
 
 def expert_bytes(format_name: str, matrix_shapes: Sequence[tuple[int, ...]]) -> float:

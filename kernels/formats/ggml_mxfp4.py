@@ -8,10 +8,12 @@ whose ``.reshape(-1)`` is the byte stream of a tensor.
 ggml decodes with a doubled table (the E2M1 values times 2: 0, 1, 2, 3, 4, 6, 8, 12 and negatives)
 and a *half* scale ``2^(e-128)`` built from bits (``e < 2``: the subnormals 2^-128, 2^-127; else
 ``(e - 1) << 23``), so its values are exactly ``E2M1 * 2^(e-127)`` for every byte, including 0xFF:
-ggml has no NaN scale, and 0xFF gives ``E2M1 * 2^128`` (+-0.5 -> +-2^127, +-0 -> +-0, larger
-magnitudes +-Inf), where OCP decoding gives a NaN block. :func:`decode_ggml` reproduces ggml's
-arithmetic. Conversion only moves nibbles and bytes, so ggml -> gpt-oss -> ggml (and the reverse)
-is bit-identical for every input, 0xFF scales included.
+ggml has no NaN scale, and 0xFF gives ``E2M1 * 2^128`` (+-0.5 -> +-2^127, zeros -> +0, larger
+magnitudes +-Inf), where OCP decoding gives a NaN block. ggml's table is ``int8_t``, so code 8
+(E2M1's -0) is the integer 0 and decodes to +0.0 where the gpt-oss reader keeps -0.0; otherwise the
+two agree bit for bit (with the reader's ``ldexp="exact"`` convention at 0xFF). :func:`decode_ggml`
+reproduces ggml's arithmetic. Conversion only moves nibbles and bytes, so ggml -> gpt-oss -> ggml
+(and the reverse) is bit-identical for every input, 0xFF scales included.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from kernels.formats._mx_common import element_lut
 from kernels.formats.base import FormatError
-from kernels.formats.gptoss import decode_gptoss
+from kernels.formats.gptoss import FP4, HALF_SCALES
+from kernels.formats.mx import decode_mx
 
 BLOCK_BYTES = 17
+
+# ggml's kvalues_mxfp4 (int8): the E2M1 values doubled, with code 8 the integer 0 (so +0.0, not -0.0).
+KVALUES = (element_lut("fp4_e2m1").astype(np.float64) * 2.0).astype(np.float32)
+KVALUES[8] = 0.0
+KVALUES.setflags(write=False)
 
 
 def to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -62,4 +71,5 @@ def from_ggml(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def decode_ggml(raw: np.ndarray, *, dtype: Any = np.float32, backend: str = "numba") -> np.ndarray:
     """ggml's own dequantization (``kvalue * half_scale``) of ``[..., G, 17]`` -> ``[..., G * 32]``."""
     blocks, scales = from_ggml(raw)
-    return decode_gptoss(blocks, scales, dtype=dtype, ldexp="exact", backend=backend)
+    return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=HALF_SCALES,
+                     lut=KVALUES, fmt="ggml MXFP4")

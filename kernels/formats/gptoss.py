@@ -43,7 +43,7 @@ LDEXP_MODES = ("pow2", "exact")
 _POW2_SCALES = scale_values(nan_scale=np.inf)
 # "exact": twice the E2M1 values times 2^(s-128), which reaches 2^127 at s = 0xFF without overflow
 # (the same products, exact, as ggml's half-scale convention).
-_HALF_SCALES = np.ldexp(1.0, np.arange(256) - 128).astype(np.float32)
+HALF_SCALES = np.ldexp(1.0, np.arange(256) - 128).astype(np.float32)
 _DOUBLE_LUT = (element_lut("fp4_e2m1").astype(np.float64) * 2.0).astype(np.float32)
 
 
@@ -76,7 +76,7 @@ def decode_gptoss(blocks: np.ndarray, scales: np.ndarray, *, dtype: Any = np.flo
     if ldexp == "pow2":
         return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=_POW2_SCALES,
                          fmt="gpt-oss MXFP4")
-    return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=_HALF_SCALES,
+    return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=HALF_SCALES,
                      lut=_DOUBLE_LUT, fmt="gpt-oss MXFP4")
 
 

@@ -109,8 +109,11 @@ def encode_mx(x: np.ndarray, element: str | MXElement, rule: str = "floor", *, b
         bits = x32.reshape(-1).view(np.uint32)
         scales = np.empty(nb, np.uint8)
         data = np.empty(nb * (16 if el.packed else BLOCK), np.uint8)
-        kernel = nbk.pick("encode_fp4" if el.packed else "encode_unpacked", nb, parallel)
-        kernel(bits, data, scales, el.emax, el.max_frac, rule == "rceil", *el.params)
+        if el.packed:  # E2M1, the only packed element, has a kernel of its own (fixed grid)
+            nbk.pick("encode_fp4", nb, parallel)(bits, data, scales, el.emax, el.max_frac, rule == "rceil")
+        else:
+            nbk.pick("encode_unpacked", nb, parallel)(bits, data, scales, el.emax, el.max_frac,
+                                                      rule == "rceil", *el.params)
     width = 16 if el.packed else BLOCK
     return data.reshape(*lead, groups, width), scales.reshape(*lead, groups)
 
