@@ -8,8 +8,17 @@ row's demand accesses, the prefetch plan's candidates for that row are issued th
 L1 (GPU): any eviction policy of :mod:`sim.policies` (``access`` inserts on every miss), one cache
 over all layers (``organisation="shared"``) or one per layer (``"per_layer"``, capacity per layer).
 While row ``r`` is served, its own experts and every prefetched expert whose target row has not
-come yet are *guarded*: no policy may evict them (prefetches that would leave less room than one
-full row per cache are dropped, so a victim always exists).
+come yet are *guarded*: no policy may evict them.
+
+Prefetch candidates of row ``r`` are handled in two passes. Those already in L1 are *touched*
+first (a policy access that hits, as the demand access of the target row will; counted as
+``prefetch_skipped_resident``), so that fetching the other candidates cannot evict an expert the
+same prediction needs. The others are then fetched in plan order unless the in-flight budget is
+spent or the cache lacks room: a victim must exist outside the keys guarded now, and when a row of
+the same cache is served before the target row (the prefetch stays guarded through it), that row
+must still fit beside every prefetch in flight (``prefetch_dropped_room`` otherwise). A per-layer
+cache is served only at its own layer, so a prefetch for the next layer needs only the first
+condition: a cache of ``k`` experts per layer can take ``k`` prefetches for its next row.
 
 L2 (DRAM): either the whole model (``HierarchyConfig.l2 = None``, the common case: every L1 miss
 is a DRAM hit) or a cache of its own with a small set of policies that support removal:
@@ -37,8 +46,9 @@ prefetches issued in the counted rows, whenever their fate is decided), ``prefet
 ``ssd_reads``, DRAM -> GPU = ``l1_fills``, GPU -> DRAM = ``demotions``, each times the bytes per
 expert.
 
-The loop is jitted (one cached specialisation per L1 policy, :mod:`sim.specialize`);
-:mod:`sim.hierarchy_ref` is its plain-Python twin.
+The loop is jitted (one cached specialisation per L1 policy, :mod:`sim.specialize`; LRU uses
+:func:`lru_access`, which keeps a guarded key's place in the recency order even when the key is
+not accessed in the row); :mod:`sim.hierarchy_ref` is its plain-Python twin.
 """
 
 from __future__ import annotations
@@ -54,8 +64,9 @@ from numba import njit
 from numba.typed import List
 
 from sim.errors import ConfigError
-from sim.kernel import HIT
+from sim.kernel import HIT, MISS
 from sim.policies import get_policy, needs_next_use, resolve_params
+from sim.policies.lru import _compact as _lru_compact
 from sim.prefetch import PrefetchPlan, empty_plan
 from sim.rows import next_use_times
 from traces.trace import Trace
@@ -300,6 +311,38 @@ def _evict_l1(v, pf_ev, ev_row, count_from, prv, nxt, res1, res2, l2, l2_on, l2_
 
 
 @njit(inline="always")
+def _guard(k, r, guard, gcount, gstamp, per_layer, num_experts):
+    """Guard key ``k`` during row ``r`` and count it in its cache's guarded keys."""
+    if guard[k] == r:
+        return
+    guard[k] = r
+    p = k // num_experts if per_layer else 0
+    if gstamp[p] != r:
+        gstamp[p] = r
+        gcount[p] = 0
+    gcount[p] += 1
+
+
+@njit(inline="always")
+def _room(p, r, target, gcount, gstamp, out_p, cap, width, per_layer, num_layers):
+    """Whether cache ``p`` can take one more prefetch issued at row ``r`` for row ``target``.
+
+    Now: a victim must exist outside the keys guarded in this row. Later: if a row of cache ``p``
+    is served before ``target`` (the prefetch stays guarded there), that row must still fit
+    beside every prefetch in flight in ``p``.
+    """
+    guarded = gcount[p] if gstamp[p] == r else 0
+    if guarded + 1 > cap:
+        return False
+    if per_layer:
+        d = (p - r % num_layers) % num_layers
+        next_row = r + d if d > 0 else r + num_layers
+    else:
+        next_row = r + 1
+    return target <= next_row or out_p + 1 + width <= cap
+
+
+@njit(inline="always")
 def hierarchy_loop(access, states, per_layer, num_layers, num_experts, cap_part, width, keys, row_ptr,
                    next_use, pf_ptr, pf_keys, pf_target, pf_next, l2_on, l2_policy, l2_cap, l2_prefill,
                    inclusive, budget, count_from, hit_out, src_out, ev_row, ev_key, ev_src, ev_kind,
@@ -315,6 +358,9 @@ def hierarchy_loop(access, states, per_layer, num_layers, num_experts, cap_part,
     out_keys = np.empty(n_keys, np.int64)
     out_tgt = np.empty(n_keys, np.int64)
     out_part = np.zeros(n_parts, np.int64)
+    # gcount[p]: keys of cache p guarded in row gstamp[p] (a victim exists while gcount[p] < capacity).
+    gcount = np.zeros(n_parts, np.int64)
+    gstamp = np.full(n_parts, -1, np.int64)
     n_out = 0
     prv = np.empty(n_keys + 1, np.int64)
     nxt = np.empty(n_keys + 1, np.int64)
@@ -343,9 +389,9 @@ def hierarchy_loop(access, states, per_layer, num_layers, num_experts, cap_part,
         lo = row_ptr[r]
         hi = row_ptr[r + 1]
         for i in range(lo, hi):
-            guard[keys[i]] = r
+            _guard(keys[i], r, guard, gcount, gstamp, per_layer, num_experts)
         for j in range(n_out):
-            guard[out_keys[j]] = r
+            _guard(out_keys[j], r, guard, gcount, gstamp, per_layer, num_experts)
         # demand accesses
         for i in range(lo, hi):
             k = np.int64(keys[i])
@@ -384,24 +430,32 @@ def hierarchy_loop(access, states, per_layer, num_layers, num_experts, cap_part,
             if res >= 0:
                 _evict_l1(base + res, pf_ev, ev_row, count_from, prv, nxt, res1, res2, l2, l2_on, l2_policy,
                           inclusive, cnt, counted)
-        # prefetches issued at this row
+        # prefetches issued at this row. First the candidates already resident are touched (a
+        # policy hit, as the demand access will be), so that fetching the others cannot evict them.
         for j in range(pf_ptr[r], pf_ptr[r + 1]):
             k = np.int64(pf_keys[j])
             if res1[k]:
                 if counted:
                     cnt[C_PF_SKIP_RES] += 1
+                p = k // num_experts if per_layer else 0
+                base = p * num_experts if per_layer else 0
+                if access(states[p], k - base, r, pf_next[j], guard[base:base + span], r) != HIT:
+                    cnt[C_INCONSISTENT] += 1
+        for j in range(pf_ptr[r], pf_ptr[r + 1]):
+            k = np.int64(pf_keys[j])
+            if res1[k]:
                 continue
             if n_out >= budget:
                 if counted:
                     cnt[C_PF_DROP_BUDGET] += 1
                 continue
             p = k // num_experts if per_layer else 0
-            if out_part[p] + 1 + width > cap_part:  # keep room for a whole row in every cache
+            if not _room(p, r, pf_target[j], gcount, gstamp, out_part[p], cap_part, width, per_layer, num_layers):
                 if counted:
                     cnt[C_PF_DROP_ROOM] += 1
                 continue
             base = p * num_experts if per_layer else 0
-            guard[k] = r
+            _guard(k, r, guard, gcount, gstamp, per_layer, num_experts)
             res = access(states[p], k - base, r, pf_next[j], guard[base:base + span], r)
             if res == HIT:
                 cnt[C_INCONSISTENT] += 1
@@ -433,10 +487,61 @@ _LOOP_ARGS = ["states", "per_layer", "num_layers", "num_experts", "cap_part", "w
               "ev_src", "ev_kind", "ev_useful", "cnt"]
 
 
+@njit(cache=True)
+def lru_access(state, key, now, next_use, guard, stamp):
+    """:func:`sim.policies.lru.access` (same state) for the hierarchy, where a guarded key need not
+    be accessed again in the row: a prefetched expert stays guarded, untouched, until its target
+    row. ``lru.access`` drops a guarded entry met while looking for a victim (the single-level
+    replay re-accesses every guarded key later in the row), which here would leave a resident key
+    without an entry, never to be evicted. This version moves the guarded entries it passes to
+    just before the new head, in their order, so recency is kept exactly.
+    """
+    ring, last, resident, st = state
+    mask = ring.shape[0] - 1
+    if st[1] - st[0] >= ring.shape[0]:
+        _lru_compact(ring, last, st)
+    p = st[1]
+    last[key] = p
+    ring[p & mask] = key
+    st[1] = p + 1
+    if resident[key]:
+        return HIT
+    resident[key] = 1
+    st[2] += 1
+    if st[2] <= st[3]:
+        return MISS
+    q = st[0]
+    while True:
+        if q >= st[1]:
+            raise ValueError("lru: every resident is guarded (the hierarchy's room check failed)")
+        v = ring[q & mask]
+        if last[v] == q and guard[v] != stamp:
+            break
+        q += 1
+    # Slide the guarded current entries in [head, q) up against q (never past an unread entry).
+    w = q
+    for s in range(q - 1, st[0] - 1, -1):
+        k = ring[s & mask]
+        if last[k] == s:
+            ring[w & mask] = k
+            last[k] = w
+            w -= 1
+    st[0] = w + 1
+    resident[v] = 0
+    st[2] -= 1
+    return v
+
+
+# The name sim.specialize imports from a policy module.
+access = lru_access
+
+
 def _jitted_loop(policy: ModuleType) -> Any:
     from sim.specialize import specialize
 
-    return specialize("sim.hierarchy", "hierarchy_loop", policy, _LOOP_ARGS)
+    # LRU runs with the order-keeping access above (same state as sim.policies.lru).
+    source = "sim.hierarchy" if policy.NAME == "lru" else policy
+    return specialize("sim.hierarchy", "hierarchy_loop", source, _LOOP_ARGS)
 
 
 # ---- results --------------------------------------------------------------------------------

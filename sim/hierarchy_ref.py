@@ -179,6 +179,15 @@ def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: Prefetch
         queue[v] = None
         bump("demotions", counted)
 
+    def has_room(p: int, r: int, target: int, guard: set[int]) -> bool:
+        # A victim must exist now outside the guarded keys; and if a row of cache p comes before
+        # the target, that row must fit beside every prefetch in flight in p.
+        if sum(1 for g in guard if part(g) == p) + 1 > l1_cap:
+            return False
+        next_row = (r + ((p - r % L) % L or L)) if per_layer else r + 1
+        in_flight = sum(1 for o in outstanding if part(o) == p)
+        return target <= next_row or in_flight + 1 + rows.width <= l1_cap
+
     for r in range(rows.num_rows):
         counted = r >= count_from
         for k in [k for k, t in outstanding.items() if t <= r]:
@@ -210,17 +219,25 @@ def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: Prefetch
             useful.append(0)
             if res is not None:
                 evict_l1(res + p * E if per_layer else res, counted)
+        # Resident candidates are touched first (a policy hit), so fetching the others cannot evict them.
+        for j in range(int(plan.row_ptr[r]), int(plan.row_ptr[r + 1])):
+            k = int(plan.keys[j])
+            if k in l1:
+                bump("prefetch_skipped_resident", counted)
+                p = part(k)
+                local = k - p * E if per_layer else k
+                lguard = {g - p * E for g in guard if part(g) == p} if per_layer else guard
+                if caches[p].access(local, r, int(pf_next[j]), lguard) != HIT:
+                    raise RuntimeError(f"prefetch candidate {k} is resident but its cache missed")
         for j in range(int(plan.row_ptr[r]), int(plan.row_ptr[r + 1])):
             k, target = int(plan.keys[j]), int(plan.target[j])
             if k in l1:
-                bump("prefetch_skipped_resident", counted)
                 continue
             if len(outstanding) >= budget:
                 bump("prefetch_dropped_budget", counted)
                 continue
             p = part(k)
-            in_part = sum(1 for o in outstanding if part(o) == p)
-            if in_part + 1 + rows.width > l1_cap:
+            if not has_room(p, r, target, guard):
                 bump("prefetch_dropped_room", counted)
                 continue
             guard.add(k)

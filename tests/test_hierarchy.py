@@ -179,3 +179,17 @@ def test_jitted_hierarchy_equals_the_reference(scenario) -> None:
     assert np.array_equal(a.hit, b.hit) and np.array_equal(a.src, b.src)
     for name in ("row", "key", "src", "kind", "useful"):
         assert np.array_equal(getattr(a.events, name), getattr(b.events, name)), name
+
+
+@pytest.mark.parametrize("impl", [simulate_hierarchy, reference_hierarchy])
+def test_a_guarded_prefetch_keeps_its_lru_position(impl) -> None:
+    # One layer, shared LRU of 3. r0 prefetches 0 (for r2) and 1 (for r1); r1 prefetches 2 and 3
+    # (for r2): 3 needs a victim while 0 (least recent) is still guarded, so 1 goes and 0 keeps
+    # its place at the front. r2 demands 4: now 0 is the least recent and goes (wasted); r3
+    # demands 0 again: a miss, evicting 2. Recency lost for 0 would keep it forever instead.
+    trace = trace_of([[[]], [[]], [[4]], [[0]]], 6)
+    plan = plan_from_lists([[(0, 2), (1, 1)], [(2, 2), (3, 2)], [], []])
+    r = impl(trace, HierarchyConfig(l1=Level(experts=3)), plan=plan)
+    c = r.counts
+    assert (c["l1_misses"], c["prefetch_issued"], c["prefetch_wasted"], c["l1_evictions"]) == (2, 4, 3, 3)
+    assert r.events.key.tolist() == [0, 1, 2, 3, 4, 0]

@@ -12,8 +12,9 @@ A *row* is one (step, MoE layer) of the trace in layer-clock order, ``r = t * L 
 issued at row ``r`` starts when the router of row ``r`` has run (the same moment the demand misses
 of row ``r`` are issued, after them) and names its *target* row: the row it is meant for. Keys are
 shared-cache keys ``l * E + e``. Plans depend only on the trace (and the seed), never on what the
-cache holds: the hierarchy skips candidates that are already resident and applies the in-flight
-budget (:class:`sim.hierarchy.HierarchyConfig`).
+cache holds: the hierarchy touches candidates that are already resident (a policy hit, so that
+fetching the others cannot evict them), fetches the rest, and applies the in-flight budget and
+the room rule (:mod:`sim.hierarchy`, :class:`sim.hierarchy.HierarchyConfig`).
 """
 
 from __future__ import annotations
