@@ -12,7 +12,8 @@
   entropy, ``reuse[l]`` against its step-to-step reuse rate, ``affinity[l]`` against the layer
   mutual information with its neighbouring layers, ``request_shift`` against (far-lag overlap - cross-request overlap)
   and ``domain_shift`` against (same-domain overlap - cross-request overlap). A second, narrower
-  pass around the first result absorbs the knobs' cross-effects.
+  pass around the first result absorbs the knobs' cross-effects, and slides its window further
+  while a knob's bracket ends on the window's edge.
 
 :func:`fit_report` lists real vs synthetic values of the statistics in :mod:`traces.fitstats` with
 their relative error. ``python -m traces.fit --write-presets`` regenerates ``traces/presets/*.json``
@@ -47,12 +48,15 @@ from traces.synth import (
 )
 from traces.trace import Trace
 
-FIT_VERSION = "1"
+# 2: windows of later passes slide when a bracket ends on an inner edge (presets fitted with 1 lack it).
+FIT_VERSION = "2"
 CALIBRATION_SEED = 12345
 # Synthetic calibration traces keep at most about this many steps (requests are subsampled evenly).
 CALIBRATION_MAX_STEPS = 16384
 PASS_ITERATIONS = (10, 6)
 SECOND_PASS_HALF_WIDTH = 0.1  # of each knob's full range
+# Extra passes that slide a window whose bracket ended on an inner edge (see _calibrate).
+MAX_SLIDES = 6
 _GATE_MC_ROWS = 1 << 15
 
 
@@ -136,29 +140,44 @@ def _plan_from_trace(trace: Trace, max_steps: int) -> tuple[RequestPlan, int]:
 
 def _calibrate(config: SynthConfig, plan: RequestPlan, targets: dict[str, np.ndarray], seed: int,
                iterations: tuple[int, ...]) -> SynthConfig:
-    """Simultaneous bisection of every knob group against its target (see the module docstring)."""
+    """Simultaneous bisection of every knob group against its target (see the module docstring).
+
+    The first pass bisects each knob over its full range; every later pass re-bisects a window of
+    ``SECOND_PASS_HALF_WIDTH`` of the range around the previous result. While the knobs move
+    together, an early step can be decided by the others' still-wrong values and push a knob's
+    bracket away from its answer; such a knob ends on an edge of its window, so the window is slid
+    there for up to ``MAX_SLIDES`` more passes until no knob ends on an inner edge."""
     names = list(targets)
-    width = {n: _KNOBS[n].hi - _KNOBS[n].lo for n in names}
-    lo = {n: np.full(len(targets[n]), _KNOBS[n].lo) for n in names}
-    hi = {n: np.full(len(targets[n]), _KNOBS[n].hi) for n in names}
-    current = config
-    for pass_no, steps in enumerate(iterations):
+    glo = {n: np.full(len(targets[n]), _KNOBS[n].lo) for n in names}
+    ghi = {n: np.full(len(targets[n]), _KNOBS[n].hi) for n in names}
+    lo = {n: glo[n].copy() for n in names}
+    hi = {n: ghi[n].copy() for n in names}
+    passes = list(iterations) + [iterations[-1]] * MAX_SLIDES if iterations else []
+    stuck: dict[str, bool] = {}
+    for pass_no, steps in enumerate(passes):
         if pass_no > 0:
+            if pass_no >= len(iterations) and not any(stuck.values()):
+                break
             for n in names:
                 mid = 0.5 * (lo[n] + hi[n])
-                half = SECOND_PASS_HALF_WIDTH * width[n]
-                lo[n] = np.maximum(mid - half, _KNOBS[n].lo)
-                hi[n] = np.minimum(mid + half, _KNOBS[n].hi)
+                half = SECOND_PASS_HALF_WIDTH * (_KNOBS[n].hi - _KNOBS[n].lo)
+                lo[n] = np.maximum(mid - half, glo[n])
+                hi[n] = np.minimum(mid + half, ghi[n])
+        win_lo = {n: lo[n].copy() for n in names}
+        win_hi = {n: hi[n].copy() for n in names}
         for _ in range(steps):
             mids = {n: 0.5 * (lo[n] + hi[n]) for n in names}
-            current = _with_knobs(config, mids)
-            stats = trace_stats(generate_with_plan(current, plan, seed=seed), with_mi="affinity" in names)
+            stats = trace_stats(generate_with_plan(_with_knobs(config, mids), plan, seed=seed),
+                                with_mi="affinity" in names)
             for n in names:
                 knob = _KNOBS[n]
-                above = _KNOBS[n].stat(stats) > targets[n]
+                above = knob.stat(stats) > targets[n]
                 raise_knob = ~above if knob.increasing else above
                 lo[n] = np.where(raise_knob, mids[n], lo[n])
                 hi[n] = np.where(raise_knob, hi[n], mids[n])
+        # A bracket that never left an inner edge of its window: the answer may lie beyond it.
+        stuck = {n: bool(np.any(((lo[n] == win_lo[n]) & (win_lo[n] > glo[n]))
+                                | ((hi[n] == win_hi[n]) & (win_hi[n] < ghi[n])))) for n in names}
     return _with_knobs(config, {n: 0.5 * (lo[n] + hi[n]) for n in names})
 
 
@@ -222,6 +241,12 @@ def _rel(real: float, synth: float) -> float:
     return abs(synth - real) / abs(real)
 
 
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean over the layers where the statistic is defined; NaN (without a warning) where none is."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
 def fit_report(real: Trace, synthetic: Trace) -> dict[str, dict[str, Any]]:
     """Real vs synthetic statistics: for each, the layer mean of both, their relative error and the
     largest per-layer relative error (``max_layer_rel_error``; equal to ``rel_error`` for scalars)."""
@@ -231,11 +256,12 @@ def fit_report(real: Trace, synthetic: Trace) -> dict[str, dict[str, Any]]:
         if a[name] is None or b[name] is None:
             continue
         ra, rb = np.atleast_1d(np.asarray(a[name], float)), np.atleast_1d(np.asarray(b[name], float))
-        mean_a, mean_b = float(np.nanmean(ra)), float(np.nanmean(rb))
+        mean_a, mean_b = _finite_mean(ra), _finite_mean(rb)
         entry: dict[str, Any] = {"real": mean_a, "synthetic": mean_b, "rel_error": _rel(mean_a, mean_b)}
         if ra.shape == rb.shape and ra.size > 1:
-            entry["max_layer_rel_error"] = max(_rel(float(x), float(y)) for x, y in zip(ra, rb, strict=True)
-                                               if np.isfinite(x) and np.isfinite(y))
+            # NaN when no layer has the statistic on both sides (e.g. no step has a predecessor).
+            entry["max_layer_rel_error"] = max((_rel(float(x), float(y)) for x, y in zip(ra, rb, strict=True)
+                                                if np.isfinite(x) and np.isfinite(y)), default=math.nan)
         else:
             entry["max_layer_rel_error"] = entry["rel_error"]
         out[name] = entry
@@ -296,8 +322,9 @@ def fit_presets_from_shared_data(out_dir: str | os.PathLike[str] | None = None,
     from traces.importers import shared_data_dir
 
     data = Path(data_dir) if data_dir is not None else shared_data_dir()
-    if data is None:
-        raise FileNotFoundError("the shared data folder is absent (set MOESIM_SHARED_DATA)")
+    if data is None or not data.is_dir():
+        raise FileNotFoundError(f"the shared data folder {'' if data is None else str(data) + ' '}is absent "
+                                "(set MOESIM_SHARED_DATA or pass --data-dir)")
     out = Path(out_dir) if out_dir is not None else Path(__file__).resolve().parent / "presets"
     fitted: dict[str, tuple[SynthConfig, dict[str, Any]]] = {}
     for name in REAL_TRACES:

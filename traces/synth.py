@@ -30,6 +30,8 @@ SYNTH_VERSION = "1"
 PerLayer = float | tuple[float, ...]
 _PER_LAYER = ("skew", "reuse")
 _LENGTH_DISTS = ("lognormal", "uniform")
+_INT_FIELDS = ("num_layers", "num_experts", "top_k", "num_domains", "num_token_types", "num_requests",
+               "prompt_len_min", "prompt_len_max", "decode_len_min", "decode_len_max")
 # Requests whose [L, E] popularity tables are built at once (bounds memory for 1e6-step traces).
 _CDF_CHUNK_FLOATS = 1 << 22
 _GATE_CHUNK_STEPS = 1 << 15
@@ -116,6 +118,11 @@ class SynthConfig:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
             else:
                 object.__setattr__(self, name, float(value))
+        for name in _INT_FIELDS:
+            # Integral floats (a YAML ``16.0``, a JSON round trip) are taken as the integer.
+            value = getattr(self, name)
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                object.__setattr__(self, name, int(value))
         _check(self)
 
     def per_layer(self, name: str) -> np.ndarray:
@@ -136,8 +143,12 @@ def _check(c: SynthConfig) -> None:
     def bad(field: str, why: str) -> ValueError:
         return ValueError(f"SynthConfig.{field}: {why}")
 
+    for name in _INT_FIELDS:
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise bad(name, f"must be an integer, got {v!r}")
     for name in ("num_layers", "num_experts", "top_k", "num_requests", "num_domains", "num_token_types"):
-        if int(getattr(c, name)) < 1:
+        if getattr(c, name) < 1:
             raise bad(name, f"must be >= 1, got {getattr(c, name)}")
     if c.top_k > c.num_experts:
         raise bad("top_k", f"{c.top_k} exceeds num_experts={c.num_experts}")
@@ -168,8 +179,9 @@ def _check(c: SynthConfig) -> None:
         lo, hi = getattr(c, f"{kind}_len_min"), getattr(c, f"{kind}_len_max")
         if lo < lo_min or hi < lo:
             raise bad(f"{kind}_len_min", f"need {lo_min} <= min <= max, got min={lo}, max={hi}")
-        if getattr(c, f"{kind}_len_median") < 0:
-            raise bad(f"{kind}_len_median", "must be >= 0")
+        median = getattr(c, f"{kind}_len_median")
+        if not (np.isfinite(median) and median >= 0):
+            raise bad(f"{kind}_len_median", f"must be finite and >= 0, got {median}")
     if not c.model:
         raise bad("model", "must not be empty")
 

@@ -16,7 +16,9 @@ at every layer. Row ``(t, l)`` is then filled in this order:
    uniform per draw through an alias table). A duplicate is rejected and redrawn, which is exactly
    sampling without replacement in proportion to the weights (the Plackett-Luce order); after
    ``MAX_REJECTIONS`` rejections in a row the slot is drawn directly from the weights restricted to
-   the unused experts, the same distribution computed exactly.
+   the unused experts, the same distribution computed exactly. If every unused expert's weight has
+   underflowed to 0 (only with extreme knobs, e.g. ``affinity`` in the hundreds), the slot is drawn
+   uniformly from the unused experts instead, so a row never holds an invalid id.
 
 Because a token keeps its type at every layer, its choices at different layers are dependent: the
 experts chosen at layer ``l`` make the type's experts at layer ``l + 1`` more likely.
@@ -67,6 +69,12 @@ def _build_alias(weights, prob, alias, scaled, small, large):
     total = 0.0
     for e in range(n):
         total += weights[e]
+    if not total > 0.0:
+        # Every weight underflowed (only with extreme knobs): draw uniformly.
+        for e in range(n):
+            prob[e] = 1.0
+            alias[e] = e
+        return
     ns = 0
     nl = 0
     for e in range(n):
@@ -112,6 +120,8 @@ def _exact_draw(weights, row, n, u):
     mass = 0.0
     for e in range(num_experts):
         mass += masked[e]
+    if not mass > 0.0:
+        return _uniform_unused(row, n, num_experts, u)
     x = u * mass
     acc = 0.0
     last = -1
@@ -122,6 +132,24 @@ def _exact_draw(weights, row, n, u):
             if acc > x:
                 return e
     return last
+
+
+@njit(cache=True)
+def _uniform_unused(row, n, num_experts, u):
+    """The ``int(u * (E - n))``-th expert (ascending) not in ``row[:n]``: the draw when every unused
+    expert's weight underflowed to 0."""
+    target = min(int(u * (num_experts - n)), num_experts - n - 1)
+    seen = 0
+    for e in range(num_experts):
+        used = False
+        for j in range(n):
+            if row[j] == e:
+                used = True
+        if not used:
+            if seen == target:
+                return e
+            seen += 1
+    return -1
 
 
 @njit(cache=True)
@@ -218,6 +246,8 @@ def _alias_ref(weights: list[float]) -> tuple[list[float], list[int]]:
     total = 0.0
     for w in weights:
         total += w
+    if not total > 0.0:
+        return [1.0] * n, list(range(n))
     scaled = [w * n / total for w in weights]
     prob = [0.0] * n
     alias = [0] * n
@@ -243,6 +273,9 @@ def _exact_draw_ref(weights: list[float], row: list[int], u: float) -> int:
     mass = 0.0
     for w in masked:
         mass += w
+    if not mass > 0.0:
+        unused = [e for e in range(len(weights)) if e not in row]
+        return unused[min(int(u * len(unused)), len(unused) - 1)]
     x = u * mass
     acc = 0.0
     last = -1
