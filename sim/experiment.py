@@ -17,6 +17,7 @@ What one run measures (all over the decode steps of the trace, after ``cache.war
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from sim.profiles import ModelProfile, load_hardware_profile, load_model_profile
 from sim.replay import replay
 from sim.timing import auto_l1_experts, prepare_trace, simulate_offload
 from traces import io as trace_io
-from traces.synth import SYNTH_VERSION, generate_preset
+from traces.synth import SYNTH_VERSION, generate_preset, preset
 from traces.trace import Trace
 
 GIB = 2**30
@@ -71,8 +72,10 @@ def load_trace(tcfg: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | No
         trace = trace_io.load_any(p)
     elif kind == "synthetic":
         knobs = dict(tcfg.get("knobs") or {})
-        key_src = json.dumps({"preset": tcfg["preset"], "requests": int(tcfg["requests"]), "seed": int(tcfg["seed"]),
-                              "knobs": knobs, "generator_version": SYNTH_VERSION}, sort_keys=True)
+        # The key holds the preset's knob values, not only its name: a refitted preset is a new trace.
+        key_src = json.dumps({"preset": tcfg["preset"], "config": dataclasses.asdict(preset(str(tcfg["preset"]))),
+                              "requests": int(tcfg["requests"]), "seed": int(tcfg["seed"]), "knobs": knobs,
+                              "generator_version": SYNTH_VERSION}, sort_keys=True, default=str)
         key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
         folder = Path(tcfg.get("cache_dir") or cache_root() / "traces")
         path = folder / f"{tcfg['preset']}-{key}.safetensors"
