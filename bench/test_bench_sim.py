@@ -101,13 +101,16 @@ def _ours(benchmark: Any, policy: str, s: Stream) -> np.ndarray:
     module = get_policy(policy)
     context = {"num_layers": s.num_layers, "num_experts": s.num_experts} if policy in LAYER_CLOCK else {}
     params = resolve_params(module, _params(policy, s), **context)
-    next_use = (next_use_times(s.keys, s.row_ptr, s.row_time, s.num_keys) if needs_next_use(module)
+    # An oracle policy runs in libCacheSim's clock (one tick per request): with the layer clock the
+    # experts of one row would share a next-use time and tie, which libCacheSim never sees.
+    times = np.arange(len(s.keys), dtype=np.int64) if needs_next_use(module) else s.row_time
+    next_use = (next_use_times(s.keys, s.row_ptr, times, s.num_keys) if needs_next_use(module)
                 else np.zeros(0, np.int64))
     hits = np.zeros(len(s.keys), np.uint8)
 
     def setup() -> tuple[tuple, dict]:
         state = module.make_state(CAPACITY, s.num_keys, params, 1)  # seed 1: a non-zero seed, as libCacheSim's
-        return (state, s.keys, s.row_ptr, s.row_time, next_use, s.num_keys, hits), {}
+        return (state, s.keys, s.row_ptr, times, next_use, s.num_keys, hits), {}
 
     benchmark.pedantic(module.replay, setup=setup, rounds=_rounds(benchmark), warmup_rounds=1)
     return hits
