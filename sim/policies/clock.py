@@ -5,7 +5,20 @@ hand moves on; the first key with a clear bit is replaced by the new key (bit cl
 moves past it. Keys of the current row are skipped untouched. This is FIFO with reinsertion:
 ``reference`` uses that formulation (a queue whose head is re-queued while its bit is set).
 
-State: ``slots[capacity]``, ``slot_of[key]`` (-1 if absent), ``ref[key]``, ``[size, capacity, hand]``.
+State: ``slots[capacity]`` (the key in each slot), ``slot_of[key]`` (-1 if absent), ``bits`` (the
+reference bits by slot, 64 to a ``uint64`` word; bits past the last slot stay clear),
+``[size, capacity, hand]``. Keeping the bits by slot in words lets the hand pass a run of set bits
+with one count-trailing-zeros instead of a loop that mispredicts at its unpredictable exit.
+
+``replay`` is a specialised loop that sweeps word by word. The row guard becomes a mask of
+*protected slots* (``guarded``, words like ``bits``): the hand treats a protected slot as one whose
+bit is set but leaves its bit alone, which is exactly "skipped untouched". A row of one key needs
+no protection (its key is not resident while the hand moves); a wider row protects the slots of
+its resident keys first and each new key's slot as it is filled, and unprotects them at its end.
+The leading one-key rows of a block (all of it for a flattened request stream) run a loop that
+reads no row bounds.
+``access`` (one request at a time, with the engine's guard array) sweeps slot by slot; the tests
+check that both give the same hits, evictions and state.
 """
 
 from __future__ import annotations
@@ -16,52 +29,263 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 from sim.kernel import HIT, MISS, replay_kernel
 
 NAME = "clock"
 PARAMS: dict[str, Any] = {}
 
+_ONE = np.uint64(1)
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
+
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
-    slots = np.full(max(capacity, 1), -1, np.int64)
-    return slots, np.full(num_keys, -1, np.int64), np.zeros(num_keys, np.uint8), np.array([0, capacity, 0],
-                                                                                            np.int64)
+    cap = max(capacity, 1)
+    return (np.full(cap, -1, np.int64), np.full(num_keys, -1, np.int64), np.zeros((cap + 63) // 64, np.uint64),
+            np.array([0, capacity, 0], np.int64))
+
+
+@njit(inline="always")
+def _set_bit(bits, p):
+    bits[p >> 6] |= _ONE << np.uint64(p & 63)
+
+
+@njit(inline="always")
+def _clear_bit(bits, p):
+    bits[p >> 6] &= ~(_ONE << np.uint64(p & 63))
+
+
+@njit(inline="always")
+def _bit(bits, p):
+    return (bits[p >> 6] >> np.uint64(p & 63)) & _ONE
+
+
+@njit(cache=True)
+def _sweep(slots, bits, guard, stamp, hand, cap):
+    """Move the hand to the first unguarded slot whose bit is clear, clearing set bits on the way."""
+    while True:
+        if guard[slots[hand]] != stamp:
+            if _bit(bits, hand) == 0:
+                return hand
+            _clear_bit(bits, hand)
+        hand += 1
+        if hand == cap:
+            hand = 0
+
+
+@njit(cache=True)
+def _sweep_words(bits, guarded, hand, cap):
+    """Move the hand to the first unprotected slot whose bit is clear, clearing the bits of the
+    unprotected slots on the way; a word at a time."""
+    while True:
+        w = hand >> 6
+        off = np.uint64(hand & 63)
+        free = (~(bits[w] | guarded[w])) >> off  # the slots the hand may take, from the hand on
+        room = min(64, cap - (w << 6)) - (hand & 63)  # slots of this word from the hand on
+        if free != 0:
+            t = np.int64(trailing_zeros(free))
+            if t < room:
+                bits[w] &= ~((((_ONE << np.uint64(t)) - _ONE) << off) & ~guarded[w])
+                return hand + t
+        bits[w] &= ((_ONE << off) - _ONE) | guarded[w]  # every slot from the hand on was passed
+        hand = (w + 1) << 6
+        if hand >= cap:
+            hand = 0
 
 
 @njit(cache=True)
 def access(state, key, now, next_use, guard, stamp):
-    slots, slot_of, ref, ctr = state
-    if slot_of[key] >= 0:
-        ref[key] = 1
+    slots, slot_of, bits, ctr = state
+    s = slot_of[key]
+    if s >= 0:
+        _set_bit(bits, s)
         return HIT
     cap = ctr[1]
     if ctr[0] < cap:
         slots[ctr[0]] = key
         slot_of[key] = ctr[0]
-        ref[key] = 0
+        _clear_bit(bits, ctr[0])
         ctr[0] += 1
         return MISS
-    hand = ctr[2]
-    while True:
-        v = slots[hand]
-        if guard[v] == stamp:
-            hand = (hand + 1) % cap
-        elif ref[v]:
-            ref[v] = 0
-            hand = (hand + 1) % cap
-        else:
-            break
+    hand = _sweep(slots, bits, guard, stamp, ctr[2], cap)
+    v = slots[hand]
     slot_of[v] = -1
     slots[hand] = key
     slot_of[key] = hand
-    ref[key] = 0
-    ctr[2] = (hand + 1) % cap
+    ctr[2] = hand + 1 if hand + 1 < cap else 0
     return v
 
 
 @njit(cache=True)
+def one_key_prefix(row_ptr):
+    """How many leading rows hold exactly one key; checked 64 rows at a time with a loop the
+    compiler vectorises (no early exit inside a block)."""
+    n = row_ptr.shape[0] - 1
+    i = 0
+    while i + 64 <= n:
+        bad = 0
+        for j in range(i, i + 64):
+            bad |= (row_ptr[j + 1] - row_ptr[j]) ^ 1
+        if bad != 0:
+            break
+        i += 64
+    while i < n and row_ptr[i + 1] - row_ptr[i] == 1:
+        i += 1
+    return i
+
+
+@njit(cache=True)
+def _serve_stream(slots, slot_of, bits, guarded, ctr, keys, row_ptr, hits):
+    """Serve the leading rows of one key each (nothing to protect): (rows served, evictions).
+
+    The caller passes the keys and hits as slices from the first row's key, so that the index starts
+    at 0 (numba then drops its negative-index fix-ups)."""
+    size = ctr[0]
+    cap = ctr[1]
+    hand = ctr[2]
+    evictions = 0
+    n = one_key_prefix(row_ptr)
+    for i in range(n):
+        k = keys[i] & _NONNEG
+        s = slot_of[k]
+        if s >= 0:
+            hits[i] = 1
+            _set_bit(bits, s)
+            continue
+        hits[i] = 0
+        if size < cap:
+            slots[size] = k
+            slot_of[k] = size
+            _clear_bit(bits, size)
+            size += 1
+            continue
+        hand = _sweep_words(bits, guarded, hand, cap)
+        slot_of[slots[hand]] = -1
+        slots[hand] = k
+        slot_of[k] = hand
+        hand += 1
+        if hand == cap:
+            hand = 0
+        evictions += 1
+    ctr[0] = size
+    ctr[2] = hand
+    return n, evictions
+
+
+@njit(cache=True)
+def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, hand):
+    """Serve the CSR rows: (size, hand, evictions). A wider row protects the slots of its keys
+    while it is served (see the module docstring)."""
+    evictions = 0
+    for r in range(row_ptr.shape[0] - 1):
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        wide = hi - lo > 1
+        if wide:
+            for i in range(lo, hi):
+                s = slot_of[keys[i] & _NONNEG]
+                if s >= 0:
+                    _set_bit(guarded, s)
+        for i in range(lo, hi):
+            k = keys[i] & _NONNEG
+            s = slot_of[k]
+            if s >= 0:
+                hits[i] = 1
+                _set_bit(bits, s)
+                continue
+            hits[i] = 0
+            if size < cap:
+                s = size
+                size += 1
+            else:
+                s = _sweep_words(bits, guarded, hand, cap)
+                slot_of[slots[s]] = -1
+                hand = s + 1 if s + 1 < cap else 0
+                evictions += 1
+            slots[s] = k
+            slot_of[k] = s
+            _clear_bit(bits, s)
+            if wide:
+                _set_bit(guarded, s)
+        if wide:
+            for i in range(lo, hi):
+                _clear_bit(guarded, slot_of[keys[i]])  # every key of the row is resident now
+    return size, hand, evictions
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    slots, slot_of, bits, ctr = state
+    if row_ptr.shape[0] < 2:
+        return 0
+    guarded = np.zeros(bits.shape[0], np.uint64)
+    lo = row_ptr[0]
+    done, evictions = _serve_stream(slots, slot_of, bits, guarded, ctr, keys[lo:], row_ptr, hits_out[lo:])
+    if done < row_ptr.shape[0] - 1:
+        size, hand, ev = _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr[done:], hits_out, ctr[0],
+                                     ctr[1], ctr[2])
+        ctr[0] = size
+        ctr[2] = hand
+        evictions += ev
+    return evictions
+
+
+@njit(cache=True)
+def steps_to_rows(chunk, num_experts):
+    """``chunk`` ``[T, L, K]`` as CSR rows of shared-cache keys ``l * E + e`` (pads skipped), one row
+    per (step, layer) in step-major order: (keys, row_ptr)."""
+    T, L, K = chunk.shape
+    keys = np.empty(T * L * K, np.int64)
+    row_ptr = np.empty(T * L + 1, np.int64)
+    n = 0
+    for t in range(T):
+        for layer in range(L):
+            row_ptr[t * L + layer] = n
+            for j in range(K):
+                e = chunk[t, layer, j]
+                if e >= 0:
+                    keys[n] = layer * num_experts + e
+                    n += 1
+    row_ptr[T * L] = n
+    return keys[:n], row_ptr
+
+
+@njit(cache=True)
+def rows_to_steps(hits, row_ptr, step_hits, step_acc):
+    """Each (step, layer) row's hits and accesses into ``step_hits`` / ``step_acc`` ``[T, L]``."""
+    T, L = step_hits.shape
+    for t in range(T):
+        for layer in range(L):
+            r = t * L + layer
+            h = 0
+            for i in range(row_ptr[r], row_ptr[r + 1]):
+                h += hits[i]
+            step_hits[t, layer] = h
+            step_acc[t, layer] = row_ptr[r + 1] - row_ptr[r]
+
+
+@njit(cache=True)
+def replay_steps(state, chunk, num_experts, step_hits, step_acc):
+    """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
+    builds the rows from ``chunk`` ``[T, L, K]`` in place of the engine's CSR block and scatter,
+    serves them with the same loop and writes each (step, layer)'s hits and accesses; returns the
+    evictions."""
+    slots, slot_of, bits, ctr = state
+    keys, row_ptr = steps_to_rows(chunk, num_experts)
+    hits = np.empty(keys.shape[0], np.uint8)
+    guarded = np.zeros(bits.shape[0], np.uint64)
+    size, hand, evictions = _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, ctr[0], ctr[1],
+                                        ctr[2])
+    ctr[0] = size
+    ctr[2] = hand
+    rows_to_steps(hits, row_ptr, step_hits, step_acc)
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 

@@ -4,6 +4,11 @@ Seeded and reproducible bit for bit: a SplitMix64 generator whose 64-bit state s
 a draw picks slot ``x mod size`` and is repeated while the slot holds a key of the current row
 (uniform over the others). The new key takes the victim's slot. ``reference`` runs the same
 generator in plain Python integers.
+
+``replay`` is a specialised loop: the generator's state lives in a register, a row of one key
+draws once (its key is not resident yet, so no slot is guarded), and the leading one-key rows of a
+block (all of it for a flattened request stream) run a loop that reads no row bounds. Wider rows stamp the row guard as ``access``
+does; the tests check that both give the same hits, evictions, slots and generator state.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from sim.kernel import HIT, MISS, replay_kernel
+from sim.policies.clock import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "random"
 PARAMS: dict[str, Any] = {}
@@ -23,6 +29,7 @@ _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -31,13 +38,19 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return slots, np.full(num_keys, -1, np.int64), np.array([0, capacity], np.int64), rng
 
 
+@njit(inline="always")
+def _mix(z):
+    """SplitMix64's output function of the advanced state ``z``."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
+    return z ^ (z >> np.uint64(31))
+
+
 @njit(cache=True)
 def _next(rng):
     z = rng[0] + np.uint64(_GOLDEN)
     rng[0] = z
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
-    return z ^ (z >> np.uint64(31))
+    return _mix(z)
 
 
 @njit(cache=True)
@@ -63,7 +76,114 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit(cache=True)
+def _serve_stream(slots, slot_of, ctr, rng, keys, row_ptr, hits):
+    """Serve the leading rows of one key each (nothing guarded): (rows served, evictions).
+
+    The caller passes the keys and hits as slices from the first row's key, so that the index starts
+    at 0 (numba then drops its negative-index fix-ups)."""
+    size = ctr[0]
+    cap = ctr[1]
+    z = rng[0]
+    usize = np.uint64(size)
+    evictions = 0
+    n = one_key_prefix(row_ptr)
+    for i in range(n):
+        k = keys[i] & _NONNEG
+        if slot_of[k] >= 0:
+            hits[i] = 1
+        else:
+            hits[i] = 0
+            if size < cap:
+                slots[size] = k
+                slot_of[k] = size
+                size += 1
+                usize = np.uint64(size)
+            else:
+                z += np.uint64(_GOLDEN)
+                j = np.int64(_mix(z) % usize)
+                slot_of[slots[j]] = -1
+                slots[j] = k
+                slot_of[k] = j
+                evictions += 1
+    ctr[0] = size
+    rng[0] = z
+    return n, evictions
+
+
+@njit(cache=True)
+def _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr, hits):
+    """Serve the CSR rows; returns the evictions. A wider row stamps its keys in ``guard`` (stamp =
+    row index + 1; the array starts at 0)."""
+    size = ctr[0]
+    cap = ctr[1]
+    z = rng[0]
+    usize = np.uint64(size)
+    evictions = 0
+    for r in range(row_ptr.shape[0] - 1):
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        wide = hi - lo > 1
+        if wide:
+            for i in range(lo, hi):
+                guard[keys[i]] = r + 1
+        for i in range(lo, hi):
+            k = keys[i] & _NONNEG
+            if slot_of[k] >= 0:
+                hits[i] = 1
+                continue
+            hits[i] = 0
+            if size < cap:
+                slots[size] = k
+                slot_of[k] = size
+                size += 1
+                usize = np.uint64(size)
+                continue
+            while True:
+                z += np.uint64(_GOLDEN)
+                j = np.int64(_mix(z) % usize)
+                v = slots[j]
+                if not wide or guard[v] != r + 1:
+                    break
+            slot_of[v] = -1
+            slots[j] = k
+            slot_of[k] = j
+            evictions += 1
+    ctr[0] = size
+    rng[0] = z
+    return evictions
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    slots, slot_of, ctr, rng = state
+    if row_ptr.shape[0] < 2:
+        return 0
+    lo = row_ptr[0]
+    done, evictions = _serve_stream(slots, slot_of, ctr, rng, keys[lo:], row_ptr, hits_out[lo:])
+    if done < row_ptr.shape[0] - 1:
+        guard = np.zeros(num_keys, np.int64)
+        evictions += _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr[done:], hits_out)
+    return evictions
+
+
+@njit(cache=True)
+def replay_steps(state, chunk, num_experts, step_hits, step_acc):
+    """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
+    builds the rows from ``chunk`` ``[T, L, K]`` in place of the engine's CSR block and scatter,
+    serves them with the same loop and writes each (step, layer)'s hits and accesses; returns the
+    evictions."""
+    slots, slot_of, ctr, rng = state
+    keys, row_ptr = steps_to_rows(chunk, num_experts)
+    hits = np.empty(keys.shape[0], np.uint8)
+    guard = np.zeros(slot_of.shape[0], np.int64)
+    evictions = _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr, hits)
+    rows_to_steps(hits, row_ptr, step_hits, step_acc)
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 

@@ -6,8 +6,25 @@ the first key whose bit is clear; it then rests on the evicted key's newer neigh
 the oldest key past the newest). Unlike CLOCK, survivors keep their place. Keys of the current row
 are skipped untouched.
 
-State: a linked list (front = oldest), residency and visited flags, ``[size, capacity, hand]``
-(hand = the sentinel ``num_keys`` when it is to start from the oldest key).
+State: an *insertion log* instead of a linked list. Keys are appended to a ring buffer at absolute
+positions ``tail, tail + 1, ...``; the queue is the live entries of the window ``[head, tail)`` in
+position order, an evicted key leaves a *hole*. Two bitmaps by ring slot (64 slots to a
+``uint64`` word) hold which slots are live and which are visited, so the hand passes a run of
+visited keys and holes with one count-trailing-zeros per word. The head and the last entry before
+the tail are always live (holes there are trimmed), so "the victim was the newest key" is
+"it was at ``tail - 1``"; the hand is then reset to the oldest key (``hand = -1``; any hand below
+``head`` means the oldest). When a row would not fit in the ring the window is compacted to its
+live entries (at most ``capacity``; the ring holds twice that plus a row), amortised O(1).
+
+``replay`` is a specialised loop: the row guard becomes a bitmap of *protected slots*, which the
+hand skips untouched (the slots of a wide row's resident keys first, each new key's slot as it is
+filled, all released at the row's end); a row of one key needs none (its key is not in the queue
+while the hand moves), and the leading one-key rows of a block (all of it for a flattened request
+stream) run a loop that reads no row bounds. ``access`` (one request at a time, with the engine's guard array) walks slot by slot; the
+tests check that both give the same hits, evictions and queue.
+
+``state = (ring int64[M], pos_of int64[num_keys], live uint64[M / 64], visited uint64[M / 64],
+st int64[5])`` with ``st = [head, tail, size, capacity, hand]`` (``q & (M - 1)`` is a position's slot).
 """
 
 from __future__ import annotations
@@ -17,54 +34,347 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 from sim.kernel import HIT, MISS, replay_kernel
-from sim.policies._dlist import make_list, push_back, unlink
+from sim.policies.clock import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "sieve"
 PARAMS: dict[str, Any] = {}
 
+_ONE = np.uint64(1)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+# ``mask & _NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
+# negative-index fix-ups drop out of the loops (measured ~10% on a one-key stream).
+_NONNEG = 0x7FFFFFFFFFFFFFFF
+
+
+def ring_size(capacity: int, num_keys: int) -> int:
+    """The smallest power of two (at least 64) holding twice the live keys plus one row of new keys."""
+    need = 2 * min(max(capacity, 1), num_keys) + num_keys
+    m = 64
+    while m < need:
+        m *= 2
+    return m
+
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
-    prv, nxt = make_list(num_keys)
-    return (prv, nxt, np.zeros(num_keys, np.uint8), np.zeros(num_keys, np.uint8),
-            np.array([0, capacity, num_keys], np.int64))
+    m = ring_size(capacity, num_keys)
+    return (np.full(m, -1, np.int64), np.full(num_keys, -1, np.int64), np.zeros(m // 64, np.uint64),
+            np.zeros(m // 64, np.uint64), np.array([0, 0, 0, capacity, -1], np.int64))
+
+
+@njit(inline="always")
+def _set_bit(bits, slot):
+    bits[slot >> 6] |= _ONE << np.uint64(slot & 63)
+
+
+@njit(inline="always")
+def _clear_bit(bits, slot):
+    bits[slot >> 6] &= ~(_ONE << np.uint64(slot & 63))
+
+
+@njit(inline="always")
+def _bit(bits, slot):
+    return (bits[slot >> 6] >> np.uint64(slot & 63)) & _ONE
+
+
+@njit(cache=True)
+def _compact(ring, pos_of, live, visited, st):
+    """Move the live entries of the window to its start, in order, with their visited bits; the
+    hand follows the entry it rests on."""
+    mask = (ring.shape[0] - 1) & _NONNEG
+    head = st[0]
+    hand = st[4]
+    new_hand = -1
+    out = head
+    for q in range(head, st[1]):
+        slot = q & mask
+        if _bit(live, slot) == 0:
+            continue
+        if new_hand < 0 and hand > head and q >= hand:
+            new_hand = out
+        v = ring[slot]
+        vis = _bit(visited, slot)
+        _clear_bit(live, slot)
+        _clear_bit(visited, slot)
+        dest = out & mask
+        ring[dest] = v
+        pos_of[v] = out
+        _set_bit(live, dest)
+        if vis:
+            _set_bit(visited, dest)
+        out += 1
+    st[1] = out
+    st[4] = new_hand
+
+
+@njit(inline="always")
+def _remove(ring, pos_of, live, q, head, tail, mask):
+    """Evict the entry at position ``q``: (victim, head, tail, hand); trims holes at both ends. (The
+    ring keeps the stale key: the live bit says what is a hole; a victim's visited bit is clear.)"""
+    v = ring[q & mask]
+    pos_of[v] = -1
+    _clear_bit(live, q & mask)
+    if q == tail - 1:  # the newest key: the hand restarts from the oldest
+        hand = -1
+        tail = q
+        while tail > head and _bit(live, (tail - 1) & mask) == 0:
+            tail -= 1
+    else:
+        hand = q + 1
+    if q == head:
+        head += 1
+        while head < tail and _bit(live, head & mask) == 0:
+            head += 1
+        if head > tail:  # the queue is empty now
+            head = tail
+    return v, head, tail, hand
+
+
+@njit(cache=True)
+def _sweep_words(live, visited, guarded, p, head, tail, mask):
+    """The position the hand evicts, starting at ``p``: the first live, unprotected, unvisited entry,
+    wrapping from the tail to the head; clears the visited bits of the unprotected entries passed.
+    A word of slots at a time."""
+    while True:
+        if p >= tail:
+            p = head
+        slot = p & mask
+        w = slot >> 6
+        off = np.uint64(slot & 63)
+        g = guarded[w]
+        free = (live[w] & ~visited[w] & ~g) >> off
+        room = min(64 - (slot & 63), tail - p)  # positions of this word from ``p`` on, before the tail
+        if free != 0:
+            t = np.int64(trailing_zeros(free))
+            if t < room:
+                visited[w] &= ~((((_ONE << np.uint64(t)) - _ONE) << off) & ~g)
+                return p + t
+        passed = _ALL if room == 64 else (_ONE << np.uint64(room)) - _ONE
+        visited[w] &= ~((passed << off) & ~g)
+        p += room
 
 
 @njit(cache=True)
 def access(state, key, now, next_use, guard, stamp):
-    prv, nxt, resident, visited, ctr = state
-    if resident[key]:
-        visited[key] = 1
+    ring, pos_of, live, visited, st = state
+    mask = (ring.shape[0] - 1) & _NONNEG
+    p = pos_of[key]
+    if p >= 0:
+        _set_bit(visited, p & mask)
         return HIT
     victim = MISS
-    if ctr[0] >= ctr[1]:
-        s = prv.shape[0] - 1
-        h = ctr[2]
-        if h == s:
-            h = nxt[s]
+    if st[2] >= st[3]:
+        head = st[0]
+        tail = st[1]
+        q = max(st[4], head)
         while True:
-            if guard[h] != stamp:
-                if visited[h] == 0:
+            if q >= tail:
+                q = head
+            if _bit(live, q & mask) and guard[ring[q & mask]] != stamp:
+                if _bit(visited, q & mask) == 0:
                     break
-                visited[h] = 0
-            h = nxt[h]
-            if h == s:
-                h = nxt[s]
-        victim = h
-        ctr[2] = nxt[h]  # the sentinel when the victim was the newest: restart from the oldest
-        unlink(prv, nxt, victim)
-        resident[victim] = 0
-        ctr[0] -= 1
-    resident[key] = 1
-    visited[key] = 0
-    ctr[0] += 1
-    push_back(prv, nxt, key)
+                _clear_bit(visited, q & mask)
+            q += 1
+        victim, head, tail, hand = _remove(ring, pos_of, live, q, head, tail, mask)
+        st[0] = head
+        st[1] = tail
+        st[4] = hand
+        st[2] -= 1
+    if st[1] - st[0] >= ring.shape[0]:
+        _compact(ring, pos_of, live, visited, st)
+    q = st[1]
+    ring[q & mask] = key
+    pos_of[key] = q
+    _set_bit(live, q & mask)  # its visited bit is clear: only live entries have one set
+    st[1] = q + 1
+    st[2] += 1
     return victim
 
 
 @njit(cache=True)
+def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
+    """Serve the leading rows of one key each (nothing to protect): (rows served, evictions).
+
+    The caller passes the keys and hits as slices from the first row's key, so that the index starts
+    at 0 (numba then drops its negative-index fix-ups). The sweep and the removal are written out
+    here: as calls (even inlined by numba) they made this loop ~20% slower."""
+    mask = (ring.shape[0] - 1) & _NONNEG
+    head = st[0]
+    tail = st[1]
+    size = st[2]
+    cap = st[3]
+    hand = st[4]
+    evictions = 0
+    n = one_key_prefix(row_ptr)
+    for i in range(n):
+        k = keys[i] & _NONNEG
+        p = pos_of[k]
+        if p >= 0:
+            hits[i] = 1
+            visited[(p & mask) >> 6] |= _ONE << np.uint64(p & 63)
+            continue
+        hits[i] = 0
+        if size >= cap:
+            q = max(hand, head)
+            while True:
+                if q >= tail:
+                    q = head
+                slot = q & mask
+                w = slot >> 6
+                off = np.uint64(slot & 63)
+                free = (live[w] & ~visited[w]) >> off
+                room = min(64 - (slot & 63), tail - q)
+                if free != 0:
+                    t = np.int64(trailing_zeros(free))
+                    if t < room:
+                        visited[w] &= ~(((_ONE << np.uint64(t)) - _ONE) << off)
+                        q += t
+                        break
+                passed = _ALL if room == 64 else (_ONE << np.uint64(room)) - _ONE
+                visited[w] &= ~(passed << off)
+                q += room
+            pos_of[ring[q & mask]] = -1
+            live[(q & mask) >> 6] &= ~(_ONE << np.uint64(q & 63))
+            if q == tail - 1:
+                hand = -1
+                tail = q
+                while tail > head and (live[((tail - 1) & mask) >> 6] >> np.uint64((tail - 1) & 63)) & _ONE == 0:
+                    tail -= 1
+            else:
+                hand = q + 1
+            if q == head:
+                head += 1
+                while head < tail and (live[(head & mask) >> 6] >> np.uint64(head & 63)) & _ONE == 0:
+                    head += 1
+                if head > tail:
+                    head = tail
+            size -= 1
+            evictions += 1
+        if tail - head >= ring.shape[0]:
+            st[0] = head
+            st[1] = tail
+            st[4] = hand
+            _compact(ring, pos_of, live, visited, st)
+            tail = st[1]
+            hand = st[4]
+        slot = tail & mask
+        ring[slot] = k
+        pos_of[k] = tail
+        live[slot >> 6] |= _ONE << np.uint64(slot & 63)
+        tail += 1
+        size += 1
+    st[0] = head
+    st[1] = tail
+    st[2] = size
+    st[4] = hand
+    return n, evictions
+
+
+@njit(cache=True)
+def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
+    """Serve the CSR rows; returns the evictions. A wider row protects the slots of its keys while
+    it is served."""
+    mask = (ring.shape[0] - 1) & _NONNEG
+    head = st[0]
+    tail = st[1]
+    size = st[2]
+    cap = st[3]
+    hand = st[4]
+    evictions = 0
+    for r in range(row_ptr.shape[0] - 1):
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        if tail - head + (hi - lo) > ring.shape[0]:
+            st[0] = head
+            st[1] = tail
+            st[4] = hand
+            _compact(ring, pos_of, live, visited, st)
+            tail = st[1]
+            hand = st[4]
+        wide = hi - lo > 1
+        if wide:
+            for i in range(lo, hi):
+                p = pos_of[keys[i] & _NONNEG]
+                if p >= 0:
+                    _set_bit(guarded, p & mask)
+        for i in range(lo, hi):
+            k = keys[i] & _NONNEG
+            p = pos_of[k]
+            if p >= 0:
+                hits[i] = 1
+                _set_bit(visited, p & mask)
+                continue
+            hits[i] = 0
+            if size >= cap:
+                q = _sweep_words(live, visited, guarded, max(hand, head), head, tail, mask)
+                # _remove written out: as a call it cost this loop ~30%
+                pos_of[ring[q & mask]] = -1
+                live[(q & mask) >> 6] &= ~(_ONE << np.uint64(q & 63))
+                if q == tail - 1:
+                    hand = -1
+                    tail = q
+                    while tail > head and _bit(live, (tail - 1) & mask) == 0:
+                        tail -= 1
+                else:
+                    hand = q + 1
+                if q == head:
+                    head += 1
+                    while head < tail and _bit(live, head & mask) == 0:
+                        head += 1
+                    if head > tail:
+                        head = tail
+                size -= 1
+                evictions += 1
+            ring[tail & mask] = k
+            pos_of[k] = tail
+            _set_bit(live, tail & mask)
+            if wide:
+                _set_bit(guarded, tail & mask)
+            tail += 1
+            size += 1
+        if wide:
+            for i in range(lo, hi):
+                _clear_bit(guarded, pos_of[keys[i]] & mask)  # every key of the row is in the queue now
+    st[0] = head
+    st[1] = tail
+    st[2] = size
+    st[4] = hand
+    return evictions
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    ring, pos_of, live, visited, st = state
+    if row_ptr.shape[0] < 2:
+        return 0
+    lo = row_ptr[0]
+    done, evictions = _serve_stream(ring, pos_of, live, visited, st, keys[lo:], row_ptr, hits_out[lo:])
+    if done < row_ptr.shape[0] - 1:
+        guarded = np.zeros(live.shape[0], np.uint64)
+        evictions += _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr[done:], hits_out)
+    return evictions
+
+
+@njit(cache=True)
+def replay_steps(state, chunk, num_experts, step_hits, step_acc):
+    """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
+    builds the rows from ``chunk`` ``[T, L, K]`` in place of the engine's CSR block and scatter,
+    serves them with the same loop and writes each (step, layer)'s hits and accesses; returns the
+    evictions."""
+    ring, pos_of, live, visited, st = state
+    keys, row_ptr = steps_to_rows(chunk, num_experts)
+    hits = np.empty(keys.shape[0], np.uint8)
+    guarded = np.zeros(live.shape[0], np.uint64)
+    evictions = _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits)
+    rows_to_steps(hits, row_ptr, step_hits, step_acc)
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
