@@ -22,13 +22,13 @@ def make_list(num_keys: int, sentinels: int = 1) -> tuple[np.ndarray, np.ndarray
     return prv, nxt
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def unlink(prv, nxt, k):
     nxt[prv[k]] = nxt[k]
     prv[nxt[k]] = prv[k]
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def push_back_at(prv, nxt, k, s):
     """Append ``k`` at the back (newest end) of the list whose sentinel is ``s``."""
     last = prv[s]
@@ -38,7 +38,7 @@ def push_back_at(prv, nxt, k, s):
     prv[s] = k
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def push_back(prv, nxt, k):
     """Append ``k`` at the back of the list whose sentinel is the last index."""
     push_back_at(prv, nxt, k, prv.shape[0] - 1)

@@ -20,13 +20,13 @@ def new_lists(num_keys: int, n_lists: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.copy(), idx.copy()
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def unlink(prv, nxt, k):
     nxt[prv[k]] = nxt[k]
     prv[nxt[k]] = prv[k]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def push_back(prv, nxt, sentinel, k):
     last = prv[sentinel]
     nxt[last] = k
@@ -35,7 +35,7 @@ def push_back(prv, nxt, sentinel, k):
     prv[sentinel] = k
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, forceinline=True)
 def first_unguarded(nxt, sentinel, guard, stamp):
     """The front-most entry of the list that is not guarded, or -1."""
     k = nxt[sentinel]

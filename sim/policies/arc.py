@@ -51,7 +51,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return prv, nxt, where, cnt, p
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _move(prv, nxt, where, cnt, k, dst):
     """Move key ``k`` from its list to the MRU end of list ``dst`` (counts follow)."""
     n = where.shape[0]
@@ -62,14 +62,14 @@ def _move(prv, nxt, where, cnt, k, dst):
     cnt[dst - 1] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _drop(prv, nxt, where, cnt, k):
     unlink(prv, nxt, k)
     cnt[where[k] - 1] -= 1
     where[k] = NONE
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _replace(prv, nxt, where, cnt, p, in_b2, guard, stamp):
     """The paper's REPLACE: move an unguarded LRU resident into its ghost; return it (or -1)."""
     n = where.shape[0]
@@ -86,7 +86,7 @@ def _replace(prv, nxt, where, cnt, p, in_b2, guard, stamp):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     prv, nxt, where, cnt, p = state
     n = where.shape[0]
@@ -130,7 +130,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 

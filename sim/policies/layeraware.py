@@ -134,7 +134,7 @@ def score(layer: int, last: int, gap: float, tick: int, cur_layer: int, num_laye
 _score = njit(cache=True)(score)
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _victim(state, tick, cur_layer, guard, stamp):
     key_layer, last, last_step, gap, _pos, slots, cnt, _fp = state
     best = -1
@@ -151,7 +151,7 @@ def _victim(state, tick, cur_layer, guard, stamp):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     _key_layer, last, last_step, gap, pos, slots, cnt, fp = state
     tick = now // cnt[LAYERS]
@@ -178,7 +178,7 @@ def access(state, key, now, next_use, guard, stamp):
     return result
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 

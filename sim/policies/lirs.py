@@ -75,14 +75,14 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return sprv, snxt, qprv, qnxt, flags, qwhere, cnt
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _s_remove(sprv, snxt, flags, cnt, k):
     unlink(sprv, snxt, k)
     flags[2, k] = 0
     cnt[N_S] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _s_push_top(sprv, snxt, flags, cnt, k):
     n = flags.shape[1]
     if flags[2, k]:
@@ -93,13 +93,13 @@ def _s_push_top(sprv, snxt, flags, cnt, k):
     push_back(sprv, snxt, n, k)
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _q_remove(qprv, qnxt, qwhere, k):
     unlink(qprv, qnxt, k)
     qwhere[k] = Q_NONE
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
     n = flags.shape[1]
     b = snxt[n]
@@ -110,7 +110,7 @@ def _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
         b = snxt[n]
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _demote_bottom(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
     """The bottom LIR block of S becomes a resident HIR block at the end of Q."""
     n = flags.shape[1]
@@ -123,7 +123,7 @@ def _demote_bottom(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
     _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt)
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _make_lir(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, k):
     flags[1, k] = 1
     cnt[N_LIR] += 1
@@ -131,7 +131,7 @@ def _make_lir(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, k):
         _demote_bottom(sprv, snxt, qprv, qnxt, flags, qwhere, cnt)
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _evict(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, stamp):
     n = flags.shape[1]
     v = first_unguarded(qnxt, n, guard, stamp)
@@ -154,7 +154,7 @@ def _evict(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, stamp):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
     n = flags.shape[1]
@@ -199,7 +199,7 @@ def access(state, key, now, next_use, guard, stamp):
     return result
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 

@@ -78,7 +78,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return prv, nxt, where, freq, cnt
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _evict_small(prv, nxt, where, freq, cnt, guard, stamp):
     """Walk small oldest first; promote or evict (to the ghost); return the victim or -1."""
     n = where.shape[0]
@@ -110,7 +110,7 @@ def _evict_small(prv, nxt, where, freq, cnt, guard, stamp):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _evict_main(prv, nxt, where, freq, cnt, guard, stamp):
     """Walk main oldest first, reinserting entries with freq >= 1 (freq - 1); return the victim or -1."""
     s_main = where.shape[0] + 1
@@ -134,7 +134,7 @@ def _evict_main(prv, nxt, where, freq, cnt, guard, stamp):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _evict(prv, nxt, where, freq, cnt, guard, stamp):
     for _ in range(2):  # a second round only matters when guards blocked the first queue
         if cnt[N_MAIN] > cnt[MAIN_CAP] or cnt[N_SMALL] == 0:
@@ -150,7 +150,7 @@ def _evict(prv, nxt, where, freq, cnt, guard, stamp):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     prv, nxt, where, freq, cnt = state
     n = where.shape[0]
@@ -182,7 +182,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 

@@ -56,7 +56,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return prv, nxt, where, cnt
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _out_of_ain(prv, nxt, where, cnt, k):
     """Evict ``k`` from A1in and remember it in A1out."""
     n = where.shape[0]
@@ -74,7 +74,7 @@ def _out_of_ain(prv, nxt, where, cnt, k):
             cnt[N_OUT] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _reclaim(prv, nxt, where, cnt, guard, stamp):
     n = where.shape[0]
     if cnt[N_IN] > cnt[KIN]:
@@ -94,7 +94,7 @@ def _reclaim(prv, nxt, where, cnt, guard, stamp):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     prv, nxt, where, cnt = state
     n = where.shape[0]
@@ -124,7 +124,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 

@@ -119,7 +119,7 @@ def powi(x: float, n: int) -> float:
 _powi = njit(cache=True)(powi)
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _score(code, last, freq, k_now, decay, weight):
     if code == 0:
         return float(last)
@@ -129,7 +129,7 @@ def _score(code, last, freq, k_now, decay, weight):
     return weight * float(last - k_now) + (1.0 - weight) * f
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def _batch_evict(state, k_now, guard, stamp):
     resident, last, freq, batch, scratch, cnt, fp = state
     m = 0
@@ -151,7 +151,7 @@ def _batch_evict(state, k_now, guard, stamp):
     return victims[0] if n_out > 0 else MISS
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     resident, last, freq, _batch, _scratch, cnt, fp = state
     k_now = now // cnt[LAYERS]
@@ -172,7 +172,7 @@ def access(state, key, now, next_use, guard, stamp):
     return first
 
 
-@njit(cache=True)
+@njit(cache=True, forceinline=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     cnt = state[5]
     before = cnt[EVICTED]
