@@ -18,6 +18,11 @@ counts this module reproduces request by request on traces with one expert per r
 No knobs. Guarded keys (the current row's experts) are never chosen: the LRU end of the chosen
 list is searched for its oldest unguarded entry, and if that list holds only guarded entries the
 other resident list gives the victim (into its own ghost).
+
+``replay`` is :func:`access` written out in one loop over the accesses, the list sizes and ``p`` in
+locals (``replay_by_access`` is the shared per-access loop, kept for the tests, which check that
+both give the same hits, evictions and state). A one-key row needs no guard: its key is not
+resident when a victim is chosen, so the victim is a list front.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ PARAMS: dict[str, Any] = {}
 
 NONE, T1, T2, B1, B2 = 0, 1, 2, 3, 4  # where[] codes; list j has sentinel num_keys + j - 1
 N_T1, N_T2, N_B1, N_B2, CAP = range(5)
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -131,7 +137,163 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit(cache=True, forceinline=True)
+def _victim(nxt, s, guard, stamp, wide):
+    """The LRU entry of the list with sentinel ``s`` that is not guarded, or -1. A one-key row never
+    guards a resident (its key is not in T1 / T2 when a victim is chosen), so its victim is the
+    front without a look at the guard."""
+    if wide:
+        return first_unguarded(nxt, s, guard, stamp)
+    k = nxt[s]
+    return k if k != s else -1
+
+
+@njit(cache=True, forceinline=True)
+def _unlink(prv, nxt, k):
+    """:func:`unlink` with indices masked non-negative (no negative-index fix-ups in the loop)."""
+    a = prv[k] & _NONNEG
+    b = nxt[k] & _NONNEG
+    nxt[a] = b
+    prv[b] = a
+
+
+@njit(cache=True, forceinline=True)
+def _push(prv, nxt, s, k):
+    """:func:`push_back` with indices masked non-negative."""
+    last = prv[s] & _NONNEG
+    nxt[last] = k
+    prv[k] = last
+    nxt[k] = s
+    prv[s] = k
+
+
+@njit(cache=True, forceinline=True)
+def _relink(prv, nxt, where, k, s, code):
+    """Move ``k`` from its list to the MRU end of the list with sentinel ``s`` (code ``code``)."""
+    _unlink(prv, nxt, k)
+    _push(prv, nxt, s, k)
+    where[k] = code
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it, the list
+    sizes and ``p`` in locals: the same accesses in the same order, so exactly what
+    ``replay_kernel(access, ...)`` gives (written out: the same steps as a helper serving one access
+    and returning the sizes, called from the loop, measured three times slower).
+
+    One loop over the accesses, with the row bounds advanced as the index passes them (a single
+    well-predicted branch per access, no inner loop to enter per row). A one-key row sets no guard
+    and takes its victims from the list fronts (see :func:`_victim`); a wider row guards its keys
+    as the shared loop does."""
+    prv, nxt, where, cnt, pa = state
+    n = where.shape[0]
+    s1 = (n + T1 - 1) & _NONNEG
+    s2 = (n + T2 - 1) & _NONNEG
+    sb1 = (n + B1 - 1) & _NONNEG
+    sb2 = (n + B2 - 1) & _NONNEG
+    c = cnt[CAP]
+    fc = float(c)
+    t1 = cnt[N_T1]
+    t2 = cnt[N_T2]
+    b1 = cnt[N_B1]
+    b2 = cnt[N_B2]
+    p = pa[0]
+    guard = np.full(num_keys, -1, np.int64)
+    evictions = 0
+    nrows = row_ptr.shape[0] - 1
+    if nrows <= 0:
+        return 0
+    r = -1
+    end = row_ptr[0]
+    wide = False
+    for i in range(row_ptr[0], row_ptr[nrows]):
+        while i == end:  # the next row (a loop: rows may be empty)
+            r += 1
+            lo = end
+            end = row_ptr[r + 1]
+            wide = end - lo > 1
+            if wide:
+                for j in range(lo, end):
+                    guard[keys[j]] = r
+        key = keys[i] & _NONNEG
+        w = where[key]
+        if w == T1 or w == T2:
+            hits_out[i] = 1
+            _relink(prv, nxt, where, key, s2, T2)
+            d = np.int64(w == T1)
+            t1 -= d
+            t2 += d
+            continue
+        hits_out[i] = 0
+        ghost = w == B1 or w == B2
+        # REPLACE runs on every miss once the cache is full, except when T1 alone fills it (its
+        # LRU then goes without a ghost entry); a miss outside the ghosts first drops a ghost.
+        replace = t1 + t2 >= c
+        if ghost:
+            if w == B1:
+                p = min(p + max(b2 / b1, 1.0), fc)
+            else:
+                p = max(p - max(b1 / b2, 1.0), 0.0)
+        elif replace:
+            if t1 + b1 >= c:
+                if t1 < c:
+                    g = nxt[sb1]
+                    _unlink(prv, nxt, g & _NONNEG)
+                    where[g & _NONNEG] = NONE
+                    b1 -= 1
+                else:
+                    replace = False
+                    v = _victim(nxt, s1, guard, r, wide)
+                    if v < 0:
+                        raise ValueError("arc: every resident is guarded (capacity smaller than the row width)")
+                    _unlink(prv, nxt, v & _NONNEG)
+                    where[v & _NONNEG] = NONE
+                    t1 -= 1
+                    evictions += 1
+            elif t1 + t2 + b1 + b2 >= 2 * c:
+                g = nxt[sb2]
+                _unlink(prv, nxt, g & _NONNEG)
+                where[g & _NONNEG] = NONE
+                b2 -= 1
+        if replace:
+            # ``f`` = 1: T1's LRU goes to B1, else T2's to B2. Lists are picked by arithmetic on
+            # the sentinels and codes (T1 = T2 - 1, B1 = B2 - 1), not by a branch: the choice flips
+            # unpredictably from miss to miss.
+            f = np.int64(t1 >= 1) & (np.int64(t1 > p) | (np.int64(t1 == p) & np.int64(w == B2)))
+            v = _victim(nxt, s2 - f, guard, r, wide)
+            if v < 0:
+                f = 1 - f
+                v = _victim(nxt, s2 - f, guard, r, wide)
+                if v < 0:
+                    raise ValueError("arc: every resident is guarded (capacity smaller than the row width)")
+            _relink(prv, nxt, where, v & _NONNEG, sb2 - f, B2 - f)
+            t1 -= f
+            t2 -= 1 - f
+            b1 += f
+            b2 += 1 - f
+            evictions += 1
+        # The key enters T2 if it was a ghost (leaving its ghost list), else T1.
+        g = np.int64(ghost)
+        g1 = np.int64(w == B1)
+        if ghost:
+            _unlink(prv, nxt, key)
+        b1 -= g1
+        b2 -= g - g1
+        _push(prv, nxt, s1 + g, key)
+        where[key] = T1 + g
+        t1 += 1 - g
+        t2 += g
+    cnt[N_T1] = t1
+    cnt[N_T2] = t2
+    cnt[N_B1] = b1
+    cnt[N_B2] = b2
+    pa[0] = p
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 

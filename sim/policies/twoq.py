@@ -16,6 +16,11 @@ counts request by request on traces with one expert per row.
 Guarded keys (the current row's experts) are never evicted: each queue is searched from its old
 end for the first unguarded entry, and when the queue the rule picks holds only guarded entries,
 the other queue gives the victim (an A1in victim still goes to A1out).
+
+``replay`` is :func:`access` written out in one loop over the accesses, the queue sizes in locals
+(``replay_by_access`` is the shared per-access loop, kept for the tests, which check that both give
+the same hits, evictions and state). A one-key row needs no guard: its key is not resident when a
+victim is chosen, so the victim is a queue front.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ PARAMS: dict[str, Any] = {"kin_ratio": 0.25, "kout_ratio": 0.5}
 
 NONE, AIN, AOUT, AM = 0, 1, 2, 3  # where[] codes; list j has sentinel num_keys + j - 1
 N_IN, N_OUT, N_M, CAP, KIN, KOUT = range(6)
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, int]:
@@ -125,7 +131,135 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit(cache=True, forceinline=True)
+def _victim(nxt, s, guard, stamp, wide):
+    """The oldest entry of the queue with sentinel ``s`` that is not guarded, or -1. A one-key row
+    never guards a resident (its key is not resident when a victim is chosen), so its victim is the
+    front without a look at the guard."""
+    if wide:
+        return first_unguarded(nxt, s, guard, stamp)
+    k = nxt[s]
+    return k if k != s else -1
+
+
+@njit(cache=True, forceinline=True)
+def _unlink(prv, nxt, k):
+    """:func:`unlink` with indices masked non-negative (no negative-index fix-ups in the loop)."""
+    a = prv[k] & _NONNEG
+    b = nxt[k] & _NONNEG
+    nxt[a] = b
+    prv[b] = a
+
+
+@njit(cache=True, forceinline=True)
+def _push(prv, nxt, s, k):
+    """:func:`push_back` with indices masked non-negative."""
+    last = prv[s] & _NONNEG
+    nxt[last] = k
+    prv[k] = last
+    nxt[k] = s
+    prv[s] = k
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it, the queue
+    sizes in locals: the same accesses in the same order, so exactly what
+    ``replay_kernel(access, ...)`` gives (written out, not called: numba's calls to a helper that
+    takes arrays keep reference counting in the loop).
+
+    One loop over the accesses, with the row bounds advanced as the index passes them (a single
+    well-predicted branch per access, no inner loop to enter per row). A one-key row sets no guard
+    and takes its victims from the queue fronts (see :func:`_victim`); a wider row guards its keys
+    as the shared loop does."""
+    prv, nxt, where, cnt = state
+    n = where.shape[0]
+    s_in = (n + AIN - 1) & _NONNEG
+    s_out = (n + AOUT - 1) & _NONNEG
+    s_m = (n + AM - 1) & _NONNEG
+    n_in = cnt[N_IN]
+    n_out = cnt[N_OUT]
+    n_m = cnt[N_M]
+    cap = cnt[CAP]
+    kin = cnt[KIN]
+    kout = cnt[KOUT]
+    guard = np.full(num_keys, -1, np.int64)
+    evictions = 0
+    nrows = row_ptr.shape[0] - 1
+    if nrows <= 0:
+        return 0
+    r = -1
+    end = row_ptr[0]
+    wide = False
+    for i in range(row_ptr[0], row_ptr[nrows]):
+        while i == end:  # the next row (a loop: rows may be empty)
+            r += 1
+            lo = end
+            end = row_ptr[r + 1]
+            wide = end - lo > 1
+            if wide:
+                for j in range(lo, end):
+                    guard[keys[j]] = r
+        key = keys[i] & _NONNEG
+        w = where[key]
+        if w == AM:
+            hits_out[i] = 1
+            _unlink(prv, nxt, key)
+            _push(prv, nxt, s_m, key)
+            continue
+        if w == AIN:
+            hits_out[i] = 1
+            continue
+        hits_out[i] = 0
+        if w == AOUT:
+            _unlink(prv, nxt, key)
+            n_out -= 1
+        if n_in + n_m >= cap:
+            # Reclaim: A1in's oldest when A1in is over Kin, else Am's LRU, else A1in's oldest.
+            v = -1
+            if n_in > kin:
+                v = _victim(nxt, s_in, guard, r, wide)
+            from_in = v >= 0
+            if not from_in:
+                v = _victim(nxt, s_m, guard, r, wide)
+                if v < 0:
+                    v = _victim(nxt, s_in, guard, r, wide)
+                    from_in = v >= 0
+            if v < 0:
+                raise ValueError("twoq: every resident is guarded (capacity smaller than the row width)")
+            v &= _NONNEG
+            _unlink(prv, nxt, v)
+            where[v] = NONE
+            if from_in:
+                n_in -= 1
+                if kout > 0:
+                    _push(prv, nxt, s_out, v)
+                    where[v] = AOUT
+                    n_out += 1
+                    if n_out > kout:
+                        g = nxt[s_out] & _NONNEG
+                        _unlink(prv, nxt, g)
+                        where[g] = NONE
+                        n_out -= 1
+            else:
+                n_m -= 1
+            evictions += 1
+        if w == AOUT:
+            _push(prv, nxt, s_m, key)
+            where[key] = AM
+            n_m += 1
+        else:
+            _push(prv, nxt, s_in, key)
+            where[key] = AIN
+            n_in += 1
+    cnt[N_IN] = n_in
+    cnt[N_OUT] = n_out
+    cnt[N_M] = n_m
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
