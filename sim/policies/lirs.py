@@ -30,6 +30,13 @@ without evicting it, so they ignore guards.
 
 libCacheSim's ``LIRS`` differs slightly (it demotes an LIR block, and may evict, on a hit to a
 resident HIR block outside S); its hit counts are within a fraction of a percent of these.
+
+``replay`` is a specialised loop. A row of one key needs no guard (its key is not resident while a
+victim is chosen), so a long run of such rows (a flattened request stream) is served with S, Q and
+the non-resident list as logs with lazy deletion (:func:`_serve_stream`; about 8x the per-access
+loop), a short run on the lists with no guard checks; a wider row guards its keys and goes through
+``access``. ``replay_by_access`` is the shared per-access loop; the tests check that both leave the
+same hits, evictions and lists.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ PARAMS: dict[str, Any] = {"hir_ratio": 0.01, "stack_ratio": 2.0}
 
 Q_NONE, Q_RES, Q_NONRES = 0, 1, 2  # qwhere[] codes: in Q, or in the non-resident list NH
 N_RES, N_LIR, N_S, CAP, LLIRS, S_LIMIT = range(6)
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, int]:
@@ -199,8 +207,346 @@ def access(state, key, now, next_use, guard, stamp):
     return result
 
 
+@njit(cache=True)
+def _pow2_at_least(n):
+    m = 64
+    while m < n:
+        m *= 2
+    return m
+
+
+@njit(cache=True)
+def _log_compact(ring, pos, code_of, code, head, tail, mask):
+    """Keep only the current entries of a log, in order, from ``head`` on; returns the new tail.
+    An entry ``q`` is current while ``code_of[key] == code and pos[key] == q``. A log holds at least
+    twice as many entries as can be current, so compacting it when full is amortised O(1); called
+    rarely, so it stays a call (the loop below inlines everything it runs often)."""
+    out = head
+    for q in range(head, tail):
+        g = ring[q & mask]
+        if code_of[g] == code and pos[g] == q:
+            ring[out & mask] = g
+            pos[g] = out
+            out += 1
+    return out
+
+
 @njit(cache=True, forceinline=True)
+def _log_load(nxt, sentinel, ring, pos):
+    """A linked list, front first, as the entries ``0..size-1`` of a log; returns the size."""
+    size = 0
+    k = nxt[sentinel]
+    while k != sentinel:
+        ring[size] = k
+        pos[k] = size
+        size += 1
+        k = nxt[k]
+    return size
+
+
+@njit(cache=True, forceinline=True)
+def _log_store(prv, nxt, sentinel, ring, pos, code_of, code, head, tail, mask):
+    """Rebuild a linked list from the current entries of a log, oldest first."""
+    prv[sentinel] = sentinel
+    nxt[sentinel] = sentinel
+    for q in range(head, tail):
+        g = ring[q & mask]
+        if code_of[g] == code and pos[g] == q:
+            push_back(prv, nxt, sentinel, g)
+
+
+@njit(cache=True)
+def _serve_stream(state, keys, hits):
+    """Serve a run of one-key rows (``keys[i]`` is row ``i``) with S, Q and the non-resident list
+    as *logs* instead of linked lists; returns the evictions.
+
+    Every operation on the three lists is an append at the back, a removal at the front or a removal
+    anywhere, so each list becomes a ring buffer of entries with lazy deletion (as LRU's recency log):
+    an entry is current while the key is still on that list (``in_s`` / ``qwhere``) and its position
+    (``spos`` / ``qpos`` / ``hpos``) is that entry's; a move to the back appends a new entry and the
+    old one goes stale; the front skips stale entries. No pointer chasing and no unlinking. The lists
+    are read into the logs first and written back at the end, ``O(num_keys)`` per call, which is why
+    the caller only takes this path for long runs. Operation for operation the same as
+    :func:`access` (with a guard that protects nothing)."""
+    sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
+    n = flags.shape[1]
+    big = _pow2_at_least(2 * (n + 1))
+    rings = np.empty((3, big), np.int64)
+    pos = np.empty((3, n), np.int64)
+    # The loop is a function of its own that gets every array (the flag rows, the logs) as a plain
+    # argument.
+    return _stream_loop(sprv, snxt, qprv, qnxt, flags[0], flags[1], flags[2], qwhere, cnt, keys, hits,
+                        rings[0], pos[0], rings[1], pos[1], rings[2], pos[2])
+
+
+@njit(cache=True)
+def _stream_loop(sprv, snxt, qprv, qnxt, resident, lir, in_s, qwhere, cnt, keys, hits, sring, spos, qring, qpos,
+                 hring, hpos):
+    """The loop of :func:`_serve_stream`, with every log operation written out: a jitted helper that
+    takes arrays and branches keeps numba's reference counting in the loop, which costs more than
+    the work itself."""
+    n = resident.shape[0]
+    big = sring.shape[0]
+    cap = cnt[CAP]
+    llirs = cnt[LLIRS]
+    s_limit = cnt[S_LIMIT]
+    n_res = cnt[N_RES]
+    n_lir = cnt[N_LIR]
+    n_s = cnt[N_S]
+    bmask = (big - 1) & _NONNEG
+    sh = 0
+    st = _log_load(snxt, n, sring, spos)
+    qh = 0
+    qt = _log_load(qnxt, n, qring, qpos)
+    hh = 0
+    ht = _log_load(qnxt, n + 1, hring, hpos)
+    evictions = 0
+    for i in range(keys.shape[0]):
+        key = keys[i] & _NONNEG
+        prune = False
+        lir_now = False  # the key becomes LIR: the bottom LIR block may have to be demoted
+        to_q = False  # the key goes to the back of Q
+        if resident[key]:
+            hits[i] = 1
+            if lir[key]:
+                prune = True
+            elif in_s[key]:
+                qwhere[key] = Q_NONE
+                lir_now = True
+            else:
+                to_q = True
+        else:
+            hits[i] = 0
+            if n_res >= cap:
+                while qh < qt:  # the front of Q, past stale entries
+                    g = qring[qh & bmask]
+                    if qwhere[g] == Q_RES and qpos[g] == qh:
+                        break
+                    qh += 1
+                if qh < qt:
+                    v = qring[qh & bmask]
+                    qh += 1
+                    qwhere[v] = Q_NONE
+                else:  # Q is empty: the lowest LIR block of S is evicted instead
+                    q = sh
+                    while q < st:
+                        v = sring[q & bmask]
+                        if lir[v] != 0 and in_s[v] != 0 and spos[v] == q:
+                            break
+                        q += 1
+                    if q == st:
+                        raise ValueError("lirs: every resident is guarded (capacity smaller than the row width)")
+                    v = sring[q & bmask]
+                    lir[v] = 0
+                    n_lir -= 1
+                resident[v] = 0
+                n_res -= 1
+                if in_s[v]:
+                    if ht - hh == big:
+                        ht = _log_compact(hring, hpos, qwhere, Q_NONRES, hh, ht, bmask)
+                    hring[ht & bmask] = v
+                    hpos[v] = ht
+                    ht += 1
+                    qwhere[v] = Q_NONRES
+                    prune = True
+                evictions += 1
+            if prune:  # after the eviction, before the key is served
+                prune = False
+                while True:
+                    while sh < st:  # the bottom of S, past stale entries
+                        g = sring[sh & bmask]
+                        if in_s[g] != 0 and spos[g] == sh:
+                            break
+                        sh += 1
+                    if sh == st or lir[sring[sh & bmask]] != 0:
+                        break
+                    b = sring[sh & bmask]
+                    in_s[b] = 0
+                    n_s -= 1
+                    if qwhere[b] == Q_NONRES:
+                        qwhere[b] = Q_NONE
+            resident[key] = 1
+            n_res += 1
+            if in_s[key]:
+                qwhere[key] = Q_NONE
+                lir_now = True
+            elif n_lir < llirs:
+                lir[key] = 1
+                n_lir += 1
+            else:
+                to_q = True
+        if to_q:
+            if qt - qh == big:
+                qt = _log_compact(qring, qpos, qwhere, Q_RES, qh, qt, bmask)
+            qring[qt & bmask] = key
+            qpos[key] = qt
+            qt += 1
+            qwhere[key] = Q_RES
+        # the key goes on top of S
+        if in_s[key] == 0:
+            in_s[key] = 1
+            n_s += 1
+        if st - sh == big:
+            st = _log_compact(sring, spos, in_s, 1, sh, st, bmask)
+        sring[st & bmask] = key
+        spos[key] = st
+        st += 1
+        if lir_now:
+            lir[key] = 1
+            n_lir += 1
+            if n_lir > llirs:  # demote the bottom block of S to the end of Q, then prune
+                while sh < st:
+                    g = sring[sh & bmask]
+                    if in_s[g] != 0 and spos[g] == sh:
+                        break
+                    sh += 1
+                b = sring[sh & bmask]
+                lir[b] = 0
+                n_lir -= 1
+                in_s[b] = 0
+                n_s -= 1
+                if qt - qh == big:
+                    qt = _log_compact(qring, qpos, qwhere, Q_RES, qh, qt, bmask)
+                qring[qt & bmask] = b
+                qpos[b] = qt
+                qt += 1
+                qwhere[b] = Q_RES
+                prune = True
+        if prune:
+            while True:
+                while sh < st:
+                    g = sring[sh & bmask]
+                    if in_s[g] != 0 and spos[g] == sh:
+                        break
+                    sh += 1
+                if sh == st or lir[sring[sh & bmask]] != 0:
+                    break
+                b = sring[sh & bmask]
+                in_s[b] = 0
+                n_s -= 1
+                if qwhere[b] == Q_NONRES:
+                    qwhere[b] = Q_NONE
+        if s_limit > 0:
+            while n_s > s_limit:
+                while hh < ht:  # the oldest non-resident entry, past stale entries
+                    g = hring[hh & bmask]
+                    if qwhere[g] == Q_NONRES and hpos[g] == hh:
+                        break
+                    hh += 1
+                if hh == ht:
+                    break
+                g = hring[hh & bmask]
+                hh += 1
+                qwhere[g] = Q_NONE
+                in_s[g] = 0
+                n_s -= 1
+    _log_store(sprv, snxt, n, sring, spos, in_s, 1, sh, st, bmask)
+    _log_store(qprv, qnxt, n, qring, qpos, qwhere, Q_RES, qh, qt, bmask)
+    _log_store(qprv, qnxt, n + 1, hring, hpos, qwhere, Q_NONRES, hh, ht, bmask)
+    cnt[N_RES] = n_res
+    cnt[N_LIR] = n_lir
+    cnt[N_S] = n_s
+    return evictions
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it for one-key
+    rows: the same accesses in the same order, so exactly what :func:`replay_by_access` gives.
+
+    A one-key row needs no guard: its key is not resident while a victim is chosen, so the victim
+    is the front of Q (or, if Q is empty, the lowest LIR block of S). A long run of one-key rows (a
+    flattened request stream) goes to :func:`_serve_stream`; a short one runs here on the lists. A
+    wider row guards its keys and serves them through :func:`access`."""
+    sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
+    n = flags.shape[1]
+    cap = cnt[CAP]
+    llirs = cnt[LLIRS]
+    s_limit = cnt[S_LIMIT]
+    long_run = n + 64  # the logs' set-up costs O(num_keys)
+    guard = np.full(num_keys, -1, np.int64)
+    evictions = 0
+    n_rows = row_ptr.shape[0] - 1
+    r = 0
+    while r < n_rows:
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        if hi - lo != 1:
+            for i in range(lo, hi):
+                guard[keys[i]] = r
+            for i in range(lo, hi):
+                res = access(state, np.int64(keys[i]), 0, 0, guard, r)
+                if res == HIT:
+                    hits_out[i] = 1
+                else:
+                    hits_out[i] = 0
+                    if res >= 0:
+                        evictions += 1
+            r += 1
+            continue
+        e = r + 1  # the run of one-key rows is rows r..e-1, keys lo..lo + (e - r) - 1
+        while e < n_rows and row_ptr[e + 1] - row_ptr[e] == 1:
+            e += 1
+        end = lo + (e - r)
+        r = e
+        if end - lo >= long_run:
+            evictions += _serve_stream(state, keys[lo:end], hits_out[lo:end])
+            continue
+        for i in range(lo, end):
+            key = keys[i] & _NONNEG
+            if flags[0, key]:
+                hits_out[i] = 1
+                if flags[1, key]:
+                    _s_push_top(sprv, snxt, flags, cnt, key)
+                    _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt)
+                elif flags[2, key]:
+                    _s_push_top(sprv, snxt, flags, cnt, key)
+                    _q_remove(qprv, qnxt, qwhere, key)
+                    _make_lir(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, key)
+                else:
+                    _s_push_top(sprv, snxt, flags, cnt, key)
+                    unlink(qprv, qnxt, key)
+                    push_back(qprv, qnxt, n, key)
+            else:
+                hits_out[i] = 0
+                if cnt[N_RES] >= cap:
+                    v = qnxt[n]
+                    if v != n:
+                        _q_remove(qprv, qnxt, qwhere, v)
+                        flags[0, v] = 0
+                        cnt[N_RES] -= 1
+                        if flags[2, v]:
+                            push_back(qprv, qnxt, n + 1, v)
+                            qwhere[v] = Q_NONRES
+                            _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt)
+                    elif _evict(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, -2) < 0:  # -2 guards nothing
+                        raise ValueError("lirs: every resident is guarded (capacity smaller than the row width)")
+                    evictions += 1
+                flags[0, key] = 1
+                cnt[N_RES] += 1
+                if flags[2, key]:
+                    _q_remove(qprv, qnxt, qwhere, key)
+                    _s_push_top(sprv, snxt, flags, cnt, key)
+                    _make_lir(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, key)
+                elif cnt[N_LIR] < llirs:
+                    _s_push_top(sprv, snxt, flags, cnt, key)
+                    flags[1, key] = 1
+                    cnt[N_LIR] += 1
+                else:
+                    _s_push_top(sprv, snxt, flags, cnt, key)
+                    push_back(qprv, qnxt, n, key)
+                    qwhere[key] = Q_RES
+            if s_limit > 0:
+                while cnt[N_S] > s_limit and qnxt[n + 1] != n + 1:
+                    g = qnxt[n + 1]
+                    _q_remove(qprv, qnxt, qwhere, g)
+                    _s_remove(sprv, snxt, flags, cnt, g)
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 

@@ -29,6 +29,13 @@ touching their position or counter, so a row never evicts its own experts; if on
 only guarded entries the other queue evicts. libCacheSim differences: it refuses to build a small
 FIFO of 0 slots and, with 1 slot (capacities 10-19), admits nothing at all; here the small FIFO
 always has at least one slot and admission is never refused (capacity must be >= 2).
+
+``replay`` is a specialised loop. A row of one key needs no guard (its key is not resident while a
+victim is chosen), so a long run of such rows (a flattened request stream) is served with the
+three queues as ring buffers (:func:`_serve_stream`; about 6x the per-access loop), a short run on
+the lists with no guard checks; a wider row guards its keys and goes through ``access``.
+``replay_by_access`` is the shared per-access loop; the tests check that both leave the same hits,
+evictions and queues.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ MAX_FREQ = 3
 # where[] codes and counter slots of the state.
 NONE, SMALL, MAIN, GHOST = 0, 1, 2, 3
 N_SMALL, N_MAIN, N_GHOST, CAP, SMALL_CAP, MAIN_CAP, GHOST_CAP, THRESHOLD, HAS_EVICTED, PREFILL = range(10)
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -183,7 +191,327 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit(cache=True, forceinline=True)
+def _small_free(prv, nxt, where, freq, cnt, n_small, n_main, n_ghost):
+    """:func:`_evict_small` with nothing guarded, the counters passed as values (kept in registers by
+    the loop): (victim or -1, n_small, n_main, n_ghost)."""
+    n = where.shape[0]
+    s_small, s_main, s_ghost = n, n + 1, n + 2
+    threshold = cnt[THRESHOLD]
+    k = nxt[s_small]
+    while k != s_small:
+        unlink(prv, nxt, k)
+        n_small -= 1
+        if freq[k] >= threshold:
+            push_back(prv, nxt, s_main, k)
+            where[k] = MAIN
+            freq[k] = 0
+            n_main += 1
+        else:
+            where[k] = NONE
+            if cnt[GHOST_CAP] > 0:
+                push_back(prv, nxt, s_ghost, k)
+                where[k] = GHOST
+                n_ghost += 1
+                if n_ghost > cnt[GHOST_CAP]:
+                    g = nxt[s_ghost]
+                    unlink(prv, nxt, g)
+                    where[g] = NONE
+                    n_ghost -= 1
+            return k, n_small, n_main, n_ghost
+        k = nxt[s_small]
+    return -1, n_small, n_main, n_ghost
+
+
+@njit(cache=True, forceinline=True)
+def _main_free(prv, nxt, where, freq, n_main):
+    s_main = where.shape[0] + 1
+    k = nxt[s_main]
+    while k != s_main:
+        unlink(prv, nxt, k)
+        f = freq[k]
+        if f == 0:
+            where[k] = NONE
+            return k, n_main - 1
+        freq[k] = f - 1
+        push_back(prv, nxt, s_main, k)
+        k = nxt[s_main]
+    return -1, n_main
+
+
+@njit(cache=True, forceinline=True)
+def _evict_free(prv, nxt, where, freq, cnt, n_small, n_main, n_ghost):
+    """:func:`_evict` for a one-key row: its key is not resident while the victim is chosen, so the
+    guard can protect nothing and one round always finds a victim (the cache is full and so not
+    empty): (victim, n_small, n_main, n_ghost)."""
+    if n_main > cnt[MAIN_CAP] or n_small == 0:
+        v, n_main = _main_free(prv, nxt, where, freq, n_main)
+        if v < 0:
+            v, n_small, n_main, n_ghost = _small_free(prv, nxt, where, freq, cnt, n_small, n_main, n_ghost)
+    else:
+        v, n_small, n_main, n_ghost = _small_free(prv, nxt, where, freq, cnt, n_small, n_main, n_ghost)
+        if v < 0:  # every small entry was promoted
+            v, n_main = _main_free(prv, nxt, where, freq, n_main)
+    return v, n_small, n_main, n_ghost
+
+
+@njit(cache=True)
+def _pow2_at_least(n):
+    m = 64
+    while m < n:
+        m *= 2
+    return m
+
+
+@njit(cache=True, forceinline=True)
+def _list_to_ring(nxt, sentinel, ring):
+    """The keys of one list, front first, into ``ring[0:size]``; returns the size."""
+    size = 0
+    k = nxt[sentinel]
+    while k != sentinel:
+        ring[size] = k
+        size += 1
+        k = nxt[k]
+    return size
+
+
+@njit(cache=True, forceinline=True)
+def _ring_to_list(prv, nxt, sentinel, ring, head, tail, mask):
+    """Rebuild one list from the keys of ``ring[head:tail]``, oldest first."""
+    prv[sentinel] = sentinel
+    nxt[sentinel] = sentinel
+    for q in range(head, tail):
+        push_back(prv, nxt, sentinel, ring[q & mask])
+
+
+@njit(cache=True)
+def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
+    """Serve a run of one-key rows (one key each: ``keys[i]`` is row ``i``) with the three queues as
+    ring buffers instead of linked lists; returns the evictions.
+
+    Nothing is guarded in a one-key row, so small and main only ever lose their front entry and
+    gain entries at the back: plain FIFO rings, with no pointer chasing. The ghost also loses an
+    entry on a ghost hit, anywhere in it: that entry is left in place and is *stale* from then on
+    (``where`` no longer says GHOST, or ``gpos`` points at a newer entry of the same key); the
+    oldest-first pop skips stale entries, and a full ghost ring is compacted (it holds at least
+    twice the ghost's size, so amortised O(1)). The lists are read into the rings first and written
+    back at the end: ``O(capacity + ghost)`` per call, which is why the caller only takes this path
+    for long runs."""
+    n = where.shape[0]
+    s_small, s_main, s_ghost = n, n + 1, n + 2
+    cap = cnt[CAP]
+    main_cap = cnt[MAIN_CAP]
+    small_cap = cnt[SMALL_CAP]
+    ghost_cap = cnt[GHOST_CAP]
+    threshold = cnt[THRESHOLD]
+    prefill = cnt[PREFILL] != 0
+    has_evicted = cnt[HAS_EVICTED] != 0
+    m = _pow2_at_least(cap + 1)
+    mask = (m - 1) & _NONNEG
+    sring = np.empty(m, np.int64)
+    mring = np.empty(m, np.int64)
+    gm = _pow2_at_least(2 * (ghost_cap + 1))
+    gmask = (gm - 1) & _NONNEG
+    gring = np.empty(gm, np.int64)
+    gpos = np.empty(n, np.int64)
+    sh = 0
+    st = _list_to_ring(nxt, s_small, sring)
+    mh = 0
+    mt = _list_to_ring(nxt, s_main, mring)
+    gh = 0
+    gt = _list_to_ring(nxt, s_ghost, gring)
+    for q in range(gt):
+        gpos[gring[q]] = q
+    n_ghost = gt
+    evictions = 0
+    for i in range(keys.shape[0]):
+        key = keys[i] & _NONNEG
+        w = where[key]
+        if w == SMALL or w == MAIN:
+            hits[i] = 1
+            f = freq[key]
+            freq[key] = f + np.int8(f < MAX_FREQ)
+            continue
+        hits[i] = 0
+        ghost_hit = w == GHOST
+        if ghost_hit:  # its ghost entry goes stale
+            where[key] = NONE
+            n_ghost -= 1
+        if (st - sh) + (mt - mh) >= cap:
+            v = -1
+            if (mt - mh) <= main_cap and st > sh:
+                while sh < st:  # small, oldest first: promote or evict
+                    k = sring[sh & mask]
+                    sh += 1
+                    if freq[k] >= threshold:
+                        mring[mt & mask] = k
+                        mt += 1
+                        where[k] = MAIN
+                        freq[k] = 0
+                    else:
+                        v = k
+                        where[k] = NONE
+                        if ghost_cap > 0:
+                            if gt - gh == gm:  # full of entries, many of them stale: compact
+                                out = gh
+                                for q in range(gh, gt):
+                                    g = gring[q & gmask]
+                                    if where[g] == GHOST and gpos[g] == q:
+                                        gring[out & gmask] = g
+                                        gpos[g] = out
+                                        out += 1
+                                gt = out
+                            gring[gt & gmask] = k
+                            gpos[k] = gt
+                            gt += 1
+                            where[k] = GHOST
+                            n_ghost += 1
+                            if n_ghost > ghost_cap:
+                                while True:  # drop the oldest live ghost entry
+                                    g = gring[gh & gmask]
+                                    q = gh
+                                    gh += 1
+                                    if where[g] == GHOST and gpos[g] == q:
+                                        where[g] = NONE
+                                        n_ghost -= 1
+                                        break
+                        break
+            if v < 0:  # main evicts (also when the walk promoted every small entry)
+                while True:
+                    k = mring[mh & mask]
+                    mh += 1
+                    f = freq[k]
+                    if f == 0:
+                        where[k] = NONE
+                        break
+                    freq[k] = f - 1
+                    mring[mt & mask] = k
+                    mt += 1
+            evictions += 1
+            has_evicted = True
+        if ghost_hit or (prefill and not has_evicted and st - sh >= small_cap):
+            mring[mt & mask] = key
+            mt += 1
+            where[key] = MAIN
+        else:
+            sring[st & mask] = key
+            st += 1
+            where[key] = SMALL
+        freq[key] = 0
+    _ring_to_list(prv, nxt, s_small, sring, sh, st, mask)
+    _ring_to_list(prv, nxt, s_main, mring, mh, mt, mask)
+    prv[s_ghost] = s_ghost
+    nxt[s_ghost] = s_ghost
+    for q in range(gh, gt):
+        g = gring[q & gmask]
+        if where[g] == GHOST and gpos[g] == q:
+            push_back(prv, nxt, s_ghost, g)
+    cnt[N_SMALL] = st - sh
+    cnt[N_MAIN] = mt - mh
+    cnt[N_GHOST] = n_ghost
+    cnt[HAS_EVICTED] = np.int64(has_evicted)
+    return evictions
+
+
+@njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
+    accesses in the same order, so exactly what :func:`replay_by_access` gives.
+
+    A one-key row needs no guard (see :func:`_evict_free`). A long run of one-key rows (a flattened
+    request stream) goes to :func:`_serve_stream`; a short one runs here on the lists, with the
+    queue counters in local variables. A wider row guards its keys and serves them through
+    :func:`access`, with the counters stored back first and reloaded after."""
+    prv, nxt, where, freq, cnt = state
+    n = where.shape[0]
+    s_small, s_main = n, n + 1
+    cap = cnt[CAP]
+    small_cap = cnt[SMALL_CAP]
+    prefill = cnt[PREFILL] != 0
+    long_run = cap + cnt[GHOST_CAP] + 64  # the rings' set-up costs O(capacity + ghost)
+    n_small = cnt[N_SMALL]
+    n_main = cnt[N_MAIN]
+    n_ghost = cnt[N_GHOST]
+    has_evicted = cnt[HAS_EVICTED] != 0
+    guard = np.full(num_keys, -1, np.int64)
+    evictions = 0
+    n_rows = row_ptr.shape[0] - 1
+    r = 0
+    while r < n_rows:
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        if hi - lo != 1:
+            cnt[N_SMALL] = n_small
+            cnt[N_MAIN] = n_main
+            cnt[N_GHOST] = n_ghost
+            cnt[HAS_EVICTED] = np.int64(has_evicted)
+            for i in range(lo, hi):
+                guard[keys[i]] = r
+            for i in range(lo, hi):
+                res = access(state, np.int64(keys[i]), 0, 0, guard, r)
+                if res == HIT:
+                    hits_out[i] = 1
+                else:
+                    hits_out[i] = 0
+                    if res >= 0:
+                        evictions += 1
+            n_small = cnt[N_SMALL]
+            n_main = cnt[N_MAIN]
+            n_ghost = cnt[N_GHOST]
+            has_evicted = cnt[HAS_EVICTED] != 0
+            r += 1
+            continue
+        e = r + 1  # the run of one-key rows is rows r..e-1, keys lo..lo + (e - r) - 1
+        while e < n_rows and row_ptr[e + 1] - row_ptr[e] == 1:
+            e += 1
+        end = lo + (e - r)
+        r = e
+        if end - lo >= long_run:
+            cnt[N_SMALL] = n_small
+            cnt[N_MAIN] = n_main
+            cnt[N_GHOST] = n_ghost
+            cnt[HAS_EVICTED] = np.int64(has_evicted)
+            evictions += _serve_stream(prv, nxt, where, freq, cnt, keys[lo:end], hits_out[lo:end])
+            n_small = cnt[N_SMALL]
+            n_main = cnt[N_MAIN]
+            n_ghost = cnt[N_GHOST]
+            has_evicted = cnt[HAS_EVICTED] != 0
+            continue
+        for i in range(lo, end):
+            key = keys[i] & _NONNEG
+            w = where[key]
+            if w == SMALL or w == MAIN:
+                hits_out[i] = 1
+                f = freq[key]
+                freq[key] = f + np.int8(f < MAX_FREQ)
+                continue
+            hits_out[i] = 0
+            ghost_hit = w == GHOST
+            if ghost_hit:
+                unlink(prv, nxt, key)
+                n_ghost -= 1
+            if n_small + n_main >= cap:
+                _, n_small, n_main, n_ghost = _evict_free(prv, nxt, where, freq, cnt, n_small, n_main, n_ghost)
+                evictions += 1
+                has_evicted = True
+            if ghost_hit or (prefill and not has_evicted and n_small >= small_cap):
+                push_back(prv, nxt, s_main, key)
+                where[key] = MAIN
+                n_main += 1
+            else:
+                push_back(prv, nxt, s_small, key)
+                where[key] = SMALL
+                n_small += 1
+            freq[key] = 0
+    cnt[N_SMALL] = n_small
+    cnt[N_MAIN] = n_main
+    cnt[N_GHOST] = n_ghost
+    cnt[HAS_EVICTED] = np.int64(has_evicted)
+    return evictions
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
