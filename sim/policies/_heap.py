@@ -6,7 +6,7 @@ order is total and the victim is deterministic. The heap stores, per *slot* ``i`
 ``pos[key] >= 0`` doubles as the residency flag); ``hs[0]`` is the heap size. Slot ``i``'s
 children are slots ``(i << shift) + 1 ...`` (``2 ** shift`` of them): every function takes
 ``shift``, and a policy passes a module constant, so the loops are compiled for that arity. Which
-arity is faster depends on the policy: OPT's hits move keys up (fewer levels help: 4-ary), LFU-DA's
+arity is faster depends on the policy: OPT's hits move keys up (fewer levels help: 8-ary), LFU-DA's
 hits move keys down (fewer comparisons per level help: binary).
 
 Every helper but the rare guarded search is compiled with ``forceinline`` (LLVM inlines it into

@@ -216,15 +216,15 @@ def _pow2_at_least(n):
 
 
 @njit(cache=True)
-def _log_compact(ring, pos, code_of, code, head, tail, mask):
+def _log_compact(ring, pos, head, tail, mask):
     """Keep only the current entries of a log, in order, from ``head`` on; returns the new tail.
-    An entry ``q`` is current while ``code_of[key] == code and pos[key] == q``. A log holds at least
-    twice as many entries as can be current, so compacting it when full is amortised O(1); called
-    rarely, so it stays a call (the loop below inlines everything it runs often)."""
+    An entry ``q`` is current while ``pos[key] == q`` (``pos`` is -1 for a key on no list). A log
+    holds at least twice as many entries as can be current, so compacting it when full is amortised
+    O(1); called rarely, so it stays a call (the loop below inlines everything it runs often)."""
     out = head
     for q in range(head, tail):
         g = ring[q & mask]
-        if code_of[g] == code and pos[g] == q:
+        if pos[g] == q:
             ring[out & mask] = g
             pos[g] = out
             out += 1
@@ -245,13 +245,13 @@ def _log_load(nxt, sentinel, ring, pos):
 
 
 @njit(cache=True, forceinline=True)
-def _log_store(prv, nxt, sentinel, ring, pos, code_of, code, head, tail, mask):
+def _log_store(prv, nxt, sentinel, ring, pos, head, tail, mask):
     """Rebuild a linked list from the current entries of a log, oldest first."""
     prv[sentinel] = sentinel
     nxt[sentinel] = sentinel
     for q in range(head, tail):
         g = ring[q & mask]
-        if code_of[g] == code and pos[g] == q:
+        if pos[g] == q:
             push_back(prv, nxt, sentinel, g)
 
 
@@ -262,30 +262,46 @@ def _serve_stream(state, keys, hits):
 
     Every operation on the three lists is an append at the back, a removal at the front or a removal
     anywhere, so each list becomes a ring buffer of entries with lazy deletion (as LRU's recency log):
-    an entry is current while the key is still on that list (``in_s`` / ``qwhere``) and its position
-    (``spos`` / ``qpos`` / ``hpos``) is that entry's; a move to the back appends a new entry and the
-    old one goes stale; the front skips stale entries. No pointer chasing and no unlinking. The lists
-    are read into the logs first and written back at the end, ``O(num_keys)`` per call, which is why
-    the caller only takes this path for long runs. Operation for operation the same as
-    :func:`access` (with a guard that protects nothing)."""
+    a key's position in a log (``spos`` / ``qpos`` / ``hpos``) is that of its current entry, -1 while
+    it is not on that list, so an entry ``q`` is current exactly when its key's position is ``q``; a
+    move to the back appends a new entry and the old one goes stale; the front skips stale entries.
+    The positions are then the list memberships too (``in_s``, ``qwhere``), and residency and the
+    LIR flag share one code per key (0 absent, 1 resident HIR, 3 LIR): a request reads one byte for
+    its key's status. No pointer chasing and no unlinking. The lists and flags are read in first and
+    written back at the end, ``O(num_keys)`` per call, which is why the caller only takes this path
+    for long runs. Operation for operation the same as :func:`access` (with a guard that protects
+    nothing)."""
     sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
     n = flags.shape[1]
     big = _pow2_at_least(2 * (n + 1))
     rings = np.empty((3, big), np.int64)
-    pos = np.empty((3, n), np.int64)
-    # The loop is a function of its own that gets every array (the flag rows, the logs) as a plain
-    # argument.
-    return _stream_loop(sprv, snxt, qprv, qnxt, flags[0], flags[1], flags[2], qwhere, cnt, keys, hits,
-                        rings[0], pos[0], rings[1], pos[1], rings[2], pos[2])
+    pos = np.full((3, n), -1, np.int64)
+    code = np.empty(n, np.uint8)
+    for k in range(n):
+        code[k] = flags[0, k] | (flags[1, k] << 1)
+    s_size = _log_load(snxt, n, rings[0], pos[0])
+    q_size = _log_load(qnxt, n, rings[1], pos[1])
+    h_size = _log_load(qnxt, n + 1, rings[2], pos[2])
+    hs = np.array([0, s_size, 0, q_size, 0, h_size], np.int64)  # head and tail of S, Q, NH
+    # The loop is a function of its own that gets every array as a plain argument.
+    evictions = _stream_loop(code, cnt, keys, hits, rings[0], pos[0], rings[1], pos[1], rings[2], pos[2], hs)
+    for k in range(n):
+        flags[0, k] = code[k] & 1
+        flags[1, k] = code[k] >> 1
+        flags[2, k] = pos[0, k] >= 0
+        qwhere[k] = Q_RES if pos[1, k] >= 0 else (Q_NONRES if pos[2, k] >= 0 else Q_NONE)
+    mask = big - 1
+    _log_store(sprv, snxt, n, rings[0], pos[0], hs[0], hs[1], mask)
+    _log_store(qprv, qnxt, n, rings[1], pos[1], hs[2], hs[3], mask)
+    _log_store(qprv, qnxt, n + 1, rings[2], pos[2], hs[4], hs[5], mask)
+    return evictions
 
 
 @njit(cache=True)
-def _stream_loop(sprv, snxt, qprv, qnxt, resident, lir, in_s, qwhere, cnt, keys, hits, sring, spos, qring, qpos,
-                 hring, hpos):
+def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, hs):
     """The loop of :func:`_serve_stream`, with every log operation written out: a jitted helper that
     takes arrays and branches keeps numba's reference counting in the loop, which costs more than
     the work itself."""
-    n = resident.shape[0]
     big = sring.shape[0]
     cap = cnt[CAP]
     llirs = cnt[LLIRS]
@@ -294,24 +310,23 @@ def _stream_loop(sprv, snxt, qprv, qnxt, resident, lir, in_s, qwhere, cnt, keys,
     n_lir = cnt[N_LIR]
     n_s = cnt[N_S]
     bmask = (big - 1) & _NONNEG
-    sh = 0
-    st = _log_load(snxt, n, sring, spos)
-    qh = 0
-    qt = _log_load(qnxt, n, qring, qpos)
-    hh = 0
-    ht = _log_load(qnxt, n + 1, hring, hpos)
+    # Keys read from the logs are masked with _NONNEG too: they index other arrays.
+    sh, st, qh, qt, hh, ht = hs[0], hs[1], hs[2], hs[3], hs[4], hs[5]
     evictions = 0
     for i in range(keys.shape[0]):
         key = keys[i] & _NONNEG
+        c = code[key]
         prune = False
         lir_now = False  # the key becomes LIR: the bottom LIR block may have to be demoted
         to_q = False  # the key goes to the back of Q
-        if resident[key]:
+        if c != 0:
             hits[i] = 1
-            if lir[key]:
-                prune = True
-            elif in_s[key]:
-                qwhere[key] = Q_NONE
+            if c == 3:
+                # S is pruned after every request and ``sh`` then sits on its bottom entry, an LIR
+                # block: moving any other LIR block to the top leaves nothing to prune.
+                prune = spos[key] == sh
+            elif spos[key] >= 0:  # a resident HIR block in S leaves Q and becomes LIR
+                qpos[key] = -1
                 lir_now = True
             else:
                 to_q = True
@@ -319,130 +334,117 @@ def _stream_loop(sprv, snxt, qprv, qnxt, resident, lir, in_s, qwhere, cnt, keys,
             hits[i] = 0
             if n_res >= cap:
                 while qh < qt:  # the front of Q, past stale entries
-                    g = qring[qh & bmask]
-                    if qwhere[g] == Q_RES and qpos[g] == qh:
+                    if qpos[qring[qh & bmask] & _NONNEG] == qh:
                         break
                     qh += 1
                 if qh < qt:
-                    v = qring[qh & bmask]
+                    v = qring[qh & bmask] & _NONNEG
                     qh += 1
-                    qwhere[v] = Q_NONE
+                    qpos[v] = -1
                 else:  # Q is empty: the lowest LIR block of S is evicted instead
                     q = sh
                     while q < st:
-                        v = sring[q & bmask]
-                        if lir[v] != 0 and in_s[v] != 0 and spos[v] == q:
+                        v = sring[q & bmask] & _NONNEG
+                        if spos[v] == q and code[v] == 3:
                             break
                         q += 1
                     if q == st:
                         raise ValueError("lirs: every resident is guarded (capacity smaller than the row width)")
-                    v = sring[q & bmask]
-                    lir[v] = 0
+                    v = sring[q & bmask] & _NONNEG
                     n_lir -= 1
-                resident[v] = 0
+                code[v] = 0
                 n_res -= 1
-                if in_s[v]:
+                if spos[v] >= 0:  # it stays in S as a non-resident HIR block
                     if ht - hh == big:
-                        ht = _log_compact(hring, hpos, qwhere, Q_NONRES, hh, ht, bmask)
+                        ht = _log_compact(hring, hpos, hh, ht, bmask)
                     hring[ht & bmask] = v
                     hpos[v] = ht
                     ht += 1
-                    qwhere[v] = Q_NONRES
                     prune = True
                 evictions += 1
             if prune:  # after the eviction, before the key is served
                 prune = False
                 while True:
                     while sh < st:  # the bottom of S, past stale entries
-                        g = sring[sh & bmask]
-                        if in_s[g] != 0 and spos[g] == sh:
+                        if spos[sring[sh & bmask] & _NONNEG] == sh:
                             break
                         sh += 1
-                    if sh == st or lir[sring[sh & bmask]] != 0:
+                    if sh == st or code[sring[sh & bmask] & _NONNEG] == 3:
                         break
-                    b = sring[sh & bmask]
-                    in_s[b] = 0
+                    b = sring[sh & bmask] & _NONNEG
+                    spos[b] = -1
                     n_s -= 1
-                    if qwhere[b] == Q_NONRES:
-                        qwhere[b] = Q_NONE
-            resident[key] = 1
+                    hpos[b] = -1  # a non-resident block that leaves S is forgotten
             n_res += 1
-            if in_s[key]:
-                qwhere[key] = Q_NONE
+            if spos[key] >= 0:  # a non-resident HIR block in S: it becomes LIR
+                hpos[key] = -1
+                code[key] = 1
                 lir_now = True
             elif n_lir < llirs:
-                lir[key] = 1
+                code[key] = 3
                 n_lir += 1
             else:
+                code[key] = 1
                 to_q = True
         if to_q:
             if qt - qh == big:
-                qt = _log_compact(qring, qpos, qwhere, Q_RES, qh, qt, bmask)
+                qt = _log_compact(qring, qpos, qh, qt, bmask)
             qring[qt & bmask] = key
             qpos[key] = qt
             qt += 1
-            qwhere[key] = Q_RES
         # the key goes on top of S
-        if in_s[key] == 0:
-            in_s[key] = 1
+        if spos[key] < 0:
             n_s += 1
         if st - sh == big:
-            st = _log_compact(sring, spos, in_s, 1, sh, st, bmask)
+            st = _log_compact(sring, spos, sh, st, bmask)
         sring[st & bmask] = key
         spos[key] = st
         st += 1
         if lir_now:
-            lir[key] = 1
+            code[key] = 3
             n_lir += 1
             if n_lir > llirs:  # demote the bottom block of S to the end of Q, then prune
                 while sh < st:
-                    g = sring[sh & bmask]
-                    if in_s[g] != 0 and spos[g] == sh:
+                    if spos[sring[sh & bmask] & _NONNEG] == sh:
                         break
                     sh += 1
-                b = sring[sh & bmask]
-                lir[b] = 0
+                b = sring[sh & bmask] & _NONNEG
+                code[b] = 1
                 n_lir -= 1
-                in_s[b] = 0
+                spos[b] = -1
                 n_s -= 1
                 if qt - qh == big:
-                    qt = _log_compact(qring, qpos, qwhere, Q_RES, qh, qt, bmask)
+                    qt = _log_compact(qring, qpos, qh, qt, bmask)
                 qring[qt & bmask] = b
                 qpos[b] = qt
                 qt += 1
-                qwhere[b] = Q_RES
                 prune = True
         if prune:
             while True:
                 while sh < st:
-                    g = sring[sh & bmask]
-                    if in_s[g] != 0 and spos[g] == sh:
+                    if spos[sring[sh & bmask] & _NONNEG] == sh:
                         break
                     sh += 1
-                if sh == st or lir[sring[sh & bmask]] != 0:
+                if sh == st or code[sring[sh & bmask] & _NONNEG] == 3:
                     break
-                b = sring[sh & bmask]
-                in_s[b] = 0
+                b = sring[sh & bmask] & _NONNEG
+                spos[b] = -1
                 n_s -= 1
-                if qwhere[b] == Q_NONRES:
-                    qwhere[b] = Q_NONE
+                hpos[b] = -1
         if s_limit > 0:
             while n_s > s_limit:
                 while hh < ht:  # the oldest non-resident entry, past stale entries
-                    g = hring[hh & bmask]
-                    if qwhere[g] == Q_NONRES and hpos[g] == hh:
+                    if hpos[hring[hh & bmask] & _NONNEG] == hh:
                         break
                     hh += 1
                 if hh == ht:
                     break
-                g = hring[hh & bmask]
+                g = hring[hh & bmask] & _NONNEG
                 hh += 1
-                qwhere[g] = Q_NONE
-                in_s[g] = 0
+                hpos[g] = -1
+                spos[g] = -1
                 n_s -= 1
-    _log_store(sprv, snxt, n, sring, spos, in_s, 1, sh, st, bmask)
-    _log_store(qprv, qnxt, n, qring, qpos, qwhere, Q_RES, qh, qt, bmask)
-    _log_store(qprv, qnxt, n + 1, hring, hpos, qwhere, Q_NONRES, hh, ht, bmask)
+    hs[0], hs[1], hs[2], hs[3], hs[4], hs[5] = sh, st, qh, qt, hh, ht
     cnt[N_RES] = n_res
     cnt[N_LIR] = n_lir
     cnt[N_S] = n_s

@@ -6,10 +6,13 @@ next *row*, so several keys can share one next use (ties go to the least recentl
 miss inserts (an expert must be in memory to run), the forced-insert variant that libCacheSim's
 Belady also implements; the experts of a row never evict each other. With a cold start this is
 the fewest misses any demand-fetching cache of this size can have (the tests check it against an
-exhaustive search on small traces). An indexed 4-ary min-heap over ``(-next_use, last access
+exhaustive search on small traces). An indexed 8-ary min-heap over ``(-next_use, last access
 number)`` (:mod:`sim.policies._heap`): a hit moves the key toward the root (its old next use, the
 current row, is the nearest of all, so it starts at the bottom), a miss puts the new key in the
-victim's slot (the root unless the row guards it).
+victim's slot (the root unless the row guards it). ``replay`` packs each pair into one int64 while
+the values allow it (one comparison per heap step) and serves one-key rows without a guard (their
+key is not resident when a victim is chosen, so the victim is the root); ``replay_by_access`` is
+the shared per-access loop over ``access``, and the tests check that both give the same.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, NEVER
+from sim.kernel import HIT, MISS, NEVER, replay_kernel
 from sim.policies._heap import make_heap, place, push, replace_at, victim_slot
 
 NAME = "opt"
 PARAMS: dict[str, Any] = {}
-SHIFT = 2  # heap arity 2 ** SHIFT (see sim.policies._heap)
+SHIFT = 3  # heap arity 2 ** SHIFT (see sim.policies._heap; 8-ary measured fastest from 48 to 600 slots)
 NEEDS_NEXT_USE = True
 
 
@@ -60,13 +63,210 @@ def access(state, key, now, next_use, guard, stamp):
     return _serve(hk, hp, hq, pos, hs, scratch, ctr[1], key, next_use, n, guard, stamp)
 
 
+# The packed order: one int64 per slot, ``(hi << 32) | seq`` with ``hi = 0`` for ``NEVER`` and
+# ``PACK_BIG - next_use`` otherwise, orders slots exactly as ``(-next_use, seq)`` does while next uses
+# lie in ``[0, PACK_BIG - 2]`` and sequence numbers below ``2 ** 32``; one comparison per step then.
+PACK_BIG = 1 << 31
+SEQ_BITS = 32
+SEQ_MASK = (1 << SEQ_BITS) - 1
+_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
+
+
+@njit(cache=True, forceinline=True)
+def _fits(nu):
+    """Whether a next use has a packed form."""
+    return nu == NEVER or (nu >= 0 and nu <= PACK_BIG - 2)
+
+
 @njit(cache=True)
-def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
-    accesses in the same order, so exactly what ``replay_kernel(access, ...)`` gives. Written out
-    because numba's own inlining of a helper that takes arrays keeps reference counting in the loop
-    (several times slower)."""
-    hk, hp, hq, pos, hs, scratch, ctr = state
+def _packable(hp, hs, n, count):
+    """Whether the heap's keys and ``count`` more sequence numbers from ``n`` have packed forms (the
+    next uses of the accesses are checked as they come)."""
+    if n < 0 or n + count >= (1 << SEQ_BITS):
+        return False
+    for i in range(hs[0]):
+        if not _fits(-hp[i]):
+            return False
+    return True
+
+
+@njit(cache=True, forceinline=True)
+def _pack(nu, seq):
+    hi = 0 if nu == NEVER else PACK_BIG - nu
+    return (hi << SEQ_BITS) | seq
+
+
+@njit(cache=True, forceinline=True)
+def _up(hk, hv, pos, i, k, v):
+    """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, toward the root."""
+    while i > 0:
+        parent = ((i - 1) >> SHIFT) & _NONNEG
+        pv = hv[parent]
+        if v >= pv:
+            break
+        c = hk[parent]
+        hk[i] = c
+        hv[i] = pv
+        pos[c] = i
+        i = parent
+    hk[i] = k
+    hv[i] = v
+    pos[k] = i
+
+
+@njit(cache=True, forceinline=True)
+def _down(hk, hv, pos, size, i, k, v):
+    """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, away from the root."""
+    width = 1 << SHIFT
+    while True:
+        c = ((i << SHIFT) + 1) & _NONNEG
+        if c >= size:
+            break
+        cv = hv[c]
+        # The smallest child without branches (which one wins is unpredictable); a full set of
+        # children is a loop of constant length, unrolled.
+        if c + width <= size:
+            for d in range(c + 1, c + width):
+                dv = hv[d]
+                better = dv < cv
+                c = d if better else c
+                cv = dv if better else cv
+        else:
+            for d in range(c + 1, size):
+                dv = hv[d]
+                better = dv < cv
+                c = d if better else c
+                cv = dv if better else cv
+        if cv >= v:
+            break
+        m = hk[c]
+        hk[i] = m
+        hv[i] = cv
+        pos[m] = i
+        i = c
+    hk[i] = k
+    hv[i] = v
+    pos[k] = i
+
+
+@njit(cache=True, forceinline=True)
+def _put(hk, hv, pos, size, i, k, v):
+    """Key ``k`` with packed priority ``v`` into the hole at slot ``i`` (anywhere in the heap)."""
+    if i > 0 and v < hv[(i - 1) >> SHIFT]:
+        _up(hk, hv, pos, i, k, v)
+    else:
+        _down(hk, hv, pos, size, i, k, v)
+
+
+@njit(cache=True)
+def _packed_victim(hk, hv, size, guard, stamp, scratch):
+    """The slot of the smallest unguarded key (-1 if all are guarded); as ``victim_slot``."""
+    if size == 0:
+        return -1
+    if guard[hk[0]] != stamp:
+        return 0
+    best = -1
+    top = 1
+    scratch[0] = 0
+    while top > 0:
+        top -= 1
+        i = scratch[top]
+        if guard[hk[i]] != stamp:
+            if best < 0 or hv[i] < hv[best]:
+                best = i
+            continue
+        first = (i << SHIFT) + 1
+        for c in range(first, min(first + (1 << SHIFT), size)):
+            scratch[top] = c
+            top += 1
+    return best
+
+
+@njit(cache=True)
+def _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, num_keys, hits_out):
+    """The replay with one packed priority per slot (the heap's pairs are packed on entry and
+    unpacked on exit, O(capacity)), up to the first row with a next use that has no packed form;
+    returns (evictions, rows served). A one-key row needs no guard: its key is not resident when a
+    victim is chosen, so the victim is the root."""
+    cap = ctr[1]
+    n = ctr[0]
+    size = hs[0]
+    hv = np.empty(hk.shape[0], np.int64)
+    for i in range(size):
+        hv[i] = _pack(-hp[i], hq[i])
+    guard = np.full(num_keys, -1, np.int64)
+    has_next = next_use.shape[0] > 0
+    evictions = 0
+    n_rows = row_ptr.shape[0] - 1
+    r = 0
+    while r < n_rows:
+        lo = row_ptr[r]
+        hi = row_ptr[r + 1]
+        if hi - lo == 1:
+            key = np.int64(keys[lo]) & _NONNEG
+            nu = next_use[lo] if has_next else NEVER
+            if not _fits(nu):
+                break
+            v = _pack(nu, n)
+            n += 1
+            j = pos[key]
+            if j >= 0:
+                hits_out[lo] = 1
+                _put(hk, hv, pos, size, j, key, v)
+            elif size < cap:
+                hits_out[lo] = 0
+                _up(hk, hv, pos, size, key, v)
+                size += 1
+            else:
+                hits_out[lo] = 0
+                if size > 0:
+                    pos[hk[0]] = -1
+                    _down(hk, hv, pos, size, 0, key, v)
+                    evictions += 1
+            r += 1
+            continue
+        fits = True
+        if has_next:
+            for i in range(lo, hi):
+                fits &= _fits(next_use[i])
+        if not fits:
+            break
+        for i in range(lo, hi):
+            guard[keys[i]] = r
+        for i in range(lo, hi):
+            key = np.int64(keys[i])
+            v = _pack(next_use[i] if has_next else NEVER, n)
+            n += 1
+            j = pos[key]
+            if j >= 0:
+                hits_out[i] = 1
+                _put(hk, hv, pos, size, j, key, v)
+                continue
+            hits_out[i] = 0
+            if size < cap:
+                _up(hk, hv, pos, size, key, v)
+                size += 1
+                continue
+            s = _packed_victim(hk, hv, size, guard, r, scratch)
+            if s < 0:  # every resident key is guarded (capacity below the row width): nothing to evict
+                continue
+            pos[hk[s]] = -1
+            _put(hk, hv, pos, size, s, key, v)
+            evictions += 1
+        r += 1
+    for i in range(size):
+        v = hv[i]
+        h = v >> SEQ_BITS
+        hp[i] = -NEVER if h == 0 else h - PACK_BIG
+        hq[i] = v & SEQ_MASK
+    hs[0] = size
+    ctr[0] = n
+    return evictions, r
+
+
+@njit(cache=True)
+def _replay_pairs(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, num_keys, hits_out):
+    """The replay on the heap's ``(prio, seq)`` pairs: any next-use times and sequence numbers."""
     cap = ctr[1]
     n = ctr[0]
     guard = np.full(num_keys, -1, np.int64)
@@ -98,6 +298,33 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
             evictions += 1
     ctr[0] = n
     return evictions
+
+
+@njit(cache=True)
+def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
+    accesses in the same order, so exactly what :func:`replay_by_access` gives. Written out
+    because numba's own inlining of a helper that takes arrays keeps reference counting in the loop
+    (several times slower). Runs on packed priorities while every next use has a packed form (any
+    trace shorter than 2 ** 31 layer-clock steps), and from the first one that has none on the
+    heap's pairs."""
+    hk, hp, hq, pos, hs, scratch, ctr = state
+    if not _packable(hp, hs, ctr[0], keys.shape[0]):
+        return _replay_pairs(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, num_keys, hits_out)
+    evictions, r = _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, num_keys, hits_out)
+    if r == row_ptr.shape[0] - 1:
+        return evictions
+    # A next use without a packed form: the rest of the rows on the pairs.
+    lo = row_ptr[r]
+    rest_next = next_use[lo:] if next_use.shape[0] > 0 else next_use
+    return evictions + _replay_pairs(hk, hp, hq, pos, hs, scratch, ctr, keys[lo:], row_ptr[r:] - lo, rest_next,
+                                     num_keys, hits_out[lo:])
+
+
+@njit(cache=True)
+def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+    """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
+    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,
