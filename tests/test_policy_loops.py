@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_loop_support import csr, row_traces
 
 from sim.policies import clock, fifo, random_evict, reference_rows, replay_rows, sieve
 
 POLICIES = {"fifo": fifo, "clock": clock, "sieve": sieve, "random": random_evict}
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_NEXT = np.zeros(0, np.int64)
-
-
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
 
 
 def by_access(module: ModuleType, state: tuple, keys, row_ptr, row_time) -> tuple[list[int], int]:
@@ -48,22 +43,6 @@ def three_ways(name: str, rows: list[list[int]], cap: int, num_keys: int, seed: 
     ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, cap, num_keys, seed=seed)
     assert got == slow == (ref_hits.tolist(), ref_ev), name
     return got
-
-
-@st.composite
-def row_traces(draw, max_keys: int = 24, max_rows: int = 160, max_width: int = 5):
-    """Long traces over few keys (so rings wrap and compact), rows of mixed widths, often runs of
-    one-key rows (the flattened-stream loop) before and after wider rows."""
-    num_keys = draw(st.integers(2, max_keys))
-    width = draw(st.integers(1, min(max_width, num_keys)))
-    n_rows = draw(st.integers(1, max_rows))
-    one_key = draw(st.floats(0.0, 1.0))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rows = []
-    for _ in range(n_rows):
-        w = 1 if rng.random() < one_key else int(rng.integers(1, width + 1))
-        rows.append(rng.choice(num_keys, w, replace=False).tolist())
-    return rows, num_keys
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

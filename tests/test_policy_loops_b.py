@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_loop_support import csr, row_traces
 
 from sim.policies import arc, lru, reference_rows, replay_rows, resolve_params, twoq
 
@@ -23,12 +24,6 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 NO_NEXT = np.zeros(0, np.int64)
 TWOQ_KNOBS = ({"kin_ratio": 0.25, "kout_ratio": 0.5}, {"kin_ratio": 0.5, "kout_ratio": 0.0},
               {"kin_ratio": 0.1, "kout_ratio": 2.0})
-
-
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
 
 
 def new_state(module: ModuleType, cap: int, num_keys: int, params: dict[str, Any] | None = None) -> tuple:
@@ -71,22 +66,6 @@ def same_cache(name: str, a: tuple, b: tuple) -> None:
         return
     for x, y in zip(a, b, strict=True):
         assert x.tolist() == y.tolist()
-
-
-@st.composite
-def row_traces(draw, max_keys: int = 24, max_rows: int = 160, max_width: int = 5):
-    """Long traces over few keys (so ghosts fill and LRU's ring compacts), rows of mixed widths,
-    often runs of one-key rows before and after wider rows."""
-    num_keys = draw(st.integers(2, max_keys))
-    width = draw(st.integers(1, min(max_width, num_keys)))
-    n_rows = draw(st.integers(1, max_rows))
-    one_key = draw(st.floats(0.0, 1.0))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rows = []
-    for _ in range(n_rows):
-        w = 1 if rng.random() < one_key else int(rng.integers(1, width + 1))
-        rows.append(rng.choice(num_keys, w, replace=False).tolist())
-    return rows, num_keys
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_loop_support import csr, queue, row_traces
 
 from sim.policies import lirs, reference_rows, replay_rows, resolve_params, s3fifo
 
@@ -28,12 +29,6 @@ KNOBS = {
 }
 
 
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
-
-
 def new_state(module: ModuleType, cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
     return module.make_state(cap, num_keys, resolve_params(module, params), 0)
 
@@ -42,18 +37,6 @@ def serve(fn: Any, state: tuple, keys, row_ptr, row_time, num_keys: int) -> tupl
     hits = np.zeros(len(keys), np.uint8)
     evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
     return hits.tolist(), int(evictions)
-
-
-def queue(prv: np.ndarray, nxt: np.ndarray, sentinel: int) -> list[int]:
-    """The keys of one linked list, front first (checking that the back links agree)."""
-    out = []
-    k = int(nxt[sentinel])
-    while k != sentinel:
-        assert int(nxt[prv[k]]) == k
-        out.append(k)
-        k = int(nxt[k])
-    assert int(prv[sentinel]) == (out[-1] if out else sentinel)
-    return out
 
 
 def meaning(state: tuple) -> list:
@@ -85,22 +68,6 @@ def three_ways(name: str, rows: list[list[int]], cap: int, num_keys: int,
     assert got == slow == (ref_hits.tolist(), ref_ev), name
     assert same_state(s1, s2)
     return got
-
-
-@st.composite
-def row_traces(draw, max_keys: int = 24, max_rows: int = 160, max_width: int = 5):
-    """Long traces over few keys, rows of mixed widths, often runs of one-key rows (the fast path)
-    before and after wider rows."""
-    num_keys = draw(st.integers(2, max_keys))
-    width = draw(st.integers(1, min(max_width, num_keys)))
-    n_rows = draw(st.integers(1, max_rows))
-    one_key = draw(st.floats(0.0, 1.0))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rows = []
-    for _ in range(n_rows):
-        w = 1 if rng.random() < one_key else int(rng.integers(1, width + 1))
-        rows.append(rng.choice(num_keys, w, replace=False).tolist())
-    return rows, num_keys
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

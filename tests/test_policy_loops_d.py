@@ -13,18 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_loop_support import csr, queue, row_traces
 
 from sim.policies import arc, lru, reference_rows, replay_rows
 
 POLICIES = {"arc": arc, "lru": lru}
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_NEXT = np.zeros(0, np.int64)
-
-
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
 
 
 def new_state(module: ModuleType, cap: int, num_keys: int) -> tuple:
@@ -35,18 +30,6 @@ def serve(fn, state: tuple, keys, row_ptr, row_time, num_keys: int) -> tuple[lis
     hits = np.zeros(len(keys), np.uint8)
     evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
     return hits.tolist(), int(evictions)
-
-
-def queue(prv: np.ndarray, nxt: np.ndarray, sentinel: int) -> list[int]:
-    """The keys of one linked list, front first (checking that the back links agree)."""
-    out = []
-    k = int(nxt[sentinel])
-    while k != sentinel:
-        assert int(nxt[prv[k]]) == k
-        out.append(k)
-        k = int(nxt[k])
-    assert int(prv[sentinel]) == (out[-1] if out else sentinel)
-    return out
 
 
 def meaning(state: tuple) -> list:
@@ -76,25 +59,9 @@ def three_ways(module: ModuleType, rows: list[list[int]], cap: int, num_keys: in
     return got
 
 
-@st.composite
-def row_traces(draw, max_keys: int = 24, max_rows: int = 160, max_width: int = 5):
-    """Long traces over few keys, rows of mixed widths (empty ones too), often runs of one-key rows
-    (the fast path) before and after wider rows."""
-    num_keys = draw(st.integers(2, max_keys))
-    width = draw(st.integers(1, min(max_width, num_keys)))
-    n_rows = draw(st.integers(1, max_rows))
-    one_key = draw(st.floats(0.0, 1.0))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rows = []
-    for _ in range(n_rows):
-        w = 1 if rng.random() < one_key else int(rng.integers(0, width + 1))
-        rows.append(rng.choice(num_keys, w, replace=False).tolist())
-    return rows, num_keys
-
-
 @pytest.mark.parametrize("name", list(POLICIES))
 @SETTINGS
-@given(data=row_traces(), extra=st.integers(0, 6))
+@given(data=row_traces(empty_rows=True), extra=st.integers(0, 6))
 def test_replay_equals_per_access_and_reference(name: str, data, extra: int) -> None:
     rows, num_keys = data
     three_ways(POLICIES[name], rows, max(1, max(len(r) for r in rows) + extra), num_keys)
@@ -102,7 +69,7 @@ def test_replay_equals_per_access_and_reference(name: str, data, extra: int) -> 
 
 @pytest.mark.parametrize("name", list(POLICIES))
 @SETTINGS
-@given(data=row_traces(max_rows=120), extra=st.integers(0, 4), cut=st.floats(0.0, 1.0))
+@given(data=row_traces(empty_rows=True, max_rows=120), extra=st.integers(0, 4), cut=st.floats(0.0, 1.0))
 def test_state_left_by_replay_reads_the_same_through_access(name: str, data, extra: int, cut: float) -> None:
     # A prefix with the fast loop on one state and with the per-access loop on another, then the
     # rest with the other loop on each: the same hits, the same state, and the whole in one call.

@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_loop_support import csr
 
 from sim.kernel import NEVER
 from sim.policies import lirs, opt, reference_rows, resolve_params
 from sim.rows import next_use_times
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def csr(rows: list[list[int]], step: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64) * step
 
 
 def run(fn, state: tuple, keys, row_ptr, row_time, nu, num_keys: int) -> tuple[list[int], int]:
