@@ -25,6 +25,8 @@ from numba import njit
 HIT = -2
 MISS = -1
 NEVER = np.iinfo(np.int64).max
+# ``k & NONNEG`` is never negative, so numba drops its negative-index fix-ups in the hot loops.
+NONNEG = 0x7FFFFFFFFFFFFFFF
 
 
 @njit(inline="always")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from sim.kernel import NONNEG
+
 
 def new_lists(num_keys: int, n_lists: int) -> tuple[np.ndarray, np.ndarray]:
     """``prv``, ``nxt`` with every list empty (each sentinel points at itself)."""
@@ -22,13 +24,16 @@ def new_lists(num_keys: int, n_lists: int) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(cache=True, forceinline=True)
 def unlink(prv, nxt, k):
-    nxt[prv[k]] = nxt[k]
-    prv[nxt[k]] = prv[k]
+    # Links are masked non-negative: numba then emits no negative-index fix-ups in the loops.
+    a = prv[k] & NONNEG
+    b = nxt[k] & NONNEG
+    nxt[a] = b
+    prv[b] = a
 
 
 @njit(cache=True, forceinline=True)
 def push_back(prv, nxt, sentinel, k):
-    last = prv[sentinel]
+    last = prv[sentinel] & NONNEG
     nxt[last] = k
     prv[k] = last
     nxt[k] = sentinel
@@ -44,3 +49,13 @@ def first_unguarded(nxt, sentinel, guard, stamp):
             return k
         k = nxt[k]
     return -1
+
+
+@njit(cache=True, forceinline=True)
+def victim_front(nxt, sentinel, guard, stamp, wide):
+    """The front-most unguarded entry, or -1. A one-key row (``wide`` false) never guards a resident
+    (its key is not in the list when a victim is chosen), so its victim is the front, unchecked."""
+    if wide:
+        return first_unguarded(nxt, sentinel, guard, stamp)
+    k = nxt[sentinel]
+    return k if k != sentinel else -1

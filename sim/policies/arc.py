@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
-from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
+from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
 from sim.policies.lru import one_key_prefix
 
 NAME = "arc"
@@ -46,7 +46,6 @@ PARAMS: dict[str, Any] = {}
 
 NONE, T1, T2, B1, B2 = 0, 1, 2, 3, 4  # where[] codes; list j has sentinel num_keys + j - 1
 N_T1, N_T2, N_B1, N_B2, CAP = range(5)
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -139,41 +138,14 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True, forceinline=True)
-def _victim(nxt, s, guard, stamp, wide):
-    """The LRU entry of the list with sentinel ``s`` that is not guarded, or -1. A one-key row never
-    guards a resident (its key is not in T1 / T2 when a victim is chosen), so its victim is the
-    front without a look at the guard."""
-    if wide:
-        return first_unguarded(nxt, s, guard, stamp)
-    k = nxt[s]
-    return k if k != s else -1
 
-
-@njit(cache=True, forceinline=True)
-def _unlink(prv, nxt, k):
-    """:func:`unlink` with indices masked non-negative (no negative-index fix-ups in the loop)."""
-    a = prv[k] & _NONNEG
-    b = nxt[k] & _NONNEG
-    nxt[a] = b
-    prv[b] = a
-
-
-@njit(cache=True, forceinline=True)
-def _push(prv, nxt, s, k):
-    """:func:`push_back` with indices masked non-negative."""
-    last = prv[s] & _NONNEG
-    nxt[last] = k
-    prv[k] = last
-    nxt[k] = s
-    prv[s] = k
 
 
 @njit(cache=True, forceinline=True)
 def _relink(prv, nxt, where, k, s, code):
     """Move ``k`` from its list to the MRU end of the list with sentinel ``s`` (code ``code``)."""
-    _unlink(prv, nxt, k)
-    _push(prv, nxt, s, k)
+    unlink(prv, nxt, k)
+    push_back(prv, nxt, s, k)
     where[k] = code
 
 
@@ -188,7 +160,7 @@ def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p)
     fc = float(c)
     evictions = 0
     for i in range(n):
-        key = keys[i] & _NONNEG
+        key = keys[i] & NONNEG
         w = where[key]
         # T1 = 1, T2 = 2: one unsigned compare tells a resident.
         if np.uint8(w - 1) < np.uint8(2):
@@ -209,20 +181,20 @@ def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p)
         elif replace:
             if t1 + b1 >= c:
                 if t1 < c:
-                    g = nxt[sb1] & _NONNEG
-                    _unlink(prv, nxt, g)
+                    g = nxt[sb1] & NONNEG
+                    unlink(prv, nxt, g)
                     where[g] = NONE
                     b1 -= 1
                 else:
                     replace = False
-                    v = nxt[s1] & _NONNEG  # T1 holds c >= 1 keys
-                    _unlink(prv, nxt, v)
+                    v = nxt[s1] & NONNEG  # T1 holds c >= 1 keys
+                    unlink(prv, nxt, v)
                     where[v] = NONE
                     t1 -= 1
                     evictions += 1
             elif t1 + t2 + b1 + b2 >= 2 * c:
-                g = nxt[sb2] & _NONNEG
-                _unlink(prv, nxt, g)
+                g = nxt[sb2] & NONNEG
+                unlink(prv, nxt, g)
                 where[g] = NONE
                 b2 -= 1
         if replace:
@@ -230,7 +202,7 @@ def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p)
             # ARC's bound |T1| + |B1| <= C keeps that from happening here, the term is a safeguard.
             f = (np.int64(t1 >= 1) & (np.int64(t1 > p) | (np.int64(t1 == p) & np.int64(w == B2)))) \
                 | np.int64(t2 == 0)
-            v = nxt[s2 - f] & _NONNEG
+            v = nxt[s2 - f] & NONNEG
             _relink(prv, nxt, where, v, sb2 - f, B2 - f)
             t1 -= f
             t2 -= 1 - f
@@ -240,10 +212,10 @@ def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p)
         g = np.int64(ghost)
         g1 = np.int64(w == B1)
         if ghost:
-            _unlink(prv, nxt, key)
+            unlink(prv, nxt, key)
         b1 -= g1
         b2 -= g - g1
-        _push(prv, nxt, s1 + g, key)
+        push_back(prv, nxt, s1 + g, key)
         where[key] = T1 + g
         t1 += 1 - g
         t2 += g
@@ -258,10 +230,10 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
     enter per row). A one-key row sets no guard and takes its victims from the list fronts (see
     :func:`_victim`); a wider row guards its keys as the shared loop does."""
     n = where.shape[0]
-    s1 = (n + T1 - 1) & _NONNEG
-    s2 = (n + T2 - 1) & _NONNEG
-    sb1 = (n + B1 - 1) & _NONNEG
-    sb2 = (n + B2 - 1) & _NONNEG
+    s1 = (n + T1 - 1) & NONNEG
+    s2 = (n + T2 - 1) & NONNEG
+    sb1 = (n + B1 - 1) & NONNEG
+    sb2 = (n + B2 - 1) & NONNEG
     fc = float(c)
     evictions = 0
     r = r0 - 1
@@ -276,7 +248,7 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
             if wide:
                 for j in range(lo, end):
                     guard[keys[j]] = r
-        key = keys[i] & _NONNEG
+        key = keys[i] & NONNEG
         w = where[key]
         if w == T1 or w == T2:
             hits[i] = 1
@@ -299,35 +271,35 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
             if t1 + b1 >= c:
                 if t1 < c:
                     g = nxt[sb1]
-                    _unlink(prv, nxt, g & _NONNEG)
-                    where[g & _NONNEG] = NONE
+                    unlink(prv, nxt, g & NONNEG)
+                    where[g & NONNEG] = NONE
                     b1 -= 1
                 else:
                     replace = False
-                    v = _victim(nxt, s1, guard, r, wide)
+                    v = victim_front(nxt, s1, guard, r, wide)
                     if v < 0:
                         raise ValueError("arc: every resident is guarded (capacity smaller than the row width)")
-                    _unlink(prv, nxt, v & _NONNEG)
-                    where[v & _NONNEG] = NONE
+                    unlink(prv, nxt, v & NONNEG)
+                    where[v & NONNEG] = NONE
                     t1 -= 1
                     evictions += 1
             elif t1 + t2 + b1 + b2 >= 2 * c:
                 g = nxt[sb2]
-                _unlink(prv, nxt, g & _NONNEG)
-                where[g & _NONNEG] = NONE
+                unlink(prv, nxt, g & NONNEG)
+                where[g & NONNEG] = NONE
                 b2 -= 1
         if replace:
             # ``f`` = 1: T1's LRU goes to B1, else T2's to B2. Lists are picked by arithmetic on
             # the sentinels and codes (T1 = T2 - 1, B1 = B2 - 1), not by a branch: the choice flips
             # unpredictably from miss to miss.
             f = np.int64(t1 >= 1) & (np.int64(t1 > p) | (np.int64(t1 == p) & np.int64(w == B2)))
-            v = _victim(nxt, s2 - f, guard, r, wide)
+            v = victim_front(nxt, s2 - f, guard, r, wide)
             if v < 0:
                 f = 1 - f
-                v = _victim(nxt, s2 - f, guard, r, wide)
+                v = victim_front(nxt, s2 - f, guard, r, wide)
                 if v < 0:
                     raise ValueError("arc: every resident is guarded (capacity smaller than the row width)")
-            _relink(prv, nxt, where, v & _NONNEG, sb2 - f, B2 - f)
+            _relink(prv, nxt, where, v & NONNEG, sb2 - f, B2 - f)
             t1 -= f
             t2 -= 1 - f
             b1 += f
@@ -337,10 +309,10 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
         g = np.int64(ghost)
         g1 = np.int64(w == B1)
         if ghost:
-            _unlink(prv, nxt, key)
+            unlink(prv, nxt, key)
         b1 -= g1
         b2 -= g - g1
-        _push(prv, nxt, s1 + g, key)
+        push_back(prv, nxt, s1 + g, key)
         where[key] = T1 + g
         t1 += 1 - g
         t2 += g
@@ -356,8 +328,8 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     :func:`_serve_stream` (no guard, no row bounds), other rows through :func:`_serve_rows`."""
     prv, nxt, where, cnt, pa = state
     n = where.shape[0]
-    s1 = (n + T1 - 1) & _NONNEG
-    sb1 = (n + B1 - 1) & _NONNEG
+    s1 = (n + T1 - 1) & NONNEG
+    sb1 = (n + B1 - 1) & NONNEG
     c = cnt[CAP]
     t1 = cnt[N_T1]
     t2 = cnt[N_T2]

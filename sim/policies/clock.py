@@ -31,13 +31,12 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 
 NAME = "clock"
 PARAMS: dict[str, Any] = {}
 
 _ONE = np.uint64(1)
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -147,7 +146,7 @@ def _serve_stream(slots, slot_of, bits, guarded, ctr, keys, row_ptr, hits):
     evictions = 0
     n = one_key_prefix(row_ptr)
     for i in range(n):
-        k = keys[i] & _NONNEG
+        k = keys[i] & NONNEG
         s = slot_of[k]
         if s >= 0:
             hits[i] = 1
@@ -184,11 +183,11 @@ def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, h
         wide = hi - lo > 1
         if wide:
             for i in range(lo, hi):
-                s = slot_of[keys[i] & _NONNEG]
+                s = slot_of[keys[i] & NONNEG]
                 if s >= 0:
                     _set_bit(guarded, s)
         for i in range(lo, hi):
-            k = keys[i] & _NONNEG
+            k = keys[i] & NONNEG
             s = slot_of[k]
             if s >= 0:
                 hits[i] = 1

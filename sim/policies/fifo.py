@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 
 NAME = "fifo"
 PARAMS: dict[str, Any] = {}
 
-# ``mask & _NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
+# ``mask & NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
 # negative-index fix-ups drop out of the loops.
-_NONNEG = 0x7FFFFFFFFFFFFFFF
 
 
 def ring_size(capacity: int, num_keys: int) -> int:
@@ -61,7 +60,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
 @njit(cache=True)
 def _compact(ring, st):
     """Drop the holes of the live window, keeping the keys in insertion order."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     out = st[0]
     for q in range(st[0], st[1]):
         k = ring[q & mask]
@@ -76,7 +75,7 @@ def access(state, key, now, next_use, guard, stamp):
     ring, resident, st = state
     if resident[key]:
         return HIT
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     victim = MISS
     if st[2] >= st[3]:
         head = st[0]
@@ -108,7 +107,7 @@ def _evict_outside_row(ring, resident, guard, stamp, head, size, cap):
     """Evict the oldest keys not guarded by ``stamp`` until ``size <= cap``: (head, size, evictions).
 
     A guarded key keeps its entry; entries evicted behind it become holes."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     q = head
     evictions = 0
     while size > cap:
@@ -131,7 +130,7 @@ def _evict_outside_row(ring, resident, guard, stamp, head, size, cap):
 @njit(cache=True)
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     ring, resident, st = state
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     head = st[0]
     tail = st[1]
     size = st[2]
@@ -200,7 +199,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     writes each (step, layer)'s hits and accesses. Same arithmetic, same order as :func:`replay`;
     returns the evictions."""
     ring, resident, st = state
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     head = st[0]
     tail = st[1]
     size = st[2]

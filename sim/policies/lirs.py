@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
 
@@ -57,7 +57,6 @@ PARAMS: dict[str, Any] = {"hir_ratio": 0.01, "stack_ratio": 2.0}
 
 Q_NONE, Q_RES, Q_NONRES = 0, 1, 2  # qwhere[] codes: in Q, or in the non-resident list NH
 N_RES, N_LIR, N_S, CAP, LLIRS, S_LIMIT = range(6)
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, int]:
@@ -309,12 +308,12 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
     n_res = cnt[N_RES]
     n_lir = cnt[N_LIR]
     n_s = cnt[N_S]
-    bmask = (big - 1) & _NONNEG
-    # Keys read from the logs are masked with _NONNEG too: they index other arrays.
+    bmask = (big - 1) & NONNEG
+    # Keys read from the logs are masked with NONNEG too: they index other arrays.
     sh, st, qh, qt, hh, ht = hs[0], hs[1], hs[2], hs[3], hs[4], hs[5]
     evictions = 0
     for i in range(keys.shape[0]):
-        key = keys[i] & _NONNEG
+        key = keys[i] & NONNEG
         c = code[key]
         prune = False
         lir_now = False  # the key becomes LIR: the bottom LIR block may have to be demoted
@@ -334,23 +333,23 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
             hits[i] = 0
             if n_res >= cap:
                 while qh < qt:  # the front of Q, past stale entries
-                    if qpos[qring[qh & bmask] & _NONNEG] == qh:
+                    if qpos[qring[qh & bmask] & NONNEG] == qh:
                         break
                     qh += 1
                 if qh < qt:
-                    v = qring[qh & bmask] & _NONNEG
+                    v = qring[qh & bmask] & NONNEG
                     qh += 1
                     qpos[v] = -1
                 else:  # Q is empty: the lowest LIR block of S is evicted instead
                     q = sh
                     while q < st:
-                        v = sring[q & bmask] & _NONNEG
+                        v = sring[q & bmask] & NONNEG
                         if spos[v] == q and code[v] == 3:
                             break
                         q += 1
                     if q == st:
                         raise ValueError("lirs: every resident is guarded (capacity smaller than the row width)")
-                    v = sring[q & bmask] & _NONNEG
+                    v = sring[q & bmask] & NONNEG
                     n_lir -= 1
                 code[v] = 0
                 n_res -= 1
@@ -366,12 +365,12 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
                 prune = False
                 while True:
                     while sh < st:  # the bottom of S, past stale entries
-                        if spos[sring[sh & bmask] & _NONNEG] == sh:
+                        if spos[sring[sh & bmask] & NONNEG] == sh:
                             break
                         sh += 1
-                    if sh == st or code[sring[sh & bmask] & _NONNEG] == 3:
+                    if sh == st or code[sring[sh & bmask] & NONNEG] == 3:
                         break
-                    b = sring[sh & bmask] & _NONNEG
+                    b = sring[sh & bmask] & NONNEG
                     spos[b] = -1
                     n_s -= 1
                     hpos[b] = -1  # a non-resident block that leaves S is forgotten
@@ -405,10 +404,10 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
             n_lir += 1
             if n_lir > llirs:  # demote the bottom block of S to the end of Q, then prune
                 while sh < st:
-                    if spos[sring[sh & bmask] & _NONNEG] == sh:
+                    if spos[sring[sh & bmask] & NONNEG] == sh:
                         break
                     sh += 1
-                b = sring[sh & bmask] & _NONNEG
+                b = sring[sh & bmask] & NONNEG
                 code[b] = 1
                 n_lir -= 1
                 spos[b] = -1
@@ -422,24 +421,24 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
         if prune:
             while True:
                 while sh < st:
-                    if spos[sring[sh & bmask] & _NONNEG] == sh:
+                    if spos[sring[sh & bmask] & NONNEG] == sh:
                         break
                     sh += 1
-                if sh == st or code[sring[sh & bmask] & _NONNEG] == 3:
+                if sh == st or code[sring[sh & bmask] & NONNEG] == 3:
                     break
-                b = sring[sh & bmask] & _NONNEG
+                b = sring[sh & bmask] & NONNEG
                 spos[b] = -1
                 n_s -= 1
                 hpos[b] = -1
         if s_limit > 0:
             while n_s > s_limit:
                 while hh < ht:  # the oldest non-resident entry, past stale entries
-                    if hpos[hring[hh & bmask] & _NONNEG] == hh:
+                    if hpos[hring[hh & bmask] & NONNEG] == hh:
                         break
                     hh += 1
                 if hh == ht:
                     break
-                g = hring[hh & bmask] & _NONNEG
+                g = hring[hh & bmask] & NONNEG
                 hh += 1
                 hpos[g] = -1
                 spos[g] = -1
@@ -495,7 +494,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
             evictions += _serve_stream(state, keys[lo:end], hits_out[lo:end])
             continue
         for i in range(lo, end):
-            key = keys[i] & _NONNEG
+            key = keys[i] & NONNEG
             if flags[0, key]:
                 hits_out[i] = 1
                 if flags[1, key]:

@@ -34,16 +34,15 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies._dlist import push_back as _push_mru  # noqa: F401  (re-exported for other policies)
 from sim.policies._dlist import unlink as _unlink  # noqa: F401
 
 NAME = "lru"
 PARAMS: dict[str, Any] = {}
 
-# ``k & _NONNEG`` tells the compiler that an index is never negative, so numba's negative-index
+# ``k & NONNEG`` tells the compiler that an index is never negative, so numba's negative-index
 # fix-ups drop out of the loops.
-_NONNEG = 0x7FFFFFFFFFFFFFFF
 
 
 def ring_size(num_keys: int) -> int:
@@ -139,13 +138,13 @@ def _serve_stream(ring, last, resident, keys, hits, n, head, p, size, cap):
     """Serve ``n`` rows of one key each (``keys`` / ``hits`` sliced from the first one, so indices
     start at 0): (head, tail, size, evictions). A one-key row needs no row bounds and evicts at most
     one key, never its own (its entry is the newest)."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     m = ring.shape[0]
     evictions = 0
     for i in range(n):
         if p - head >= m:
             head, p = _compact_window(ring, last, head, p)
-        k = keys[i] & _NONNEG
+        k = keys[i] & NONNEG
         h = resident[k]
         hits[i] = h
         resident[k] = 1
@@ -157,7 +156,7 @@ def _serve_stream(ring, last, resident, keys, hits, n, head, p, size, cap):
         # skipped, a current one is evicted if the cache is over capacity, else the head stays.
         # Skipping stale entries eagerly keeps the head on a current entry most of the time, so a
         # miss rarely needs the loop below (measured: two steps or more are slower than one).
-        v = ring[head & mask] & _NONNEG
+        v = ring[head & mask] & NONNEG
         cur = np.int64(last[v] == head)
         ev = cur & np.int64(size > cap)
         resident[v] = resident[v] & np.uint8(1 - ev)
@@ -165,7 +164,7 @@ def _serve_stream(ring, last, resident, keys, hits, n, head, p, size, cap):
         evictions += ev
         head += (1 - cur) | ev
         while size > cap:
-            v = ring[head & mask] & _NONNEG
+            v = ring[head & mask] & NONNEG
             cur = np.int64(last[v] == head)
             resident[v] = resident[v] & np.uint8(1 - cur)
             size -= cur
@@ -185,13 +184,13 @@ def _serve_block(ring, last, keys, hits, n, head, p, size, cap):
     resident exactly while its current entry lies in the live window (``last[key] >= head``;
     entries behind the head are evicted or stale), so the loop reads and writes only ``last`` and
     the ring (measured ~10% faster); :func:`_serve_long_run` rebuilds the flags."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     m = ring.shape[0]
     evictions = 0
     for i in range(n):
         if p - head >= m:
             head, p = _compact_window(ring, last, head, p)
-        k = keys[i] & _NONNEG
+        k = keys[i] & NONNEG
         h = np.int64(last[k] >= head)
         hits[i] = h
         last[k] = p
@@ -199,14 +198,14 @@ def _serve_block(ring, last, keys, hits, n, head, p, size, cap):
         p += 1
         size += 1 - h
         # As in :func:`_serve_stream`: one branch-free head step, then the rare search.
-        v = ring[head & mask] & _NONNEG
+        v = ring[head & mask] & NONNEG
         cur = np.int64(last[v] == head)
         ev = cur & np.int64(size > cap)
         size -= ev
         evictions += ev
         head += (1 - cur) | ev
         while size > cap:
-            v = ring[head & mask] & _NONNEG
+            v = ring[head & mask] & NONNEG
             cur = np.int64(last[v] == head)
             size -= cur
             evictions += cur

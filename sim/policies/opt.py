@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, NEVER, replay_kernel
+from sim.kernel import HIT, MISS, NEVER, NONNEG, replay_kernel
 from sim.policies._heap import make_heap, place, push, replace_at, victim_slot
 
 NAME = "opt"
@@ -69,7 +69,6 @@ def access(state, key, now, next_use, guard, stamp):
 PACK_BIG = 1 << 31
 SEQ_BITS = 32
 SEQ_MASK = (1 << SEQ_BITS) - 1
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 @njit(cache=True, forceinline=True)
@@ -100,7 +99,7 @@ def _pack(nu, seq):
 def _up(hk, hv, pos, i, k, v):
     """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, toward the root."""
     while i > 0:
-        parent = ((i - 1) >> SHIFT) & _NONNEG
+        parent = ((i - 1) >> SHIFT) & NONNEG
         pv = hv[parent]
         if v >= pv:
             break
@@ -119,7 +118,7 @@ def _down(hk, hv, pos, size, i, k, v):
     """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, away from the root."""
     width = 1 << SHIFT
     while True:
-        c = ((i << SHIFT) + 1) & _NONNEG
+        c = ((i << SHIFT) + 1) & NONNEG
         if c >= size:
             break
         cv = hv[c]
@@ -203,7 +202,7 @@ def _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, n
         lo = row_ptr[r]
         hi = row_ptr[r + 1]
         if hi - lo == 1:
-            key = np.int64(keys[lo]) & _NONNEG
+            key = np.int64(keys[lo]) & NONNEG
             nu = next_use[lo] if has_next else NEVER
             if not _fits(nu):
                 break

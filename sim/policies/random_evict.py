@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies.clock import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "random"
@@ -29,7 +29,6 @@ _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -88,7 +87,7 @@ def _serve_stream(slots, slot_of, ctr, rng, keys, row_ptr, hits):
     evictions = 0
     n = one_key_prefix(row_ptr)
     for i in range(n):
-        k = keys[i] & _NONNEG
+        k = keys[i] & NONNEG
         if slot_of[k] >= 0:
             hits[i] = 1
         else:
@@ -127,7 +126,7 @@ def _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr, hits):
             for i in range(lo, hi):
                 guard[keys[i]] = r + 1
         for i in range(lo, hi):
-            k = keys[i] & _NONNEG
+            k = keys[i] & NONNEG
             if slot_of[k] >= 0:
                 hits[i] = 1
                 continue

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import new_lists, push_back, unlink
 
@@ -58,7 +58,6 @@ MAX_FREQ = 3
 # where[] codes and counter slots of the state.
 NONE, SMALL, MAIN, GHOST = 0, 1, 2, 3
 N_SMALL, N_MAIN, N_GHOST, CAP, SMALL_CAP, MAIN_CAP, GHOST_CAP, THRESHOLD, HAS_EVICTED, PREFILL = range(10)
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -306,11 +305,11 @@ def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
     prefill = cnt[PREFILL] != 0
     has_evicted = cnt[HAS_EVICTED] != 0
     m = _pow2_at_least(cap + 1)
-    mask = (m - 1) & _NONNEG
+    mask = (m - 1) & NONNEG
     sring = np.empty(m, np.int64)
     mring = np.empty(m, np.int64)
     gm = _pow2_at_least(2 * (ghost_cap + 1))
-    gmask = (gm - 1) & _NONNEG
+    gmask = (gm - 1) & NONNEG
     gring = np.empty(gm, np.int64)
     gpos = np.empty(n, np.int64)
     sh = 0
@@ -324,7 +323,7 @@ def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
     n_ghost = gt
     evictions = 0
     for i in range(keys.shape[0]):
-        key = keys[i] & _NONNEG
+        key = keys[i] & NONNEG
         w = where[key]
         if w == SMALL or w == MAIN:
             hits[i] = 1
@@ -477,7 +476,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
             has_evicted = cnt[HAS_EVICTED] != 0
             continue
         for i in range(lo, end):
-            key = keys[i] & _NONNEG
+            key = keys[i] & NONNEG
             w = where[key]
             if w == SMALL or w == MAIN:
                 hits_out[i] = 1

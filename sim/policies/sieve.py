@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies.clock import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "sieve"
@@ -44,9 +44,8 @@ PARAMS: dict[str, Any] = {}
 
 _ONE = np.uint64(1)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
-# ``mask & _NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
+# ``mask & NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
 # negative-index fix-ups drop out of the loops (measured ~10% on a one-key stream).
-_NONNEG = 0x7FFFFFFFFFFFFFFF
 
 
 def ring_size(capacity: int, num_keys: int) -> int:
@@ -83,7 +82,7 @@ def _bit(bits, slot):
 def _compact(ring, pos_of, live, visited, st):
     """Move the live entries of the window to its start, in order, with their visited bits; the
     hand follows the entry it rests on."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     head = st[0]
     hand = st[4]
     new_hand = -1
@@ -159,7 +158,7 @@ def _sweep_words(live, visited, guarded, p, head, tail, mask):
 @njit(cache=True)
 def access(state, key, now, next_use, guard, stamp):
     ring, pos_of, live, visited, st = state
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     p = pos_of[key]
     if p >= 0:
         _set_bit(visited, p & mask)
@@ -200,7 +199,7 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
     The caller passes the keys and hits as slices from the first row's key, so that the index starts
     at 0 (numba then drops its negative-index fix-ups). The sweep and the removal are written out
     here: as calls (even inlined by numba) they made this loop ~20% slower."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     head = st[0]
     tail = st[1]
     size = st[2]
@@ -209,7 +208,7 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
     evictions = 0
     n = one_key_prefix(row_ptr)
     for i in range(n):
-        k = keys[i] & _NONNEG
+        k = keys[i] & NONNEG
         p = pos_of[k]
         if p >= 0:
             hits[i] = 1
@@ -276,7 +275,7 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
 def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
     """Serve the CSR rows; returns the evictions. A wider row protects the slots of its keys while
     it is served."""
-    mask = (ring.shape[0] - 1) & _NONNEG
+    mask = (ring.shape[0] - 1) & NONNEG
     head = st[0]
     tail = st[1]
     size = st[2]
@@ -296,11 +295,11 @@ def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
         wide = hi - lo > 1
         if wide:
             for i in range(lo, hi):
-                p = pos_of[keys[i] & _NONNEG]
+                p = pos_of[keys[i] & NONNEG]
                 if p >= 0:
                     _set_bit(guarded, p & mask)
         for i in range(lo, hi):
-            k = keys[i] & _NONNEG
+            k = keys[i] & NONNEG
             p = pos_of[k]
             if p >= 0:
                 hits[i] = 1

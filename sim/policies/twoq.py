@@ -32,16 +32,15 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from sim.kernel import HIT, MISS, replay_kernel
+from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
-from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
+from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
 
 NAME = "twoq"
 PARAMS: dict[str, Any] = {"kin_ratio": 0.25, "kout_ratio": 0.5}
 
 NONE, AIN, AOUT, AM = 0, 1, 2, 3  # where[] codes; list j has sentinel num_keys + j - 1
 N_IN, N_OUT, N_M, CAP, KIN, KOUT = range(6)
-_NONNEG = 0x7FFFFFFFFFFFFFFF  # ``k & _NONNEG`` is never negative: numba drops its negative-index fix-ups
 
 
 def sizes(capacity: int, params: Mapping[str, Any] | None) -> dict[str, int]:
@@ -130,34 +129,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True, forceinline=True)
-def _victim(nxt, s, guard, stamp, wide):
-    """The oldest entry of the queue with sentinel ``s`` that is not guarded, or -1. A one-key row
-    never guards a resident (its key is not resident when a victim is chosen), so its victim is the
-    front without a look at the guard."""
-    if wide:
-        return first_unguarded(nxt, s, guard, stamp)
-    k = nxt[s]
-    return k if k != s else -1
 
-
-@njit(cache=True, forceinline=True)
-def _unlink(prv, nxt, k):
-    """:func:`unlink` with indices masked non-negative (no negative-index fix-ups in the loop)."""
-    a = prv[k] & _NONNEG
-    b = nxt[k] & _NONNEG
-    nxt[a] = b
-    prv[b] = a
-
-
-@njit(cache=True, forceinline=True)
-def _push(prv, nxt, s, k):
-    """:func:`push_back` with indices masked non-negative."""
-    last = prv[s] & _NONNEG
-    nxt[last] = k
-    prv[k] = last
-    nxt[k] = s
-    prv[s] = k
 
 
 @njit(cache=True)
@@ -173,9 +145,9 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     as the shared loop does."""
     prv, nxt, where, cnt = state
     n = where.shape[0]
-    s_in = (n + AIN - 1) & _NONNEG
-    s_out = (n + AOUT - 1) & _NONNEG
-    s_m = (n + AM - 1) & _NONNEG
+    s_in = (n + AIN - 1) & NONNEG
+    s_out = (n + AOUT - 1) & NONNEG
+    s_m = (n + AM - 1) & NONNEG
     n_in = cnt[N_IN]
     n_out = cnt[N_OUT]
     n_m = cnt[N_M]
@@ -199,56 +171,56 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
             if wide:
                 for j in range(lo, end):
                     guard[keys[j]] = r
-        key = keys[i] & _NONNEG
+        key = keys[i] & NONNEG
         w = where[key]
         if w == AM:
             hits_out[i] = 1
-            _unlink(prv, nxt, key)
-            _push(prv, nxt, s_m, key)
+            unlink(prv, nxt, key)
+            push_back(prv, nxt, s_m, key)
             continue
         if w == AIN:
             hits_out[i] = 1
             continue
         hits_out[i] = 0
         if w == AOUT:
-            _unlink(prv, nxt, key)
+            unlink(prv, nxt, key)
             n_out -= 1
         if n_in + n_m >= cap:
             # Reclaim: A1in's oldest when A1in is over Kin, else Am's LRU, else A1in's oldest.
             v = -1
             if n_in > kin:
-                v = _victim(nxt, s_in, guard, r, wide)
+                v = victim_front(nxt, s_in, guard, r, wide)
             from_in = v >= 0
             if not from_in:
-                v = _victim(nxt, s_m, guard, r, wide)
+                v = victim_front(nxt, s_m, guard, r, wide)
                 if v < 0:
-                    v = _victim(nxt, s_in, guard, r, wide)
+                    v = victim_front(nxt, s_in, guard, r, wide)
                     from_in = v >= 0
             if v < 0:
                 raise ValueError("twoq: every resident is guarded (capacity smaller than the row width)")
-            v &= _NONNEG
-            _unlink(prv, nxt, v)
+            v &= NONNEG
+            unlink(prv, nxt, v)
             where[v] = NONE
             if from_in:
                 n_in -= 1
                 if kout > 0:
-                    _push(prv, nxt, s_out, v)
+                    push_back(prv, nxt, s_out, v)
                     where[v] = AOUT
                     n_out += 1
                     if n_out > kout:
-                        g = nxt[s_out] & _NONNEG
-                        _unlink(prv, nxt, g)
+                        g = nxt[s_out] & NONNEG
+                        unlink(prv, nxt, g)
                         where[g] = NONE
                         n_out -= 1
             else:
                 n_m -= 1
             evictions += 1
         if w == AOUT:
-            _push(prv, nxt, s_m, key)
+            push_back(prv, nxt, s_m, key)
             where[key] = AM
             n_m += 1
         else:
-            _push(prv, nxt, s_in, key)
+            push_back(prv, nxt, s_in, key)
             where[key] = AIN
             n_in += 1
     cnt[N_IN] = n_in
