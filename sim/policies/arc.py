@@ -39,7 +39,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
-from sim.policies.lru import one_key_prefix
+from sim.policies._loops import one_key_prefix
 
 NAME = "arc"
 PARAMS: dict[str, Any] = {}

@@ -32,11 +32,10 @@ from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, rows_to_steps, set_bit, steps_to_rows
 
 NAME = "clock"
 PARAMS: dict[str, Any] = {}
-
-_ONE = np.uint64(1)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -45,29 +44,14 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
             np.array([0, capacity, 0], np.int64))
 
 
-@njit(inline="always")
-def _set_bit(bits, p):
-    bits[p >> 6] |= _ONE << np.uint64(p & 63)
-
-
-@njit(inline="always")
-def _clear_bit(bits, p):
-    bits[p >> 6] &= ~(_ONE << np.uint64(p & 63))
-
-
-@njit(inline="always")
-def _bit(bits, p):
-    return (bits[p >> 6] >> np.uint64(p & 63)) & _ONE
-
-
 @njit(cache=True)
 def _sweep(slots, bits, guard, stamp, hand, cap):
     """Move the hand to the first unguarded slot whose bit is clear, clearing set bits on the way."""
     while True:
         if guard[slots[hand]] != stamp:
-            if _bit(bits, hand) == 0:
+            if get_bit(bits, hand) == 0:
                 return hand
-            _clear_bit(bits, hand)
+            clear_bit(bits, hand)
         hand += 1
         if hand == cap:
             hand = 0
@@ -85,9 +69,9 @@ def _sweep_words(bits, guarded, hand, cap):
         if free != 0:
             t = np.int64(trailing_zeros(free))
             if t < room:
-                bits[w] &= ~((((_ONE << np.uint64(t)) - _ONE) << off) & ~guarded[w])
+                bits[w] &= ~((((ONE << np.uint64(t)) - ONE) << off) & ~guarded[w])
                 return hand + t
-        bits[w] &= ((_ONE << off) - _ONE) | guarded[w]  # every slot from the hand on was passed
+        bits[w] &= ((ONE << off) - ONE) | guarded[w]  # every slot from the hand on was passed
         hand = (w + 1) << 6
         if hand >= cap:
             hand = 0
@@ -98,13 +82,13 @@ def access(state, key, now, next_use, guard, stamp):
     slots, slot_of, bits, ctr = state
     s = slot_of[key]
     if s >= 0:
-        _set_bit(bits, s)
+        set_bit(bits, s)
         return HIT
     cap = ctr[1]
     if ctr[0] < cap:
         slots[ctr[0]] = key
         slot_of[key] = ctr[0]
-        _clear_bit(bits, ctr[0])
+        clear_bit(bits, ctr[0])
         ctr[0] += 1
         return MISS
     hand = _sweep(slots, bits, guard, stamp, ctr[2], cap)
@@ -114,24 +98,6 @@ def access(state, key, now, next_use, guard, stamp):
     slot_of[key] = hand
     ctr[2] = hand + 1 if hand + 1 < cap else 0
     return v
-
-
-@njit(cache=True)
-def one_key_prefix(row_ptr):
-    """How many leading rows hold exactly one key; checked 64 rows at a time with a loop the
-    compiler vectorises (no early exit inside a block)."""
-    n = row_ptr.shape[0] - 1
-    i = 0
-    while i + 64 <= n:
-        bad = 0
-        for j in range(i, i + 64):
-            bad |= (row_ptr[j + 1] - row_ptr[j]) ^ 1
-        if bad != 0:
-            break
-        i += 64
-    while i < n and row_ptr[i + 1] - row_ptr[i] == 1:
-        i += 1
-    return i
 
 
 @njit(cache=True)
@@ -150,13 +116,13 @@ def _serve_stream(slots, slot_of, bits, guarded, ctr, keys, row_ptr, hits):
         s = slot_of[k]
         if s >= 0:
             hits[i] = 1
-            _set_bit(bits, s)
+            set_bit(bits, s)
             continue
         hits[i] = 0
         if size < cap:
             slots[size] = k
             slot_of[k] = size
-            _clear_bit(bits, size)
+            clear_bit(bits, size)
             size += 1
             continue
         hand = _sweep_words(bits, guarded, hand, cap)
@@ -185,13 +151,13 @@ def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, h
             for i in range(lo, hi):
                 s = slot_of[keys[i] & NONNEG]
                 if s >= 0:
-                    _set_bit(guarded, s)
+                    set_bit(guarded, s)
         for i in range(lo, hi):
             k = keys[i] & NONNEG
             s = slot_of[k]
             if s >= 0:
                 hits[i] = 1
-                _set_bit(bits, s)
+                set_bit(bits, s)
                 continue
             hits[i] = 0
             if size < cap:
@@ -204,12 +170,12 @@ def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, h
                 evictions += 1
             slots[s] = k
             slot_of[k] = s
-            _clear_bit(bits, s)
+            clear_bit(bits, s)
             if wide:
-                _set_bit(guarded, s)
+                set_bit(guarded, s)
         if wide:
             for i in range(lo, hi):
-                _clear_bit(guarded, slot_of[keys[i]])  # every key of the row is resident now
+                clear_bit(guarded, slot_of[keys[i]])  # every key of the row is resident now
     return size, hand, evictions
 
 
@@ -228,40 +194,6 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
         ctr[2] = hand
         evictions += ev
     return evictions
-
-
-@njit(cache=True)
-def steps_to_rows(chunk, num_experts):
-    """``chunk`` ``[T, L, K]`` as CSR rows of shared-cache keys ``l * E + e`` (pads skipped), one row
-    per (step, layer) in step-major order: (keys, row_ptr)."""
-    T, L, K = chunk.shape
-    keys = np.empty(T * L * K, np.int64)
-    row_ptr = np.empty(T * L + 1, np.int64)
-    n = 0
-    for t in range(T):
-        for layer in range(L):
-            row_ptr[t * L + layer] = n
-            for j in range(K):
-                e = chunk[t, layer, j]
-                if e >= 0:
-                    keys[n] = layer * num_experts + e
-                    n += 1
-    row_ptr[T * L] = n
-    return keys[:n], row_ptr
-
-
-@njit(cache=True)
-def rows_to_steps(hits, row_ptr, step_hits, step_acc):
-    """Each (step, layer) row's hits and accesses into ``step_hits`` / ``step_acc`` ``[T, L]``."""
-    T, L = step_hits.shape
-    for t in range(T):
-        for layer in range(L):
-            r = t * L + layer
-            h = 0
-            for i in range(row_ptr[r], row_ptr[r + 1]):
-                h += hits[i]
-            step_hits[t, layer] = h
-            step_acc[t, layer] = row_ptr[r + 1] - row_ptr[r]
 
 
 @njit(cache=True)

@@ -37,6 +37,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies._dlist import push_back as _push_mru  # noqa: F401  (re-exported for other policies)
 from sim.policies._dlist import unlink as _unlink  # noqa: F401
+from sim.policies._loops import one_key_prefix
 
 NAME = "lru"
 PARAMS: dict[str, Any] = {}
@@ -113,24 +114,6 @@ def access(state, key, now, next_use, guard, stamp):
     resident[v] = 0
     st[2] -= 1
     return v
-
-
-@njit(cache=True)
-def one_key_prefix(row_ptr):
-    """How many leading rows hold exactly one key; checked 64 rows at a time with a loop the
-    compiler vectorises (no early exit inside a block)."""
-    n = row_ptr.shape[0] - 1
-    i = 0
-    while i + 64 <= n:
-        bad = 0
-        for j in range(i, i + 64):
-            bad |= (row_ptr[j + 1] - row_ptr[j]) ^ 1
-        if bad != 0:
-            break
-        i += 64
-    while i < n and row_ptr[i + 1] - row_ptr[i] == 1:
-        i += 1
-    return i
 
 
 @njit(cache=True)

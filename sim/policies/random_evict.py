@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies.clock import one_key_prefix, rows_to_steps, steps_to_rows
+from sim.policies._loops import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "random"
 PARAMS: dict[str, Any] = {}

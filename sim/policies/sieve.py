@@ -37,12 +37,11 @@ from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies.clock import one_key_prefix, rows_to_steps, steps_to_rows
+from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, rows_to_steps, set_bit, steps_to_rows
 
 NAME = "sieve"
 PARAMS: dict[str, Any] = {}
 
-_ONE = np.uint64(1)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 # ``mask & NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
 # negative-index fix-ups drop out of the loops (measured ~10% on a one-key stream).
@@ -63,21 +62,6 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
             np.zeros(m // 64, np.uint64), np.array([0, 0, 0, capacity, -1], np.int64))
 
 
-@njit(inline="always")
-def _set_bit(bits, slot):
-    bits[slot >> 6] |= _ONE << np.uint64(slot & 63)
-
-
-@njit(inline="always")
-def _clear_bit(bits, slot):
-    bits[slot >> 6] &= ~(_ONE << np.uint64(slot & 63))
-
-
-@njit(inline="always")
-def _bit(bits, slot):
-    return (bits[slot >> 6] >> np.uint64(slot & 63)) & _ONE
-
-
 @njit(cache=True)
 def _compact(ring, pos_of, live, visited, st):
     """Move the live entries of the window to its start, in order, with their visited bits; the
@@ -89,20 +73,20 @@ def _compact(ring, pos_of, live, visited, st):
     out = head
     for q in range(head, st[1]):
         slot = q & mask
-        if _bit(live, slot) == 0:
+        if get_bit(live, slot) == 0:
             continue
         if new_hand < 0 and hand > head and q >= hand:
             new_hand = out
         v = ring[slot]
-        vis = _bit(visited, slot)
-        _clear_bit(live, slot)
-        _clear_bit(visited, slot)
+        vis = get_bit(visited, slot)
+        clear_bit(live, slot)
+        clear_bit(visited, slot)
         dest = out & mask
         ring[dest] = v
         pos_of[v] = out
-        _set_bit(live, dest)
+        set_bit(live, dest)
         if vis:
-            _set_bit(visited, dest)
+            set_bit(visited, dest)
         out += 1
     st[1] = out
     st[4] = new_hand
@@ -114,17 +98,17 @@ def _remove(ring, pos_of, live, q, head, tail, mask):
     ring keeps the stale key: the live bit says what is a hole; a victim's visited bit is clear.)"""
     v = ring[q & mask]
     pos_of[v] = -1
-    _clear_bit(live, q & mask)
+    clear_bit(live, q & mask)
     if q == tail - 1:  # the newest key: the hand restarts from the oldest
         hand = -1
         tail = q
-        while tail > head and _bit(live, (tail - 1) & mask) == 0:
+        while tail > head and get_bit(live, (tail - 1) & mask) == 0:
             tail -= 1
     else:
         hand = q + 1
     if q == head:
         head += 1
-        while head < tail and _bit(live, head & mask) == 0:
+        while head < tail and get_bit(live, head & mask) == 0:
             head += 1
         if head > tail:  # the queue is empty now
             head = tail
@@ -148,9 +132,9 @@ def _sweep_words(live, visited, guarded, p, head, tail, mask):
         if free != 0:
             t = np.int64(trailing_zeros(free))
             if t < room:
-                visited[w] &= ~((((_ONE << np.uint64(t)) - _ONE) << off) & ~g)
+                visited[w] &= ~((((ONE << np.uint64(t)) - ONE) << off) & ~g)
                 return p + t
-        passed = _ALL if room == 64 else (_ONE << np.uint64(room)) - _ONE
+        passed = _ALL if room == 64 else (ONE << np.uint64(room)) - ONE
         visited[w] &= ~((passed << off) & ~g)
         p += room
 
@@ -161,7 +145,7 @@ def access(state, key, now, next_use, guard, stamp):
     mask = (ring.shape[0] - 1) & NONNEG
     p = pos_of[key]
     if p >= 0:
-        _set_bit(visited, p & mask)
+        set_bit(visited, p & mask)
         return HIT
     victim = MISS
     if st[2] >= st[3]:
@@ -171,10 +155,10 @@ def access(state, key, now, next_use, guard, stamp):
         while True:
             if q >= tail:
                 q = head
-            if _bit(live, q & mask) and guard[ring[q & mask]] != stamp:
-                if _bit(visited, q & mask) == 0:
+            if get_bit(live, q & mask) and guard[ring[q & mask]] != stamp:
+                if get_bit(visited, q & mask) == 0:
                     break
-                _clear_bit(visited, q & mask)
+                clear_bit(visited, q & mask)
             q += 1
         victim, head, tail, hand = _remove(ring, pos_of, live, q, head, tail, mask)
         st[0] = head
@@ -186,7 +170,7 @@ def access(state, key, now, next_use, guard, stamp):
     q = st[1]
     ring[q & mask] = key
     pos_of[key] = q
-    _set_bit(live, q & mask)  # its visited bit is clear: only live entries have one set
+    set_bit(live, q & mask)  # its visited bit is clear: only live entries have one set
     st[1] = q + 1
     st[2] += 1
     return victim
@@ -212,7 +196,7 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
         p = pos_of[k]
         if p >= 0:
             hits[i] = 1
-            visited[(p & mask) >> 6] |= _ONE << np.uint64(p & 63)
+            visited[(p & mask) >> 6] |= ONE << np.uint64(p & 63)
             continue
         hits[i] = 0
         if size >= cap:
@@ -228,24 +212,24 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
                 if free != 0:
                     t = np.int64(trailing_zeros(free))
                     if t < room:
-                        visited[w] &= ~(((_ONE << np.uint64(t)) - _ONE) << off)
+                        visited[w] &= ~(((ONE << np.uint64(t)) - ONE) << off)
                         q += t
                         break
-                passed = _ALL if room == 64 else (_ONE << np.uint64(room)) - _ONE
+                passed = _ALL if room == 64 else (ONE << np.uint64(room)) - ONE
                 visited[w] &= ~(passed << off)
                 q += room
             pos_of[ring[q & mask]] = -1
-            live[(q & mask) >> 6] &= ~(_ONE << np.uint64(q & 63))
+            live[(q & mask) >> 6] &= ~(ONE << np.uint64(q & 63))
             if q == tail - 1:
                 hand = -1
                 tail = q
-                while tail > head and (live[((tail - 1) & mask) >> 6] >> np.uint64((tail - 1) & 63)) & _ONE == 0:
+                while tail > head and (live[((tail - 1) & mask) >> 6] >> np.uint64((tail - 1) & 63)) & ONE == 0:
                     tail -= 1
             else:
                 hand = q + 1
             if q == head:
                 head += 1
-                while head < tail and (live[(head & mask) >> 6] >> np.uint64(head & 63)) & _ONE == 0:
+                while head < tail and (live[(head & mask) >> 6] >> np.uint64(head & 63)) & ONE == 0:
                     head += 1
                 if head > tail:
                     head = tail
@@ -261,7 +245,7 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
         slot = tail & mask
         ring[slot] = k
         pos_of[k] = tail
-        live[slot >> 6] |= _ONE << np.uint64(slot & 63)
+        live[slot >> 6] |= ONE << np.uint64(slot & 63)
         tail += 1
         size += 1
     st[0] = head
@@ -297,30 +281,30 @@ def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
             for i in range(lo, hi):
                 p = pos_of[keys[i] & NONNEG]
                 if p >= 0:
-                    _set_bit(guarded, p & mask)
+                    set_bit(guarded, p & mask)
         for i in range(lo, hi):
             k = keys[i] & NONNEG
             p = pos_of[k]
             if p >= 0:
                 hits[i] = 1
-                _set_bit(visited, p & mask)
+                set_bit(visited, p & mask)
                 continue
             hits[i] = 0
             if size >= cap:
                 q = _sweep_words(live, visited, guarded, max(hand, head), head, tail, mask)
                 # _remove written out: as a call it cost this loop ~30%
                 pos_of[ring[q & mask]] = -1
-                live[(q & mask) >> 6] &= ~(_ONE << np.uint64(q & 63))
+                live[(q & mask) >> 6] &= ~(ONE << np.uint64(q & 63))
                 if q == tail - 1:
                     hand = -1
                     tail = q
-                    while tail > head and _bit(live, (tail - 1) & mask) == 0:
+                    while tail > head and get_bit(live, (tail - 1) & mask) == 0:
                         tail -= 1
                 else:
                     hand = q + 1
                 if q == head:
                     head += 1
-                    while head < tail and _bit(live, head & mask) == 0:
+                    while head < tail and get_bit(live, head & mask) == 0:
                         head += 1
                     if head > tail:
                         head = tail
@@ -328,14 +312,14 @@ def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
                 evictions += 1
             ring[tail & mask] = k
             pos_of[k] = tail
-            _set_bit(live, tail & mask)
+            set_bit(live, tail & mask)
             if wide:
-                _set_bit(guarded, tail & mask)
+                set_bit(guarded, tail & mask)
             tail += 1
             size += 1
         if wide:
             for i in range(lo, hi):
-                _clear_bit(guarded, pos_of[keys[i]] & mask)  # every key of the row is in the queue now
+                clear_bit(guarded, pos_of[keys[i]] & mask)  # every key of the row is in the queue now
     st[0] = head
     st[1] = tail
     st[2] = size
