@@ -165,16 +165,12 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, name: st
     except ImportError:
         return written
     cols = columns(rows)
-    data = {c: [_parquet_cell(r.get(c)) for r in rows] for c in cols}
+    data = {c: [r.get(c) for r in rows] for c in cols}
     table = pa.table({c: _column_array(pa, v) for c, v in data.items()})
     with atomic_path(out / f"{name}.parquet") as tmp:
         pq.write_table(table, tmp)
     written.append(out / f"{name}.parquet")
     return written
-
-
-def _parquet_cell(value: Any) -> Any:
-    return value
 
 
 def _column_array(pa: Any, values: list[Any]) -> Any:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import traceback
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,8 @@ def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("numpy", "numba", "torch", "safetensors", "hydra-core", "omegaconf", "moesim"):
         try:
-            from importlib.metadata import version
-
             out[name] = version(name)
-        except Exception:  # a missing distribution is recorded as None, never fatal
+        except PackageNotFoundError:  # a missing distribution is recorded as None, never fatal
             out[name] = None
     return out
 
