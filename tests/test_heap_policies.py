@@ -229,3 +229,37 @@ def test_heap_order_and_positions_hold(policy: str, seed: int, cap: int) -> None
             parent = (i - 1) >> module.SHIFT  # a 2 ** SHIFT-ary heap
             assert (hp[parent], hq[parent]) < (hp[i], hq[i])
     assert len(set(hq[:n].tolist())) == n  # access numbers are unique: the order is total
+
+
+@pytest.mark.parametrize(("seed", "cap"), [(10, 5), (11, 31), (12, 59)])
+def test_opt_one_key_stream_keeps_the_heap_and_agrees(seed: int, cap: int) -> None:
+    # A run of one-key rows goes through OPT's stream loop (no row bounds, a hit at a leaf only
+    # rewrites its priority): same hits as the other loops, and the heap stays a heap.
+    rows = random_rows(seed, 3000, 60, 1)
+    hits, evictions = three_ways("opt", rows, cap, 60)
+    assert 0 < sum(hits) < len(hits) and evictions == len(hits) - sum(hits) - cap
+    keys, row_ptr, row_time = csr(rows)
+    state = opt_mod.make_state(cap, 60, {}, 0)
+    opt_mod.replay(state, keys, row_ptr, row_time, next_use_times(keys, row_ptr, row_time, 60), 60,
+                   np.zeros(len(keys), np.uint8))
+    hk, hp, hq, pos, hs = state[:5]
+    assert int(hs[0]) == cap and [int(pos[hk[i]]) for i in range(cap)] == list(range(cap))
+    for i in range(1, cap):
+        parent = (i - 1) >> opt_mod.SHIFT
+        assert (hp[parent], hq[parent]) < (hp[i], hq[i])
+
+
+def test_opt_stream_hands_over_to_pairs_at_an_unpackable_next_use() -> None:
+    # Row times near 2 ** 31: the next uses of the later rows have no packed form, so the stream
+    # loop stops there and the rest runs on the (prio, seq) pairs; the hits equal the per-access loop.
+    rows = random_rows(13, 400, 30, 1)
+    keys, row_ptr, _ = csr(rows)
+    row_time = np.arange(len(rows), dtype=np.int64) + opt_mod.PACK_BIG - 250
+    nu = next_use_times(keys, row_ptr, row_time, 30)
+    fits = [bool(opt_mod._fits(v)) for v in nu]
+    assert fits[:20] == [True] * 20 and not all(fits)  # the stream loop starts, then must stop
+    fast = np.zeros(len(keys), np.uint8)
+    ev_fast = opt_mod.replay(opt_mod.make_state(6, 30, {}, 0), keys, row_ptr, row_time, nu, 30, fast)
+    slow = np.zeros(len(keys), np.uint8)
+    ev_slow = _opt_by_access(opt_mod.make_state(6, 30, {}, 0), keys, row_ptr, row_time, nu, 30, slow)
+    assert fast.tolist() == slow.tolist() and ev_fast == ev_slow and 0 < fast.sum() < len(fast)

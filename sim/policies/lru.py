@@ -162,36 +162,55 @@ LONG_RUN_PER_KEY = 2
 
 
 @njit(cache=True)
+def _mark_current(ring, last, head, tail, cur):
+    """``cur[slot] = 1`` for the current entries of the live window ``[head, tail)``."""
+    mask = (ring.shape[0] - 1) & NONNEG
+    for q in range(head, tail):
+        cur[q & mask] = last[ring[q & mask] & NONNEG] == q
+
+
+@njit(cache=True)
 def _serve_block(ring, last, keys, hits, n, head, p, size, cap):
     """:func:`_serve_stream` without the resident flags: (head, tail, size, evictions). A key is
     resident exactly while its current entry lies in the live window (``last[key] >= head``;
-    entries behind the head are evicted or stale), so the loop reads and writes only ``last`` and
-    the ring (measured ~10% faster); :func:`_serve_long_run` rebuilds the flags."""
-    mask = (ring.shape[0] - 1) & NONNEG
+    entries behind the head are evicted or stale), so the loop writes no flags (measured ~10%
+    faster); :func:`_serve_long_run` rebuilds them.
+
+    The head step is on the loop-carried chain, so it reads one byte per ring slot, ``cur`` (1: the
+    entry there is current), instead of ``last[ring[head]] == head``, two dependent loads (measured
+    ~25% faster). A hit clears its old entry's byte; a miss stores into the spare last byte instead,
+    so the store needs no branch (an old position behind the head may share its slot with a live
+    entry)."""
     m = ring.shape[0]
+    mask = (m - 1) & NONNEG
+    cur = np.zeros(m + 1, np.uint8)
+    _mark_current(ring, last, head, p, cur)
     evictions = 0
     for i in range(n):
         if p - head >= m:
             head, p = _compact_window(ring, last, head, p)
+            _mark_current(ring, last, head, p, cur)
         k = keys[i] & NONNEG
-        h = np.int64(last[k] >= head)
+        q = last[k]
+        was = q >= head
+        h = np.int64(was)
         hits[i] = h
+        cur[(q & mask) if was else m] = 0
         last[k] = p
         ring[p & mask] = k
+        cur[p & mask] = 1
         p += 1
         size += 1 - h
         # As in :func:`_serve_stream`: one branch-free head step, then the rare search.
-        v = ring[head & mask] & NONNEG
-        cur = np.int64(last[v] == head)
-        ev = cur & np.int64(size > cap)
+        c = np.int64(cur[head & mask])
+        ev = c & np.int64(size > cap)
         size -= ev
         evictions += ev
-        head += (1 - cur) | ev
+        head += (1 - c) | ev
         while size > cap:
-            v = ring[head & mask] & NONNEG
-            cur = np.int64(last[v] == head)
-            size -= cur
-            evictions += cur
+            c = np.int64(cur[head & mask])
+            size -= c
+            evictions += c
             head += 1
     return head, p, size, evictions
 
