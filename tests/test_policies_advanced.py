@@ -215,6 +215,14 @@ def test_layeraware_gap_predictor_by_hand() -> None:
     assert run("lru", rows, 2, 3)[0][-1] == 0
 
 
+def test_layeraware_victim_in_the_last_slot_leaves_the_cache() -> None:
+    # One slot: 1 evicts 0, which sat in the last slot (the one that fills the hole), so 0 misses again.
+    assert run_layers("layeraware", [[0], [1], [0]], 1, 2, 1) == ([0, 0, 0], 2)
+    # Three slots, a wide row guarding two residents: the victim is the one unguarded key.
+    rows = [[0], [1], [2], [3, 0, 1], [2]]
+    assert run_layers("layeraware", rows, 3, 4, 1) == ([0, 0, 0, 0, 1, 1, 0], 2)
+
+
 @st.composite
 def layered_rows(draw):
     """Rows that follow the layer clock: row r serves layer r mod L, keys layer * E + e."""
