@@ -1,0 +1,203 @@
+"""S3-FIFO's loop over rows of any width (``_serve_rows``): guarded keys skipped in place by both
+walks, the second eviction round, the every-resident-guarded error, one-key and wide rows mixed,
+the state carried between calls; exact hits on hand-made rows, and on random row traces ``replay``
+== ``replay_by_access`` == ``reference`` with the same state left behind."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from policy_loop_support import csr, queue
+
+from sim.policies import reference_rows, resolve_params, s3fifo
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NO_NEXT = np.zeros(0, np.int64)
+LOOPS = {"replay": s3fifo.replay, "replay_by_access": s3fifo.replay_by_access}
+
+
+def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
+    return s3fifo.make_state(cap, num_keys, resolve_params(s3fifo, params), 0)
+
+
+def serve(fn: Any, state: tuple, rows: list[list[int]], num_keys: int) -> tuple[list[int], int]:
+    keys, row_ptr, row_time = csr(rows)
+    hits = np.zeros(len(keys), np.uint8)
+    evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
+    return hits.tolist(), int(evictions)
+
+
+def meaning(state: tuple) -> list:
+    """The queues front first (links of keys on no list are leftovers nothing reads), then where,
+    freq and the counters."""
+    prv, nxt, where, freq, cnt = state
+    n = len(where)
+    return [queue(prv, nxt, n + j) for j in range(3)] + [where.tolist(), freq.tolist(), cnt.tolist()]
+
+
+def three_ways(rows: list[list[int]], cap: int, num_keys: int,
+               params: dict[str, Any] | None = None) -> tuple[list[int], int, list]:
+    """replay, the per-access loop and the reference agree; both loops leave the same state, which
+    is returned as :func:`meaning` reads it."""
+    s1, s2 = new_state(cap, num_keys, params), new_state(cap, num_keys, params)
+    got = serve(s3fifo.replay, s1, rows, num_keys)
+    slow = serve(s3fifo.replay_by_access, s2, rows, num_keys)
+    ref_hits, ref_ev = reference_rows(s3fifo, *csr(rows), cap, num_keys, params)
+    assert got == slow == (ref_hits.tolist(), ref_ev)
+    assert meaning(s1) == meaning(s2)
+    return got[0], got[1], meaning(s1)
+
+
+# ---- hand-made rows ------------------------------------------------------------------------------
+
+def test_small_full_of_guarded_keys_lets_main_evict() -> None:
+    # C=4: small 2, main 2, promotion at freq 2. [0] [1] fill small; [2] [3] find it full before
+    # any eviction and go to main. Row [0 1 4]: 0 and 1 hit (freq 1); 4 misses with main at its
+    # share, so small walks, but both its entries are guarded: main evicts 2 (freq 0) instead, and
+    # 4 joins small behind 0 1. [2]: small walks again, 0 (freq 1) goes into the ghost.
+    rows = [[0], [1], [2], [3], [0, 1, 4], [2]]
+    hits, evictions, (small, main, ghost, _, freq, cnt) = three_ways(rows, 4, 5, {"small_ratio": 0.5})
+    assert hits == [0, 0, 0, 0, 1, 1, 0, 0] and evictions == 2
+    assert (small, main, ghost) == ([1, 4, 2], [3], [0])
+    assert freq[1] == 1 and cnt[s3fifo.N_SMALL] == 3 and cnt[s3fifo.N_MAIN] == 1
+
+
+def test_small_walk_passes_a_guarded_front_in_place() -> None:
+    # Same start. Row [0 4]: 0 hits; 4's small walk passes the guarded 0 and evicts 1 (freq 0) into
+    # the ghost, so 0 stays the front of small. [5]: now 0 (freq 1 < 2) is evicted.
+    rows = [[0], [1], [2], [3], [0, 4], [5]]
+    hits, evictions, (small, main, ghost, *_) = three_ways(rows, 4, 6, {"small_ratio": 0.5})
+    assert hits == [0, 0, 0, 0, 1, 0, 0] and evictions == 2
+    assert (small, main, ghost) == ([4, 5], [2, 3], [1, 0])
+
+
+def test_main_walk_passes_guarded_keys_in_place() -> None:
+    # C=3: small 1, main 2, ghost 2. [0] small; [1] [2] main. [3]: small evicts 0 into the ghost.
+    # [0]: a ghost hit; small evicts 3 (ghost [3]); 0 enters main [1 2 0], over its share. [0] hits
+    # (freq 1). Row [1 2 4]: 1 and 2 hit (freq 1); 4 makes main walk: 1 and 2 are guarded and keep
+    # their places and counters; 0 (freq 1) is reinserted with 0, the walk comes round and evicts it.
+    rows = [[0], [1], [2], [3], [0], [0], [1, 2, 4]]
+    hits, evictions, (small, main, ghost, where, freq, _) = three_ways(rows, 3, 5)
+    assert hits == [0, 0, 0, 0, 0, 1, 1, 1, 0] and evictions == 3
+    assert (small, main, ghost) == ([4], [1, 2], [3])
+    assert freq[1] == freq[2] == 1 and where[0] == s3fifo.NONE
+
+
+def test_second_round_evicts_what_small_promoted() -> None:
+    # C=4: small 2, main 2, ghost 3, promotion at freq 1. [0] [1] small; [2] [3] main. [4]: small
+    # evicts 0 (ghost [0]). [0]: a ghost hit; small evicts 1 (ghost [1]); main [2 3 0], over its
+    # share. [4] hits (freq 1). Row [2 3 0 5]: hits, then 5 misses: main goes first but is all
+    # guarded; small promotes 4 to main and is empty; the second round walks main again and
+    # evicts 4 (freq 0 after the promotion). 5 joins small.
+    rows = [[0], [1], [2], [3], [4], [0], [4], [2, 3, 0, 5]]
+    params = {"small_ratio": 0.5, "move_threshold": 1}
+    hits, evictions, (small, main, ghost, where, *_) = three_ways(rows, 4, 6, params)
+    assert hits == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0] and evictions == 3
+    assert (small, main, ghost) == ([5], [2, 3, 0], [1])
+    assert where[4] == s3fifo.NONE
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_every_resident_guarded_raises_and_keeps_the_counters(loop: str) -> None:
+    # C=2: 0 small, 1 main; row [0 1 2] guards both, so 2 finds no victim. Both loops stop there
+    # with the same state (the counters written back).
+    rows = [[0], [1], [0, 1, 2]]
+    state = new_state(2, 3, None)
+    with pytest.raises(ValueError, match="every resident is guarded"):
+        serve(LOOPS[loop], state, rows, 3)
+    small, main, ghost, _, freq, cnt = meaning(state)
+    assert (small, main, ghost) == ([0], [1], [])
+    assert freq[:2] == [1, 1] and cnt[s3fifo.N_SMALL] == 1 and cnt[s3fifo.N_MAIN] == 1
+
+
+def test_error_after_a_ghost_hit_leaves_the_same_state() -> None:
+    # C=2, ghost 1: [0] small, [1] main; [2] evicts 0 into the ghost. Row [1 2 0]: 1 and 2 hit, 0 is
+    # a ghost hit (taken off the ghost) and then finds 1 and 2 guarded.
+    rows = [[0], [1], [2], [1, 2, 0]]
+    states = []
+    for fn in LOOPS.values():
+        state = new_state(2, 3, None)
+        with pytest.raises(ValueError, match="every resident is guarded"):
+            serve(fn, state, rows, 3)
+        states.append(meaning(state))
+    assert states[0] == states[1]
+    assert states[0][2] == [] and states[0][5][s3fifo.N_GHOST] == 0
+
+
+def test_one_key_and_wide_rows_mixed_with_long_runs_and_cuts() -> None:
+    # C=8, ghost 7: one-key runs of at least 8 + 7 + 64 = 79 rows go to the rings, shorter ones
+    # and wide rows to the row loop. Served in one call and cut into several calls (the state
+    # carried across), with the same hits, evictions and state as the per-access loop.
+    rng = np.random.default_rng(7)
+    rows: list[list[int]] = []
+    for length in (3, 0, 78, 79, 120, 1, 0, 5):
+        rows += [[int(k)] for k in rng.integers(0, 30, length)]
+        for _ in range(int(rng.integers(1, 6))):
+            rows.append(rng.choice(30, int(rng.integers(2, 5)), replace=False).tolist())
+    hits, evictions, final = three_ways(rows, 8, 30)
+    assert evictions == len(hits) - sum(hits) - 8
+    for cuts in ([0, 1, 4, 90, 91, 200, len(rows)], [0, 85, 170, 250, len(rows)]):
+        state = new_state(8, 30, None)
+        got: list[int] = []
+        total = 0
+        for a, b in itertools.pairwise(cuts):
+            h, e = serve(s3fifo.replay, state, rows[a:b], 30)
+            got += h
+            total += e
+        assert (got, total) == (hits, evictions) and meaning(state) == final
+
+
+# ---- random rows ---------------------------------------------------------------------------------
+
+@st.composite
+def wide_rows(draw) -> tuple[list[list[int]], int]:
+    """Rows of widths 1-4 over few keys (so guards often cover much of the cache), sometimes with
+    one-key runs long enough for the rings."""
+    num_keys = draw(st.integers(4, 20))
+    n_rows = draw(st.integers(1, 200))
+    one_key = draw(st.sampled_from([0.0, 0.3, 0.7]))
+    long_runs = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = []
+    for _ in range(n_rows):
+        if long_runs and rng.random() < 0.02:
+            rows += [[int(k)] for k in rng.integers(0, num_keys, int(rng.integers(60, 160)))]
+        w = 1 if rng.random() < one_key else int(rng.integers(1, 5))
+        rows.append(rng.choice(num_keys, w, replace=False).tolist())
+    return rows, num_keys
+
+
+KNOBS = st.fixed_dictionaries({"small_ratio": st.sampled_from([0.1, 0.3, 0.5]),
+                               "ghost_ratio": st.sampled_from([0.0, 0.9, 2.0]),
+                               "move_threshold": st.integers(1, 3), "prefill_main": st.booleans()})
+
+
+@SETTINGS
+@given(data=wide_rows(), cap=st.integers(2, 12), params=KNOBS, cut=st.floats(0.0, 1.0))
+def test_row_loop_equals_per_access_and_reference(data, cap: int, params: dict[str, Any], cut: float) -> None:
+    rows, num_keys = data
+    try:
+        ref_hits, ref_ev = reference_rows(s3fifo, *csr(rows), cap, num_keys, params)
+    except ValueError:  # a row wider than the cache found only guarded residents: both loops refuse it
+        states = []
+        for fn in LOOPS.values():
+            state = new_state(cap, num_keys, params)
+            with pytest.raises(ValueError, match="every resident is guarded"):
+                serve(fn, state, rows, num_keys)
+            states.append(meaning(state))
+        assert states[0] == states[1]
+        return
+    hits, evictions, final = three_ways(rows, cap, num_keys, params)
+    assert (hits, evictions) == (ref_hits.tolist(), ref_ev)
+    # Cut in two: the first part with replay, the rest with replay_by_access, and the other way round.
+    c = int(cut * len(rows))
+    for first, second in ((s3fifo.replay, s3fifo.replay_by_access), (s3fifo.replay_by_access, s3fifo.replay)):
+        state = new_state(cap, num_keys, params)
+        h1, e1 = serve(first, state, rows[:c], num_keys)
+        h2, e2 = serve(second, state, rows[c:], num_keys)
+        assert (h1 + h2, e1 + e2) == (hits, evictions) and meaning(state) == final
