@@ -33,7 +33,7 @@ resident HIR block outside S); its hit counts are within a fraction of a percent
 
 ``replay`` is a specialised loop. A row of one key needs no guard (its key is not resident while a
 victim is chosen), so a long run of such rows (a flattened request stream) is served with S, Q and
-the non-resident list as logs with lazy deletion (:func:`_serve_stream`; about 8x the per-access
+the non-resident list as logs with lazy deletion (:func:`_serve_stream`; about 14x the per-access
 loop), a short run on the lists with no guard checks; a wider row guards its keys and goes through
 ``access``. ``replay_by_access`` is the shared per-access loop; the tests check that both leave the
 same hits, evictions and lists.
@@ -47,10 +47,12 @@ from typing import Any
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
+from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, set_bit
 
 NAME = "lirs"
 PARAMS: dict[str, Any] = {"hir_ratio": 0.01, "stack_ratio": 2.0}
@@ -255,6 +257,20 @@ def _log_store(prv, nxt, sentinel, ring, pos, head, tail, mask):
 
 
 @njit(cache=True)
+def _log_compact_bits(ring, pos, bits, head, tail, mask):
+    """:func:`_log_compact` for a log that also keeps a bit per slot, set while the entry in that
+    slot is current: the bits move with the entries."""
+    out = _log_compact(ring, pos, head, tail, mask)
+    for q in range(head, tail):
+        s = q & mask
+        bits[s >> 6] &= ~(ONE << np.uint64(s & 63))
+    for q in range(head, out):
+        s = q & mask
+        bits[s >> 6] |= ONE << np.uint64(s & 63)
+    return out
+
+
+@njit(cache=True)
 def _serve_stream(state, keys, hits):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``) with S, Q and the non-resident list
     as *logs* instead of linked lists; returns the evictions.
@@ -264,6 +280,10 @@ def _serve_stream(state, keys, hits):
     a key's position in a log (``spos`` / ``qpos`` / ``hpos``) is that of its current entry, -1 while
     it is not on that list, so an entry ``q`` is current exactly when its key's position is ``q``; a
     move to the back appends a new entry and the old one goes stale; the front skips stale entries.
+    S, whose bottom is read after most requests, also keeps a bit per slot (``sbits``), set while
+    the entry in that slot is current: that test is one load, not two dependent ones, and the prune
+    skips a run of stale entries in one step (most of S's entries go stale before they reach its
+    bottom: an LIR block that is hit moves to the top).
     The positions are then the list memberships too (``in_s``, ``qwhere``), and residency and the
     LIR flag share one code per key (0 absent, 1 resident HIR, 3 LIR): a request reads one byte for
     its key's status. No pointer chasing and no unlinking. The lists and flags are read in first and
@@ -276,20 +296,41 @@ def _serve_stream(state, keys, hits):
     rings = np.empty((3, big), np.int64)
     pos = np.full((3, n), -1, np.int64)
     code = np.empty(n, np.uint8)
+    sbits = np.zeros(big // 64, np.uint64)
     for k in range(n):
         code[k] = flags[0, k] | (flags[1, k] << 1)
     s_size = _log_load(snxt, n, rings[0], pos[0])
+    for q in range(s_size):
+        sbits[q >> 6] |= ONE << np.uint64(q & 63)
     q_size = _log_load(qnxt, n, rings[1], pos[1])
     h_size = _log_load(qnxt, n + 1, rings[2], pos[2])
     hs = np.array([0, s_size, 0, q_size, 0, h_size], np.int64)  # head and tail of S, Q, NH
-    # The loop is a function of its own that gets every array as a plain argument.
-    evictions = _stream_loop(code, cnt, keys, hits, rings[0], pos[0], rings[1], pos[1], rings[2], pos[2], hs)
+    # The loop is a function of its own that gets every array as a plain argument. It appends at
+    # most one entry to each log per request, so it runs in chunks that fit in every log's free
+    # room: a log less than half free is compacted first (it then is at least half free, as it
+    # holds at most ``n`` current entries), and the loop itself never checks for room.
+    sring, qring, hring = rings[0], rings[1], rings[2]
+    spos, qpos, hpos = pos[0], pos[1], pos[2]
+    mask = (big - 1) & NONNEG
+    half = big // 2
+    evictions = 0
+    i = 0
+    m = keys.shape[0]
+    while i < m:
+        if hs[1] - hs[0] > half:
+            hs[1] = _log_compact_bits(sring, spos, sbits, hs[0], hs[1], mask)
+        if hs[3] - hs[2] > half:
+            hs[3] = _log_compact(qring, qpos, hs[2], hs[3], mask)
+        if hs[5] - hs[4] > half:
+            hs[5] = _log_compact(hring, hpos, hs[4], hs[5], mask)
+        j = min(m, i + big - max(hs[1] - hs[0], hs[3] - hs[2], hs[5] - hs[4]))
+        evictions += _stream_loop(code, cnt, keys[i:j], hits[i:j], sring, spos, sbits, qring, qpos, hring, hpos, hs)
+        i = j
     for k in range(n):
         flags[0, k] = code[k] & 1
         flags[1, k] = code[k] >> 1
         flags[2, k] = pos[0, k] >= 0
         qwhere[k] = Q_RES if pos[1, k] >= 0 else (Q_NONRES if pos[2, k] >= 0 else Q_NONE)
-    mask = big - 1
     _log_store(sprv, snxt, n, rings[0], pos[0], hs[0], hs[1], mask)
     _log_store(qprv, qnxt, n, rings[1], pos[1], hs[2], hs[3], mask)
     _log_store(qprv, qnxt, n + 1, rings[2], pos[2], hs[4], hs[5], mask)
@@ -297,10 +338,14 @@ def _serve_stream(state, keys, hits):
 
 
 @njit(cache=True)
-def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, hs):
+def _stream_loop(code, cnt, keys, hits, sring, spos, sbits, qring, qpos, hring, hpos, hs):
     """The loop of :func:`_serve_stream`, with every log operation written out: a jitted helper that
     takes arrays and branches keeps numba's reference counting in the loop, which costs more than
-    the work itself."""
+    the work itself.
+
+    S is pruned after every request, so ``sh`` then sits on its bottom entry: current, and an LIR
+    block unless S is empty. Only requests that take that block away (an LIR hit on it, a demotion,
+    an evicted LIR block) leave anything to prune; an evicted HIR block never does."""
     big = sring.shape[0]
     cap = cnt[CAP]
     llirs = cnt[LLIRS]
@@ -315,22 +360,18 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
     for i in range(keys.shape[0]):
         key = keys[i] & NONNEG
         c = code[key]
+        hits[i] = c & 1
+        p = spos[key]
         prune = False
-        lir_now = False  # the key becomes LIR: the bottom LIR block may have to be demoted
-        to_q = False  # the key goes to the back of Q
-        if c != 0:
-            hits[i] = 1
-            if c == 3:
-                # S is pruned after every request and ``sh`` then sits on its bottom entry, an LIR
-                # block: moving any other LIR block to the top leaves nothing to prune.
-                prune = spos[key] == sh
-            elif spos[key] >= 0:  # a resident HIR block in S leaves Q and becomes LIR
-                qpos[key] = -1
-                lir_now = True
-            else:
-                to_q = True
-        else:
-            hits[i] = 0
+        if c == 3:  # an LIR block goes to the top of S; only the bottom one leaves anything to prune
+            prune = p == sh
+            clear_bit(sbits, p & bmask)
+            slot = st & bmask
+            sring[slot] = key
+            set_bit(sbits, slot)
+            spos[key] = st
+            st += 1
+        elif c == 0:
             if n_res >= cap:
                 while qh < qt:  # the front of Q, past stale entries
                     if qpos[qring[qh & bmask] & NONNEG] == qh:
@@ -340,96 +381,122 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
                     v = qring[qh & bmask] & NONNEG
                     qh += 1
                     qpos[v] = -1
+                    code[v] = 0
+                    n_res -= 1
+                    # If it is in S it stays there as a non-resident HIR block: appended branch-free
+                    # (whether it is, is random from miss to miss).
+                    v_in_s = np.int64(spos[v] >= 0)
+                    hring[ht & bmask] = v
+                    hpos[v] = ht if v_in_s else -1
+                    ht += v_in_s
                 else:  # Q is empty: the lowest LIR block of S is evicted instead
                     q = sh
                     while q < st:
                         v = sring[q & bmask] & NONNEG
-                        if spos[v] == q and code[v] == 3:
+                        if get_bit(sbits, q & bmask) and code[v] == 3:
                             break
                         q += 1
                     if q == st:
                         raise ValueError("lirs: every resident is guarded (capacity smaller than the row width)")
                     v = sring[q & bmask] & NONNEG
                     n_lir -= 1
-                code[v] = 0
-                n_res -= 1
-                if spos[v] >= 0:  # it stays in S as a non-resident HIR block
-                    if ht - hh == big:
-                        ht = _log_compact(hring, hpos, hh, ht, bmask)
+                    code[v] = 0
+                    n_res -= 1
                     hring[ht & bmask] = v
                     hpos[v] = ht
                     ht += 1
-                    prune = True
-                evictions += 1
-            if prune:  # after the eviction, before the key is served
-                prune = False
-                while True:
-                    while sh < st:  # the bottom of S, past stale entries
-                        if spos[sring[sh & bmask] & NONNEG] == sh:
-                            break
+                    while sh < st:  # prune, which may empty S
+                        slot = sh & bmask
+                        b = sring[slot] & NONNEG
+                        if get_bit(sbits, slot):
+                            if code[b] == 3:
+                                break
+                            spos[b] = -1
+                            hpos[b] = -1
+                            n_s -= 1
+                            clear_bit(sbits, slot)
                         sh += 1
-                    if sh == st or code[sring[sh & bmask] & NONNEG] == 3:
-                        break
-                    b = sring[sh & bmask] & NONNEG
-                    spos[b] = -1
-                    n_s -= 1
-                    hpos[b] = -1  # a non-resident block that leaves S is forgotten
+                evictions += 1
             n_res += 1
-            if spos[key] >= 0:  # a non-resident HIR block in S: it becomes LIR
-                hpos[key] = -1
-                code[key] = 1
-                lir_now = True
-            elif n_lir < llirs:
+            p = spos[key]  # a prune after evicting an LIR block may have taken the key out of S
+            in_s = np.int64(p >= 0)
+            hpos[key] = -1  # a non-resident HIR block in S leaves that list (no-op for any other)
+            sbits[(p & bmask) >> 6] &= ~(np.uint64(in_s) << np.uint64(p & 63))  # its old entry, if any, goes stale
+            slot = st & bmask
+            sring[slot] = key
+            set_bit(sbits, slot)
+            spos[key] = st
+            st += 1
+            if n_lir < llirs:  # warm-up: the key becomes LIR
                 code[key] = 3
                 n_lir += 1
+                n_s += 1 - in_s
             else:
-                code[key] = 1
-                to_q = True
-        if to_q:
-            if qt - qh == big:
-                qt = _log_compact(qring, qpos, qh, qt, bmask)
-            qring[qt & bmask] = key
-            qpos[key] = qt
-            qt += 1
-        # the key goes on top of S
-        if spos[key] < 0:
-            n_s += 1
-        if st - sh == big:
-            st = _log_compact(sring, spos, sh, st, bmask)
-        sring[st & bmask] = key
-        spos[key] = st
-        st += 1
-        if lir_now:
-            code[key] = 3
-            n_lir += 1
-            if n_lir > llirs:  # demote the bottom block of S to the end of Q, then prune
-                while sh < st:
-                    if spos[sring[sh & bmask] & NONNEG] == sh:
-                        break
+                if in_s:  # it becomes LIR; the bottom LIR block of S goes to the back of Q
+                    code[key] = 3
+                    slot = sh & bmask
+                    g = sring[slot] & NONNEG
+                    code[g] = 1
+                    spos[g] = -1
+                    clear_bit(sbits, slot)
                     sh += 1
-                b = sring[sh & bmask] & NONNEG
-                code[b] = 1
-                n_lir -= 1
-                spos[b] = -1
-                n_s -= 1
-                if qt - qh == big:
-                    qt = _log_compact(qring, qpos, qh, qt, bmask)
-                qring[qt & bmask] = b
-                qpos[b] = qt
+                    n_s -= 1
+                    prune = True
+                else:  # it becomes a resident HIR block at the back of Q
+                    code[key] = 1
+                    n_s += 1
+                    g = key
+                qring[qt & bmask] = g
+                qpos[g] = qt
                 qt += 1
-                prune = True
-        if prune:
-            while True:
-                while sh < st:
-                    if spos[sring[sh & bmask] & NONNEG] == sh:
-                        break
+        else:  # a resident HIR block
+            if p >= 0:  # in S: it leaves Q and becomes LIR
+                qpos[key] = -1
+                clear_bit(sbits, p & bmask)
+            else:  # not in S: it goes to the back of Q
+                n_s += 1
+                qring[qt & bmask] = key
+                qpos[key] = qt
+                qt += 1
+            slot = st & bmask
+            sring[slot] = key
+            set_bit(sbits, slot)
+            spos[key] = st
+            st += 1
+            if p >= 0:
+                code[key] = 3
+                n_lir += 1
+                if n_lir > llirs:  # demote the bottom block of S to the back of Q, then prune
+                    slot = sh & bmask
+                    b = sring[slot] & NONNEG
+                    code[b] = 1
+                    n_lir -= 1
+                    spos[b] = -1
+                    clear_bit(sbits, slot)
                     sh += 1
-                if sh == st or code[sring[sh & bmask] & NONNEG] == 3:
+                    n_s -= 1
+                    qring[qt & bmask] = b
+                    qpos[b] = qt
+                    qt += 1
+                    prune = True
+        if prune:
+            # The key is an LIR block on top of S, so the loop stops at it at the latest. Runs of
+            # stale entries are skipped a word of bits at a time.
+            while True:
+                w = sbits[(sh & bmask) >> 6] >> np.uint64(sh & 63)
+                while w == 0:  # the rest of this word is stale
+                    sh = (sh | 63) + 1
+                    w = sbits[(sh & bmask) >> 6]
+                sh += np.int64(trailing_zeros(w))
+                slot = sh & bmask
+                b = sring[slot] & NONNEG
+                if code[b] == 3:
                     break
-                b = sring[sh & bmask] & NONNEG
                 spos[b] = -1
+                hpos[b] = -1  # a non-resident block that leaves S is forgotten
+                clear_bit(sbits, slot)
                 n_s -= 1
-                hpos[b] = -1
+                sh += 1
         if s_limit > 0:
             while n_s > s_limit:
                 while hh < ht:  # the oldest non-resident entry, past stale entries
@@ -441,6 +508,7 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, qring, qpos, hring, hpos, h
                 g = hring[hh & bmask] & NONNEG
                 hh += 1
                 hpos[g] = -1
+                clear_bit(sbits, spos[g] & bmask)
                 spos[g] = -1
                 n_s -= 1
     hs[0], hs[1], hs[2], hs[3], hs[4], hs[5] = sh, st, qh, qt, hh, ht
@@ -485,9 +553,9 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
                         evictions += 1
             r += 1
             continue
-        e = r + 1  # the run of one-key rows is rows r..e-1, keys lo..lo + (e - r) - 1
-        while e < n_rows and row_ptr[e + 1] - row_ptr[e] == 1:
-            e += 1
+        # The run of one-key rows is rows r..e-1, keys lo..lo + (e - r) - 1 (found 64 rows at a time:
+        # a row-by-row scan costs about a fifth of a stream's time).
+        e = r + one_key_prefix(row_ptr[r:])
         end = lo + (e - r)
         r = e
         if end - lo >= long_run:
