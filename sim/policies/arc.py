@@ -138,9 +138,6 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-
-
-
 @njit(cache=True, forceinline=True)
 def _relink(prv, nxt, where, k, s, code):
     """Move ``k`` from its list to the MRU end of the list with sentinel ``s`` (code ``code``)."""

@@ -130,9 +130,6 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-
-
-
 @njit(cache=True)
 def _serve_stream(prv, nxt, where, keys, hits, s_in, s_out, s_m, n_in, n_out, n_m, cap, kin, kout):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``): (n_in, n_out, n_m, evictions). No
