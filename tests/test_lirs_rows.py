@@ -1,0 +1,209 @@
+"""LIRS's loop over rows of any width (``_serve_rows``): guarded blocks of Q passed in place, the
+lowest unguarded LIR block of S evicted when Q holds only guarded blocks, pruning and demotion
+around guarded blocks, the stack bound, the every-resident-guarded error, one-key and wide rows
+mixed, the state carried between calls; exact hits on hand-made rows, and on random row traces
+``replay`` == ``replay_by_access`` == ``reference`` with the same state left behind."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from policy_loop_support import csr, queue
+
+from sim.policies import lirs, reference_rows, resolve_params
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NO_NEXT = np.zeros(0, np.int64)
+LOOPS = {"replay": lirs.replay, "replay_by_access": lirs.replay_by_access}
+
+
+def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
+    return lirs.make_state(cap, num_keys, resolve_params(lirs, params), 0)
+
+
+def serve(fn: Any, state: tuple, rows: list[list[int]], num_keys: int) -> tuple[list[int], int]:
+    keys, row_ptr, row_time = csr(rows)
+    hits = np.zeros(len(keys), np.uint8)
+    evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
+    return hits.tolist(), int(evictions)
+
+
+def meaning(state: tuple) -> list:
+    """S bottom first, Q front first and the non-resident list oldest first (links of keys on no
+    list are leftovers nothing reads), then the LIR blocks, the residents, the flags, the list
+    codes and the counters."""
+    sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
+    n = flags.shape[1]
+    lir = [k for k in range(n) if flags[1, k]]
+    resident = [k for k in range(n) if flags[0, k]]
+    return [queue(sprv, snxt, n), queue(qprv, qnxt, n), queue(qprv, qnxt, n + 1), lir, resident,
+            flags.tolist(), qwhere.tolist(), cnt.tolist()]
+
+
+def three_ways(rows: list[list[int]], cap: int, num_keys: int,
+               params: dict[str, Any] | None = None) -> tuple[list[int], int, list]:
+    """replay, the per-access loop and the reference agree; both loops leave the same state, which
+    is returned as :func:`meaning` reads it."""
+    s1, s2 = new_state(cap, num_keys, params), new_state(cap, num_keys, params)
+    got = serve(lirs.replay, s1, rows, num_keys)
+    slow = serve(lirs.replay_by_access, s2, rows, num_keys)
+    ref_hits, ref_ev = reference_rows(lirs, *csr(rows), cap, num_keys, params)
+    assert got == slow == (ref_hits.tolist(), ref_ev)
+    assert meaning(s1) == meaning(s2)
+    return got[0], got[1], meaning(s1)
+
+
+# ---- hand-made rows ------------------------------------------------------------------------------
+
+def test_victim_search_passes_a_guarded_front_of_q_in_place() -> None:
+    # C=4, hir_ratio 0.5: Llirs 2, Lhirs 2. [0] [1] become LIR, [2] [3] resident HIR: S [0 1 2 3],
+    # Q [2 3]. Row [4 2]: 4 misses first and the front of Q, 2, is guarded (served later in the
+    # row): the search passes it and evicts 3 (non-resident, still in S); 4 becomes resident HIR.
+    # Then 2 hits in S: LIR, and the bottom LIR block 0 is demoted to the back of Q. [5]: the front
+    # of Q is now 4, evicted in turn: S [1 3 4 2 5], Q [0 5], non-resident [3 4]. Row [3 0]: 3 misses,
+    # passes the guarded 0 and evicts 5; 3 was in S, so it becomes LIR on top and the bottom 1 is
+    # demoted, and the prune drops the non-resident 4 (forgotten). 0 hits outside S.
+    rows = [[0], [1], [2], [3], [4, 2], [5]]
+    hits, evictions, (s, q, nonres, lir, resident, *_) = three_ways(rows, 4, 6, {"hir_ratio": 0.5})
+    assert hits == [0, 0, 0, 0, 0, 1, 0] and evictions == 2
+    assert (s, q, nonres) == ([1, 3, 4, 2, 5], [0, 5], [3, 4])
+    assert lir == [1, 2] and resident == [0, 1, 2, 5]
+    hits, evictions, (s, q, nonres, lir, resident, *_) = three_ways([*rows, [3, 0]], 4, 6, {"hir_ratio": 0.5})
+    assert hits[-2:] == [0, 1] and evictions == 3
+    assert (s, q, nonres) == ([2, 5, 3, 0], [1, 0], [5])
+    assert lir == [2, 3] and resident == [0, 1, 2, 3]
+
+
+def test_guarded_q_makes_the_lowest_unguarded_lir_block_go() -> None:
+    # C=4: Llirs 3, Lhirs 1. [0] [1] [2] LIR, [3] resident HIR: S [0 1 2 3], Q [3]. Row [4 3 0]: 4
+    # misses and Q holds only the guarded 3, so the lowest LIR block of S goes, passing the guarded
+    # bottom 0: 1 is evicted in place (a non-resident entry above 0, nothing to prune). 4 refills
+    # the LIR set (only 2 left). 3 hits in S: LIR, one too many, so the bottom 0 (guarded: a
+    # demotion evicts nothing) goes to Q, and the prune drops the non-resident 1. 0 then hits as a
+    # resident HIR block outside S: back on top of S, to the back of Q.
+    rows = [[0], [1], [2], [3], [4, 3, 0]]
+    hits, evictions, (s, q, nonres, lir, resident, *_) = three_ways(rows, 4, 5)
+    assert hits == [0, 0, 0, 0, 0, 1, 1] and evictions == 1
+    assert (s, q, nonres) == ([2, 4, 3, 0], [0], [])
+    assert lir == [2, 3, 4] and resident == [0, 2, 3, 4]
+
+
+def test_evicting_the_bottom_lir_block_prunes_the_missed_key_out_of_s() -> None:
+    # C=4: [0] [1] [2] LIR, [3] HIR, [4] evicts 3 (non-resident in S) and is HIR in Q. [1] [2] hit:
+    # S [0 3 4 1 2]. Row [3 4]: 3 misses with Q = [4] guarded, so the bottom LIR block 0 goes; the
+    # prune then takes 0, the non-resident 3 (the key being served: forgotten, so it comes back as a
+    # new block, LIR as the set has room) and the resident HIR 4 (it stays in Q) off S. 4 then hits
+    # as a resident HIR block outside S.
+    rows = [[0], [1], [2], [3], [4], [1], [2], [3, 4]]
+    hits, evictions, (s, q, nonres, lir, resident, *_) = three_ways(rows, 4, 5)
+    assert hits == [0, 0, 0, 0, 0, 1, 1, 0, 1] and evictions == 2
+    assert (s, q, nonres) == ([1, 2, 3, 4], [4], [])
+    assert lir == [1, 2, 3] and resident == [1, 2, 3, 4]
+
+
+def test_stack_bound_with_wide_rows() -> None:
+    # C=4, stack_ratio 1: S holds at most 4 entries. [0] [1] [2] LIR. Row [3 4]: 3 is HIR; 4 finds
+    # Q = [3] guarded and evicts the bottom LIR 0 (pruned off S), then refills the LIR set. Row
+    # [5 6]: 5 evicts 3 (non-resident in S), S would hold 5 entries, so 3 leaves it; 6 finds Q = [5]
+    # guarded and evicts the LIR 1. [3] is a new block again: it evicts 5, and S drops 5 to stay
+    # within the bound.
+    rows = [[0], [1], [2], [3, 4], [5, 6], [3]]
+    hits, evictions, (s, q, nonres, lir, resident, *_, cnt) = three_ways(rows, 4, 7, {"stack_ratio": 1.0})
+    assert hits == [0] * 8 and evictions == 4
+    assert (s, q, nonres) == ([2, 4, 6, 3], [3], [])
+    assert lir == [2, 4, 6] and resident == [2, 3, 4, 6] and cnt[lirs.N_S] == 4
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_every_resident_guarded_raises_and_keeps_the_counters(loop: str) -> None:
+    # C=2: Llirs 1, Lhirs 1. [0] LIR, [1] HIR: S [0 1], Q [1]. Row [0 1 2]: 0 hits and goes on top
+    # of S, and the prune drops 1 (resident HIR, it stays in Q) off S; 1 hits outside S: back on
+    # top of S. 2 then finds Q = [1] and the only LIR block 0 both guarded. Both loops stop there
+    # with the same state (the counters, which this call changed, written back).
+    rows = [[0], [1], [0, 1, 2]]
+    state = new_state(2, 3, None)
+    with pytest.raises(ValueError, match="every resident is guarded"):
+        serve(LOOPS[loop], state, rows, 3)
+    s, q, nonres, lir, resident, *_, cnt = meaning(state)
+    assert (s, q, nonres) == ([0, 1], [1], [])
+    assert lir == [0] and resident == [0, 1]
+    assert cnt[lirs.N_RES] == 2 and cnt[lirs.N_LIR] == 1 and cnt[lirs.N_S] == 2
+
+
+def test_one_key_and_wide_rows_mixed_with_long_runs_and_cuts() -> None:
+    # 30 keys: one-key runs of at least 30 + 64 = 94 rows go to the logs, shorter ones and wide
+    # rows to the row loop. Served in one call and cut into several calls (the state carried
+    # across), with the same hits, evictions and state as the per-access loop.
+    rng = np.random.default_rng(7)
+    rows: list[list[int]] = []
+    for length in (3, 0, 93, 94, 150, 1, 0, 5):
+        rows += [[int(k)] for k in rng.integers(0, 30, length)]
+        for _ in range(int(rng.integers(1, 6))):
+            rows.append(rng.choice(30, int(rng.integers(2, 5)), replace=False).tolist())
+    for params in (None, {"hir_ratio": 0.3, "stack_ratio": 1.0}, {"stack_ratio": 0.0}):
+        hits, evictions, final = three_ways(rows, 8, 30, params)
+        assert evictions == len(hits) - sum(hits) - 8
+        for cuts in ([0, 1, 4, 100, 101, 250, len(rows)], [0, 97, 200, 300, len(rows)]):
+            state = new_state(8, 30, params)
+            got: list[int] = []
+            total = 0
+            for a, b in itertools.pairwise(cuts):
+                h, e = serve(lirs.replay, state, rows[a:b], 30)
+                got += h
+                total += e
+            assert (got, total) == (hits, evictions) and meaning(state) == final
+
+
+# ---- random rows ---------------------------------------------------------------------------------
+
+@st.composite
+def wide_rows(draw) -> tuple[list[list[int]], int]:
+    """Rows of widths 1-4 over few keys (so guards often cover much of the cache), sometimes with
+    one-key runs long enough for the logs."""
+    num_keys = draw(st.integers(4, 20))
+    n_rows = draw(st.integers(1, 200))
+    one_key = draw(st.sampled_from([0.0, 0.3, 0.7]))
+    long_runs = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = []
+    for _ in range(n_rows):
+        if long_runs and rng.random() < 0.02:
+            rows += [[int(k)] for k in rng.integers(0, num_keys, int(rng.integers(60, 160)))]
+        w = 1 if rng.random() < one_key else int(rng.integers(1, 5))
+        rows.append(rng.choice(num_keys, w, replace=False).tolist())
+    return rows, num_keys
+
+
+KNOBS = st.fixed_dictionaries({"hir_ratio": st.sampled_from([0.01, 0.3, 0.6]),
+                               "stack_ratio": st.sampled_from([0.0, 1.0, 2.0])})
+
+
+@SETTINGS
+@given(data=wide_rows(), cap=st.integers(2, 12), params=KNOBS, cut=st.floats(0.0, 1.0))
+def test_row_loop_equals_per_access_and_reference(data, cap: int, params: dict[str, Any], cut: float) -> None:
+    rows, num_keys = data
+    try:
+        ref_hits, ref_ev = reference_rows(lirs, *csr(rows), cap, num_keys, params)
+    except ValueError:  # a row wider than the cache found only guarded residents: both loops refuse it
+        states = []
+        for fn in LOOPS.values():
+            state = new_state(cap, num_keys, params)
+            with pytest.raises(ValueError, match="every resident is guarded"):
+                serve(fn, state, rows, num_keys)
+            states.append(meaning(state))
+        assert states[0] == states[1]
+        return
+    hits, evictions, final = three_ways(rows, cap, num_keys, params)
+    assert (hits, evictions) == (ref_hits.tolist(), ref_ev)
+    # Cut in two: the first part with replay, the rest with replay_by_access, and the other way round.
+    c = int(cut * len(rows))
+    for first, second in ((lirs.replay, lirs.replay_by_access), (lirs.replay_by_access, lirs.replay)):
+        state = new_state(cap, num_keys, params)
+        h1, e1 = serve(first, state, rows[:c], num_keys)
+        h2, e2 = serve(second, state, rows[c:], num_keys)
+        assert (h1 + h2, e1 + e2) == (hits, evictions) and meaning(state) == final
