@@ -330,3 +330,42 @@ def test_lru_and_opt_never_lose_hits_when_the_cache_grows(data) -> None:
         counts = [int(replay_rows(policy, keys, row_ptr, row_time, c, num_keys)[0].sum())
                   for c in range(max(len(r) for r in rows), num_keys + 1)]
         assert counts == sorted(counts), policy
+
+
+# ---- a row wider than the cache -------------------------------------------------------------------
+
+WIDE_ROWS = [[0], [1], [2, 3, 4]]  # the third row needs 3 slots; the cache below has 2
+# Policies whose loops evict from anywhere outside the row refuse it; the others let the row overflow
+# (their victims may be the row's own older keys). The engine and replay_rows refuse it up front.
+OVERFLOWING = {"fifo", "lfu", "lfuda", "lru", "opt", "static"}
+
+
+def test_replay_rows_refuses_a_row_wider_than_the_cache() -> None:
+    keys, row_ptr, row_time = csr(WIDE_ROWS)
+    for name in list_policies():
+        params = {"keys": [0]} if name == "static" else None
+        with pytest.raises(ConfigError, match=rf"{name}: row 2 needs 3 experts at once but the cache has 2 slot"):
+            replay_rows(name, keys, row_ptr, row_time, 2, 5, params=params)
+
+
+@pytest.mark.parametrize("name", list_policies())
+def test_loops_never_spin_when_every_resident_is_guarded(name: str) -> None:
+    # Called directly (no up-front check), every loop either refuses the row or lets it overflow;
+    # none may search forever for an unguarded victim (CLOCK, Random, SIEVE and LRU's per-access
+    # loop once did).
+    module = get_policy(name)
+    keys, row_ptr, row_time = csr(WIDE_ROWS)
+    next_use = np.full(len(keys), NEVER, np.int64) if getattr(module, "NEEDS_NEXT_USE", False) else np.zeros(0, np.int64)
+    params = resolve_params(module, {"keys": [0]} if name == "static" else None)
+    for loop_name in ("replay", "replay_by_access"):
+        loop = getattr(module, loop_name, None)
+        if loop is None:
+            continue
+        state = module.make_state(2, 5, params, 0)
+        hits = np.zeros(len(keys), np.uint8)
+        if name in OVERFLOWING and not (name == "lru" and loop_name == "replay_by_access"):
+            loop(state, keys, row_ptr, row_time, next_use, 5, hits)
+            assert hits[1:].tolist() == [0, 0, 0, 0]
+        else:
+            with pytest.raises(ValueError, match=f"{name}: every resident is guarded"):
+                loop(state, keys, row_ptr, row_time, next_use, 5, hits)

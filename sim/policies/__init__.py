@@ -119,6 +119,11 @@ def replay_rows(policy: str | ModuleType, keys: np.ndarray, row_ptr: np.ndarray,
         next_use = (next_use_times(keys, row_ptr, row_time, num_keys) if needs_next_use(module)
                     else np.zeros(0, np.int64))
     state = module.make_state(capacity, num_keys, resolve_params(module, params), seed)
+    widths = np.diff(row_ptr)
+    if len(widths) and int(widths.max()) > capacity:  # as the engine refuses it (sim.replay)
+        r = int(widths.argmax())
+        raise ConfigError(f"{module.NAME}: row {r} needs {int(widths[r])} experts at once but the cache has "
+                          f"{capacity} slot(s): the capacity must be at least the widest row")
     hits = np.zeros(len(keys), np.uint8)
     evictions = module.replay(state, keys, row_ptr, row_time, np.ascontiguousarray(next_use, np.int64),
                               num_keys, hits)

@@ -36,6 +36,7 @@ from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, rows_to
 
 NAME = "clock"
 PARAMS: dict[str, Any] = {}
+GUARDED_ALL = "clock: every resident is guarded (capacity smaller than the row width)"
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -46,8 +47,9 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
 
 @njit(cache=True)
 def _sweep(slots, bits, guard, stamp, hand, cap):
-    """Move the hand to the first unguarded slot whose bit is clear, clearing set bits on the way."""
-    while True:
+    """Move the hand to the first unguarded slot whose bit is clear, clearing set bits on the way
+    (-1: every slot is guarded; two full turns clear every unguarded bit and then find one)."""
+    for _ in range(2 * cap + 1):
         if guard[slots[hand]] != stamp:
             if get_bit(bits, hand) == 0:
                 return hand
@@ -55,12 +57,15 @@ def _sweep(slots, bits, guard, stamp, hand, cap):
         hand += 1
         if hand == cap:
             hand = 0
+    return -1
 
 
 @njit(cache=True)
 def _sweep_words(bits, guarded, hand, cap):
     """Move the hand to the first unprotected slot whose bit is clear, clearing the bits of the
-    unprotected slots on the way; a word at a time."""
+    unprotected slots on the way; a word at a time (-1: every slot is protected, found on the
+    third return to slot 0: a full turn clears every unprotected bit, the next one finds a slot)."""
+    wraps = 0
     while True:
         w = hand >> 6
         off = np.uint64(hand & 63)
@@ -75,6 +80,9 @@ def _sweep_words(bits, guarded, hand, cap):
         hand = (w + 1) << 6
         if hand >= cap:
             hand = 0
+            wraps += 1
+            if wraps > 2:
+                return -1
 
 
 @njit(cache=True)
@@ -92,6 +100,8 @@ def access(state, key, now, next_use, guard, stamp):
         ctr[0] += 1
         return MISS
     hand = _sweep(slots, bits, guard, stamp, ctr[2], cap)
+    if hand < 0:
+        raise ValueError(GUARDED_ALL)
     v = slots[hand]
     slot_of[v] = -1
     slots[hand] = key
@@ -165,6 +175,8 @@ def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, h
                 size += 1
             else:
                 s = _sweep_words(bits, guarded, hand, cap)
+                if s < 0:
+                    raise ValueError(GUARDED_ALL)
                 slot_of[slots[s]] = -1
                 hand = s + 1 if s + 1 < cap else 0
                 evictions += 1

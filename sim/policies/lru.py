@@ -103,6 +103,8 @@ def access(state, key, now, next_use, guard, stamp):
         return MISS
     head = st[0]
     while True:
+        if head == p:  # only the new entry is left: every other resident is guarded
+            raise ValueError("lru: every resident is guarded (capacity smaller than the row width)")
         v = ring[head & mask]
         q = head
         head += 1

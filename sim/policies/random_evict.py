@@ -24,6 +24,7 @@ from sim.policies._loops import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "random"
 PARAMS: dict[str, Any] = {}
+GUARDED_ALL = "random: every resident is guarded (capacity smaller than the row width)"
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -53,6 +54,15 @@ def _next(rng):
 
 
 @njit(cache=True)
+def _any_unguarded(slots, size, guard, stamp):
+    """Whether a resident outside the current row exists (else no draw can ever find a victim)."""
+    for j in range(size):
+        if guard[slots[j]] != stamp:
+            return True
+    return False
+
+
+@njit(cache=True)
 def access(state, key, now, next_use, guard, stamp):
     slots, slot_of, ctr, rng = state
     if slot_of[key] >= 0:
@@ -68,6 +78,8 @@ def access(state, key, now, next_use, guard, stamp):
         victim = slots[j]
         if guard[victim] != stamp:
             break
+        if not _any_unguarded(slots, size, guard, stamp):  # checked only after a guarded draw
+            raise ValueError(GUARDED_ALL)
     slot_of[victim] = -1
     slots[j] = key
     slot_of[key] = j
@@ -143,6 +155,10 @@ def _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr, hits):
                 v = slots[j]
                 if not wide or guard[v] != r + 1:
                     break
+                if not _any_unguarded(slots, size, guard, r + 1):
+                    ctr[0] = size
+                    rng[0] = z
+                    raise ValueError(GUARDED_ALL)
             slot_of[v] = -1
             slots[j] = k
             slot_of[k] = j

@@ -42,6 +42,7 @@ from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, rows_to
 
 NAME = "sieve"
 PARAMS: dict[str, Any] = {}
+GUARDED_ALL = "sieve: every resident is guarded (capacity smaller than the row width)"
 
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 # ``mask & NONNEG`` tells the compiler that a slot ``q & mask`` is never negative, so numba's
@@ -132,10 +133,16 @@ def _remove(ring, pos_of, live, q, head, tail, mask):
 def _sweep_words(live, visited, guarded, p, head, tail, mask):
     """The position the hand evicts, starting at ``p``: the first live, unprotected, unvisited entry,
     wrapping from the tail to the head; clears the visited bits of the unprotected entries passed.
-    A word of slots at a time."""
+    A word of slots at a time. -1 when every live entry is protected: one full pass clears the
+    visited bits of the unprotected ones, so the pass after it finds one if any exists, and the
+    third return to the head gives up."""
+    wraps = 0
     while True:
         if p >= tail:
             p = head
+            wraps += 1
+            if wraps > 2:
+                return -1
         slot = p & mask
         w = slot >> 6
         off = np.uint64(slot & 63)
@@ -165,9 +172,13 @@ def access(state, key, now, next_use, guard, stamp):
         head = st[0]
         tail = st[1]
         q = max(st[4], head)
+        wraps = 0
         while True:
             if q >= tail:
                 q = head
+                wraps += 1
+                if wraps > 2:  # two full passes found no unguarded entry (see _sweep_words)
+                    raise ValueError(GUARDED_ALL)
             if get_bit(live, q & mask) and guard[ring[q & mask]] != stamp:
                 if get_bit(visited, q & mask) == 0:
                     break
@@ -405,6 +416,12 @@ def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
             hits[i] = 0
             if size >= cap:
                 q = _sweep_words(live, visited, guarded, max(hand, head), head, tail, mask)
+                if q < 0:
+                    st[0] = head
+                    st[1] = tail
+                    st[2] = size
+                    st[4] = hand
+                    raise ValueError(GUARDED_ALL)
                 # _remove written out: as a call it cost this loop ~30%
                 pos_of[ring[q & mask]] = -1
                 live[(q & mask) >> 6] &= ~(ONE << np.uint64(q & 63))
