@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 from hypothesis import strategies as st
+
+NO_NEXT = np.zeros(0, np.int64)
 
 
 def csr(rows: list[list[int]], step: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,3 +47,41 @@ def queue(prv: np.ndarray, nxt: np.ndarray, sentinel: int) -> list[int]:
         k = int(nxt[k])
     assert int(prv[sentinel]) == (out[-1] if out else sentinel)
     return out
+
+
+def serve(fn: Callable, state: tuple, rows: list[list[int]], num_keys: int) -> tuple[list[int], int]:
+    """One call of a policy loop (``replay`` or ``replay_by_access``) on ``rows``: (hits, evictions)."""
+    keys, row_ptr, row_time = csr(rows)
+    hits = np.zeros(len(keys), np.uint8)
+    evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
+    return hits.tolist(), int(evictions)
+
+
+def serve_in_parts(fns: Sequence[Callable], state: tuple, rows: list[list[int]], cuts: Sequence[int],
+                   num_keys: int) -> tuple[list[int], int]:
+    """``rows[cuts[j]:cuts[j + 1]]`` served by ``fns[j % len(fns)]`` on one state: (hits, evictions)."""
+    hits: list[int] = []
+    evictions = 0
+    for j, (a, b) in enumerate(itertools.pairwise(cuts)):
+        h, e = serve(fns[j % len(fns)], state, rows[a:b], num_keys)
+        hits += h
+        evictions += e
+    return hits, evictions
+
+
+@st.composite
+def wide_rows(draw: Any) -> tuple[list[list[int]], int]:
+    """Rows of widths 1-4 over few keys (so guards often cover much of the cache), sometimes with
+    one-key runs long enough for a policy's stream path."""
+    num_keys = draw(st.integers(4, 20))
+    n_rows = draw(st.integers(1, 200))
+    one_key = draw(st.sampled_from([0.0, 0.3, 0.7]))
+    long_runs = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows = []
+    for _ in range(n_rows):
+        if long_runs and rng.random() < 0.02:
+            rows += [[int(k)] for k in rng.integers(0, num_keys, int(rng.integers(60, 160)))]
+        w = 1 if rng.random() < one_key else int(rng.integers(1, 5))
+        rows.append(rng.choice(num_keys, w, replace=False).tolist())
+    return rows, num_keys

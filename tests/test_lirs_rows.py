@@ -6,31 +6,22 @@ mixed, the state carried between calls; exact hits on hand-made rows, and on ran
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from policy_loop_support import csr, queue
+from policy_loop_support import csr, queue, serve, serve_in_parts, wide_rows
 
 from sim.policies import lirs, reference_rows, resolve_params
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-NO_NEXT = np.zeros(0, np.int64)
 LOOPS = {"replay": lirs.replay, "replay_by_access": lirs.replay_by_access}
 
 
 def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
     return lirs.make_state(cap, num_keys, resolve_params(lirs, params), 0)
-
-
-def serve(fn: Any, state: tuple, rows: list[list[int]], num_keys: int) -> tuple[list[int], int]:
-    keys, row_ptr, row_time = csr(rows)
-    hits = np.zeros(len(keys), np.uint8)
-    evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
-    return hits.tolist(), int(evictions)
 
 
 def meaning(state: tuple) -> list:
@@ -150,34 +141,11 @@ def test_one_key_and_wide_rows_mixed_with_long_runs_and_cuts() -> None:
         assert evictions == len(hits) - sum(hits) - 8
         for cuts in ([0, 1, 4, 100, 101, 250, len(rows)], [0, 97, 200, 300, len(rows)]):
             state = new_state(8, 30, params)
-            got: list[int] = []
-            total = 0
-            for a, b in itertools.pairwise(cuts):
-                h, e = serve(lirs.replay, state, rows[a:b], 30)
-                got += h
-                total += e
-            assert (got, total) == (hits, evictions) and meaning(state) == final
+            assert serve_in_parts([lirs.replay], state, rows, cuts, 30) == (hits, evictions)
+            assert meaning(state) == final
 
 
 # ---- random rows ---------------------------------------------------------------------------------
-
-@st.composite
-def wide_rows(draw) -> tuple[list[list[int]], int]:
-    """Rows of widths 1-4 over few keys (so guards often cover much of the cache), sometimes with
-    one-key runs long enough for the logs."""
-    num_keys = draw(st.integers(4, 20))
-    n_rows = draw(st.integers(1, 200))
-    one_key = draw(st.sampled_from([0.0, 0.3, 0.7]))
-    long_runs = draw(st.booleans())
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rows = []
-    for _ in range(n_rows):
-        if long_runs and rng.random() < 0.02:
-            rows += [[int(k)] for k in rng.integers(0, num_keys, int(rng.integers(60, 160)))]
-        w = 1 if rng.random() < one_key else int(rng.integers(1, 5))
-        rows.append(rng.choice(num_keys, w, replace=False).tolist())
-    return rows, num_keys
-
 
 KNOBS = st.fixed_dictionaries({"hir_ratio": st.sampled_from([0.01, 0.3, 0.6]),
                                "stack_ratio": st.sampled_from([0.0, 1.0, 2.0])})
@@ -204,6 +172,5 @@ def test_row_loop_equals_per_access_and_reference(data, cap: int, params: dict[s
     c = int(cut * len(rows))
     for first, second in ((lirs.replay, lirs.replay_by_access), (lirs.replay_by_access, lirs.replay)):
         state = new_state(cap, num_keys, params)
-        h1, e1 = serve(first, state, rows[:c], num_keys)
-        h2, e2 = serve(second, state, rows[c:], num_keys)
-        assert (h1 + h2, e1 + e2) == (hits, evictions) and meaning(state) == final
+        assert serve_in_parts([first, second], state, rows, [0, c, len(rows)], num_keys) == (hits, evictions)
+        assert meaning(state) == final
