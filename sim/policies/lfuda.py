@@ -25,6 +25,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NONNEG
 from sim.policies._heap import make_heap, place, push, replace_at, victim_slot
 from sim.policies._loops import one_key_prefix
+from sim.policies._packed_heap import down, up
 
 NAME = "lfuda"
 PARAMS: dict[str, Any] = {}
@@ -91,49 +92,6 @@ def _packable(hp, hq, hs, n, count):
     return True
 
 
-@njit(cache=True, forceinline=True)
-def _up(hk, hv, pos, i, k, v):
-    """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, toward the root (binary heap)."""
-    while i > 0:
-        parent = ((i - 1) >> 1) & NONNEG
-        pv = hv[parent]
-        if v >= pv:
-            break
-        c = hk[parent]
-        hk[i] = c
-        hv[i] = pv
-        pos[c] = i
-        i = parent
-    hk[i] = k
-    hv[i] = v
-    pos[k] = i
-
-
-@njit(cache=True, forceinline=True)
-def _down(hk, hv, pos, size, i, k, v):
-    """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, away from the root (binary heap)."""
-    while True:
-        c = (2 * i + 1) & NONNEG
-        if c >= size:
-            break
-        cv = hv[c]
-        if c + 1 < size:  # the smaller child without a branch (which child wins is unpredictable)
-            dv = hv[c + 1]
-            right = dv < cv
-            c += np.int64(right)
-            cv = dv if right else cv
-        if cv >= v:
-            break
-        m = hk[c]
-        hk[i] = m
-        hv[i] = cv
-        pos[m] = i
-        i = c
-    hk[i] = k
-    hv[i] = v
-    pos[k] = i
-
-
 @njit(cache=True)
 def _serve_stream(hk, hv, pos, freq, keys, hits, n, size, cap, age):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``) from sequence number ``n`` on the packed
@@ -157,17 +115,17 @@ def _serve_stream(hk, hv, pos, freq, keys, hits, n, size, cap, age):
             v = (k << SEQ_BITS) | seq
             # K usually grows, but a smaller age left by an earlier guarded row can lower it
             if j > 0 and v < hv[((j - 1) >> 1) & NONNEG]:
-                _up(hk, hv, pos, j, key, v)
+                up(hk, hv, pos, j, key, v, SHIFT)
             elif 2 * j + 1 >= size:  # a leaf that stays: no move
                 hv[j] = v
             else:
-                _down(hk, hv, pos, size, j, key, v)
+                down(hk, hv, pos, size, j, key, v, SHIFT)
         elif size < cap:
             if np.uint64(age + 1) > np.uint64(K_MAX):
                 return i, size, evictions, age
             hits[i] = 0
             freq[key] = 1
-            _up(hk, hv, pos, size, key, ((age + 1) << SEQ_BITS) | seq)
+            up(hk, hv, pos, size, key, ((age + 1) << SEQ_BITS) | seq, SHIFT)
             size += 1
         else:
             top = hv[0] >> SEQ_BITS
@@ -177,7 +135,7 @@ def _serve_stream(hk, hv, pos, freq, keys, hits, n, size, cap, age):
             freq[key] = 1
             age = top
             pos[hk[0]] = -1
-            _down(hk, hv, pos, size, 0, key, ((age + 1) << SEQ_BITS) | seq)
+            down(hk, hv, pos, size, 0, key, ((age + 1) << SEQ_BITS) | seq, SHIFT)
             evictions += 1
     return keys.shape[0], size, evictions, age
 

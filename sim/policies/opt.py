@@ -26,6 +26,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NEVER, NONNEG, replay_kernel
 from sim.policies._heap import make_heap, place, push, replace_at, victim_slot
 from sim.policies._loops import one_key_prefix
+from sim.policies._packed_heap import down, put, up
 
 NAME = "opt"
 PARAMS: dict[str, Any] = {}
@@ -96,68 +97,6 @@ def _pack(nu, seq):
     return (hi << SEQ_BITS) | seq
 
 
-@njit(cache=True, forceinline=True)
-def _up(hk, hv, pos, i, k, v):
-    """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, toward the root."""
-    while i > 0:
-        parent = ((i - 1) >> SHIFT) & NONNEG
-        pv = hv[parent]
-        if v >= pv:
-            break
-        c = hk[parent]
-        hk[i] = c
-        hv[i] = pv
-        pos[c] = i
-        i = parent
-    hk[i] = k
-    hv[i] = v
-    pos[k] = i
-
-
-@njit(cache=True, forceinline=True)
-def _down(hk, hv, pos, size, i, k, v):
-    """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, away from the root."""
-    width = 1 << SHIFT
-    while True:
-        c = ((i << SHIFT) + 1) & NONNEG
-        if c >= size:
-            break
-        cv = hv[c]
-        # The smallest child without branches (which one wins is unpredictable); a full set of
-        # children is a loop of constant length, unrolled.
-        if c + width <= size:
-            for d in range(c + 1, c + width):
-                dv = hv[d]
-                better = dv < cv
-                c = d if better else c
-                cv = dv if better else cv
-        else:
-            for d in range(c + 1, size):
-                dv = hv[d]
-                better = dv < cv
-                c = d if better else c
-                cv = dv if better else cv
-        if cv >= v:
-            break
-        m = hk[c]
-        hk[i] = m
-        hv[i] = cv
-        pos[m] = i
-        i = c
-    hk[i] = k
-    hv[i] = v
-    pos[k] = i
-
-
-@njit(cache=True, forceinline=True)
-def _put(hk, hv, pos, size, i, k, v):
-    """Key ``k`` with packed priority ``v`` into the hole at slot ``i`` (anywhere in the heap)."""
-    if i > 0 and v < hv[(i - 1) >> SHIFT]:
-        _up(hk, hv, pos, i, k, v)
-    else:
-        _down(hk, hv, pos, size, i, k, v)
-
-
 @njit(cache=True)
 def _packed_victim(hk, hv, size, guard, stamp, scratch):
     """The slot of the smallest unguarded key (-1 if all are guarded); as ``victim_slot``."""
@@ -202,19 +141,19 @@ def _serve_stream(hk, hv, pos, keys, next_use, hits, n, size, cap):
         if j >= 0:
             hits[i] = 1
             if j > 0 and v < hv[((j - 1) >> SHIFT) & NONNEG]:
-                _up(hk, hv, pos, j, key, v)
+                up(hk, hv, pos, j, key, v, SHIFT)
             elif (j << SHIFT) + 1 >= size:  # a leaf that stays: no move
                 hv[j] = v
             else:
-                _down(hk, hv, pos, size, j, key, v)
+                down(hk, hv, pos, size, j, key, v, SHIFT)
         elif size < cap:
             hits[i] = 0
-            _up(hk, hv, pos, size, key, v)
+            up(hk, hv, pos, size, key, v, SHIFT)
             size += 1
         else:
             hits[i] = 0
             pos[hk[0]] = -1
-            _down(hk, hv, pos, size, 0, key, v)
+            down(hk, hv, pos, size, 0, key, v, SHIFT)
             evictions += 1
     return keys.shape[0], size, evictions
 
@@ -260,16 +199,16 @@ def _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, n
             j = pos[key]
             if j >= 0:
                 hits_out[lo] = 1
-                _put(hk, hv, pos, size, j, key, v)
+                put(hk, hv, pos, size, j, key, v, SHIFT)
             elif size < cap:
                 hits_out[lo] = 0
-                _up(hk, hv, pos, size, key, v)
+                up(hk, hv, pos, size, key, v, SHIFT)
                 size += 1
             else:
                 hits_out[lo] = 0
                 if size > 0:
                     pos[hk[0]] = -1
-                    _down(hk, hv, pos, size, 0, key, v)
+                    down(hk, hv, pos, size, 0, key, v, SHIFT)
                     evictions += 1
             r += 1
             continue
@@ -288,18 +227,18 @@ def _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, n
             j = pos[key]
             if j >= 0:
                 hits_out[i] = 1
-                _put(hk, hv, pos, size, j, key, v)
+                put(hk, hv, pos, size, j, key, v, SHIFT)
                 continue
             hits_out[i] = 0
             if size < cap:
-                _up(hk, hv, pos, size, key, v)
+                up(hk, hv, pos, size, key, v, SHIFT)
                 size += 1
                 continue
             s = _packed_victim(hk, hv, size, guard, r, scratch)
             if s < 0:  # every resident key is guarded (capacity below the row width): nothing to evict
                 continue
             pos[hk[s]] = -1
-            _put(hk, hv, pos, size, s, key, v)
+            put(hk, hv, pos, size, s, key, v, SHIFT)
             evictions += 1
         r += 1
     for i in range(size):
