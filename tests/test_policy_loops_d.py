@@ -182,3 +182,52 @@ def test_arc_cyclic_scan() -> None:
     rows = [[k % 7] for k in range(700)]
     assert three_ways(arc, rows, 6, 7) == ([0] * 700, 694)
     assert three_ways(lru, rows, 6, 7) == ([0] * 700, 694)
+
+
+def _reuse_and_scans(seed: int, n_rows: int, num_keys: int) -> list[list[int]]:
+    """One-key rows alternating a skewed reuse phase and a scan, so both ghost lists see hits."""
+    rng = np.random.default_rng(seed)
+    rows: list[list[int]] = []
+    while len(rows) < n_rows:
+        hot = np.minimum(rng.zipf(1.4, int(rng.integers(50, 300))), num_keys) - 1
+        rows += [[int(k)] for k in hot]
+        start = int(rng.integers(0, num_keys))
+        rows += [[(start + j) % num_keys] for j in range(int(rng.integers(5, 40)))]
+    return rows[:n_rows]
+
+
+@pytest.mark.parametrize(("seed", "cap"), [(20, 3), (21, 8), (22, 16), (23, 25)])
+def test_arc_full_lists_loop_on_long_streams(seed: int, cap: int) -> None:
+    # Long one-key streams fill ARC's four lists (|T1| + |T2| = |B1| + |B2| = C), after which replay
+    # serves them with its full-lists loop (sizes derived from C, rows checked as they are served):
+    # same hits, evictions and lists as the per-access loop and the reference, and still full.
+    rows = _reuse_and_scans(seed, 4000, 60)
+    hits, evictions = three_ways(arc, rows, cap, 60)
+    assert evictions == len(hits) - sum(hits) - cap and 0 < sum(hits) < len(hits)
+    state = new_state(arc, cap, 60)
+    serve(arc.replay, state, *csr(rows), 60)
+    t1, t2, b1, b2 = (int(x) for x in state[3][:4])
+    assert t1 + t2 == cap and b1 + b2 == cap  # the full-lists loop served the tail of the stream
+
+
+def test_arc_full_lists_loop_hands_over_at_wide_rows_and_cuts() -> None:
+    # Full lists, then wide rows in the middle of the stream (the full-lists loop must stop at the
+    # first one), served in one call and in parts alternating replay and the per-access loop.
+    rng = np.random.default_rng(24)
+    rows = _reuse_and_scans(25, 1500, 40)
+    rows = rows[:700] + [rng.choice(40, 3, replace=False).tolist() for _ in range(30)] + rows[700:]
+    keys, row_ptr, row_time = csr(rows)
+    whole = new_state(arc, 6, 40)
+    expected = serve(arc.replay, whole, keys, row_ptr, row_time, 40)
+    assert expected == three_ways(arc, rows, 6, 40)
+    for cuts in ([0, 650, 701, 760, len(rows)], [0, 699, 700, 731, 1200, len(rows)]):
+        for fns in ((arc.replay,), (arc.replay, arc.replay_by_access), (arc.replay_by_access, arc.replay)):
+            state = new_state(arc, 6, 40)
+            got: list[int] = []
+            total = 0
+            for j, (a, b) in enumerate(itertools.pairwise(cuts)):
+                lo, hi = int(row_ptr[a]), int(row_ptr[b])
+                h, e = serve(fns[j % len(fns)], state, keys[lo:hi], row_ptr[a:b + 1] - lo, row_time[a:b], 40)
+                got += h
+                total += e
+            assert (got, total) == expected and meaning(state) == meaning(whole)
