@@ -7,7 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
+
+from sim.policies import reference_rows, resolve_params
 
 NO_NEXT = np.zeros(0, np.int64)
 
@@ -85,3 +88,44 @@ def wide_rows(draw: Any) -> tuple[list[list[int]], int]:
         w = 1 if rng.random() < one_key else int(rng.integers(1, 5))
         rows.append(rng.choice(num_keys, w, replace=False).tolist())
     return rows, num_keys
+
+
+def new_policy_state(module: Any, cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
+    return module.make_state(cap, num_keys, resolve_params(module, params), 0)
+
+
+def three_ways_state(module: Any, meaning: Callable[[tuple], list], rows: list[list[int]], cap: int,
+                     num_keys: int, params: dict[str, Any] | None = None) -> tuple[list[int], int, list]:
+    """``replay``, the per-access loop and the reference agree, and both loops leave the same state:
+    (hits, evictions, the state as ``meaning`` reads it)."""
+    s1, s2 = new_policy_state(module, cap, num_keys, params), new_policy_state(module, cap, num_keys, params)
+    got = serve(module.replay, s1, rows, num_keys)
+    slow = serve(module.replay_by_access, s2, rows, num_keys)
+    ref_hits, ref_ev = reference_rows(module, *csr(rows), cap, num_keys, params)
+    assert got == slow == (ref_hits.tolist(), ref_ev)
+    assert meaning(s1) == meaning(s2)
+    return got[0], got[1], meaning(s1)
+
+
+def check_rows_and_cut(module: Any, meaning: Callable[[tuple], list], rows: list[list[int]], cap: int,
+                       num_keys: int, params: dict[str, Any] | None, cut: float) -> None:
+    """:func:`three_ways_state`, then the rows cut at ``cut`` and served half by each loop (both
+    orders) to the same hits, evictions and state; a row that finds every resident guarded is
+    refused by both loops, which then leave the same state."""
+    try:
+        reference_rows(module, *csr(rows), cap, num_keys, params)
+    except ValueError:
+        states = []
+        for fn in (module.replay, module.replay_by_access):
+            state = new_policy_state(module, cap, num_keys, params)
+            with pytest.raises(ValueError, match="every resident is guarded"):
+                serve(fn, state, rows, num_keys)
+            states.append(meaning(state))
+        assert states[0] == states[1]
+        return
+    hits, evictions, final = three_ways_state(module, meaning, rows, cap, num_keys, params)
+    c = int(cut * len(rows))
+    for first, second in ((module.replay, module.replay_by_access), (module.replay_by_access, module.replay)):
+        state = new_policy_state(module, cap, num_keys, params)
+        assert serve_in_parts([first, second], state, rows, [0, c, len(rows)], num_keys) == (hits, evictions)
+        assert meaning(state) == final

@@ -11,16 +11,24 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from policy_loop_support import csr, queue, serve, serve_in_parts, wide_rows
+from policy_loop_support import (
+    check_rows_and_cut,
+    new_policy_state,
+    queue,
+    serve,
+    serve_in_parts,
+    three_ways_state,
+    wide_rows,
+)
 
-from sim.policies import reference_rows, resolve_params, s3fifo
+from sim.policies import s3fifo
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOOPS = {"replay": s3fifo.replay, "replay_by_access": s3fifo.replay_by_access}
 
 
 def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
-    return s3fifo.make_state(cap, num_keys, resolve_params(s3fifo, params), 0)
+    return new_policy_state(s3fifo, cap, num_keys, params)
 
 
 def meaning(state: tuple) -> list:
@@ -33,15 +41,7 @@ def meaning(state: tuple) -> list:
 
 def three_ways(rows: list[list[int]], cap: int, num_keys: int,
                params: dict[str, Any] | None = None) -> tuple[list[int], int, list]:
-    """replay, the per-access loop and the reference agree; both loops leave the same state, which
-    is returned as :func:`meaning` reads it."""
-    s1, s2 = new_state(cap, num_keys, params), new_state(cap, num_keys, params)
-    got = serve(s3fifo.replay, s1, rows, num_keys)
-    slow = serve(s3fifo.replay_by_access, s2, rows, num_keys)
-    ref_hits, ref_ev = reference_rows(s3fifo, *csr(rows), cap, num_keys, params)
-    assert got == slow == (ref_hits.tolist(), ref_ev)
-    assert meaning(s1) == meaning(s2)
-    return got[0], got[1], meaning(s1)
+    return three_ways_state(s3fifo, meaning, rows, cap, num_keys, params)
 
 
 # ---- hand-made rows ------------------------------------------------------------------------------
@@ -149,22 +149,4 @@ KNOBS = st.fixed_dictionaries({"small_ratio": st.sampled_from([0.1, 0.3, 0.5]),
 @given(data=wide_rows(), cap=st.integers(2, 12), params=KNOBS, cut=st.floats(0.0, 1.0))
 def test_row_loop_equals_per_access_and_reference(data, cap: int, params: dict[str, Any], cut: float) -> None:
     rows, num_keys = data
-    try:
-        ref_hits, ref_ev = reference_rows(s3fifo, *csr(rows), cap, num_keys, params)
-    except ValueError:  # a row wider than the cache found only guarded residents: both loops refuse it
-        states = []
-        for fn in LOOPS.values():
-            state = new_state(cap, num_keys, params)
-            with pytest.raises(ValueError, match="every resident is guarded"):
-                serve(fn, state, rows, num_keys)
-            states.append(meaning(state))
-        assert states[0] == states[1]
-        return
-    hits, evictions, final = three_ways(rows, cap, num_keys, params)
-    assert (hits, evictions) == (ref_hits.tolist(), ref_ev)
-    # Cut in two: the first part with replay, the rest with replay_by_access, and the other way round.
-    c = int(cut * len(rows))
-    for first, second in ((s3fifo.replay, s3fifo.replay_by_access), (s3fifo.replay_by_access, s3fifo.replay)):
-        state = new_state(cap, num_keys, params)
-        assert serve_in_parts([first, second], state, rows, [0, c, len(rows)], num_keys) == (hits, evictions)
-        assert meaning(state) == final
+    check_rows_and_cut(s3fifo, meaning, rows, cap, num_keys, params, cut)
