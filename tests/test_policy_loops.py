@@ -76,34 +76,6 @@ def test_state_left_by_replay_reads_the_same_through_access(name: str, data, ext
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_state_carries_across_blocks(name: str) -> None:
-    # One-key rows, then wide rows, then one-key rows again, cut at several places: equal to one call.
-    rng = np.random.default_rng(5)
-    rows = ([[int(k)] for k in rng.integers(0, 40, 300)] + [rng.choice(40, 4, replace=False).tolist()
-                                                              for _ in range(200)]
-            + [[int(k)] for k in rng.integers(0, 40, 300)])
-    keys, row_ptr, row_time = csr(rows)
-    module = POLICIES[name]
-    whole, ev = replay_rows(module, keys, row_ptr, row_time, 9, 40, seed=3)
-    state = module.make_state(9, 40, {}, 3)
-    out = np.zeros(len(keys), np.uint8)
-    total = 0
-    cuts = [0, 150, 299, 301, 420, 500, 650, len(rows)]
-    for a, b in itertools.pairwise(cuts):
-        lo, hi = int(row_ptr[a]), int(row_ptr[b])
-        total += module.replay(state, keys[lo:hi], row_ptr[a:b + 1] - lo, row_time[a:b], NO_NEXT, 40, out[lo:hi])
-    assert out.tolist() == whole.tolist() and total == ev
-
-
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_no_rows_is_nothing(name: str) -> None:
-    module = POLICIES[name]
-    state = module.make_state(3, 5, {}, 0)
-    for row_ptr in (np.zeros(0, np.int64), np.zeros(1, np.int64)):
-        assert module.replay(state, np.zeros(0, np.int32), row_ptr, NO_NEXT, NO_NEXT, 5, np.zeros(0, np.uint8)) == 0
-
-
-@pytest.mark.parametrize("name", list(POLICIES))
 def test_rows_as_wide_as_the_cache(name: str) -> None:
     # Capacity 4, rows of 4 fresh keys: each row evicts the whole previous row (nothing else is
     # there), and a repeated row hits in full.

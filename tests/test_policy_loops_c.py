@@ -5,7 +5,6 @@ special (no guard: small promoting everything, an empty main, ghost hits, the bo
 
 from __future__ import annotations
 
-import itertools
 from types import ModuleType
 from typing import Any
 
@@ -97,38 +96,6 @@ def test_state_left_by_replay_reads_the_same_through_access(name: str, data, ext
     assert second[0] == second[1] and same_state(s1, s2)
     whole, ev = replay_rows(module, *csr(rows), cap, num_keys)
     assert first[0][0] + second[0][0] == whole.tolist() and first[0][1] + second[0][1] == ev
-
-
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_state_carries_across_blocks(name: str) -> None:
-    # One-key rows, then wide rows, then one-key rows again, cut at several places: equal to one call.
-    rng = np.random.default_rng(5)
-    rows = ([[int(k)] for k in rng.integers(0, 40, 300)] + [rng.choice(40, 4, replace=False).tolist()
-                                                              for _ in range(200)]
-            + [[int(k)] for k in rng.integers(0, 40, 300)])
-    keys, row_ptr, row_time = csr(rows)
-    module = POLICIES[name]
-    whole, ev = replay_rows(module, keys, row_ptr, row_time, 9, 40)
-    ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, 9, 40)
-    assert whole.tolist() == ref_hits.tolist() and ev == ref_ev
-    state = new_state(module, 9, 40, None)
-    out = np.zeros(len(keys), np.uint8)
-    total = 0
-    cuts = [0, 150, 299, 301, 420, 500, 650, len(rows)]
-    for a, b in itertools.pairwise(cuts):
-        lo, hi = int(row_ptr[a]), int(row_ptr[b])
-        total += module.replay(state, keys[lo:hi], row_ptr[a:b + 1] - lo, row_time[a:b], NO_NEXT, 40, out[lo:hi])
-    assert out.tolist() == whole.tolist() and total == ev
-
-
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_no_rows_is_nothing(name: str) -> None:
-    module = POLICIES[name]
-    state = new_state(module, 3, 5, None)
-    before = tuple(a.copy() for a in state)
-    for row_ptr in (np.zeros(0, np.int64), np.zeros(1, np.int64)):
-        assert module.replay(state, np.zeros(0, np.int32), row_ptr, NO_NEXT, NO_NEXT, 5, np.zeros(0, np.uint8)) == 0
-    assert all(np.array_equal(x, y) for x, y in zip(state, before, strict=True))
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
