@@ -24,6 +24,21 @@ def get_bit(bits, p):
     return (bits[p >> 6] >> np.uint64(p & 63)) & ONE
 
 
+@njit(cache=True, forceinline=True)
+def next_row(keys, row_ptr, guard, r, end):
+    """The row loops' step to the next row, as the access index reaches ``end`` (the end of row
+    ``r``): (r + 1, its end, whether it is wide). A wide row guards its keys with stamp ``r + 1``; a
+    one-key row needs no guard (its key is not resident while a victim is chosen)."""
+    r += 1
+    lo = end
+    end = row_ptr[r + 1]
+    wide = end - lo > 1
+    if wide:
+        for j in range(lo, end):
+            guard[keys[j]] = r
+    return r, end, wide
+
+
 @njit(cache=True)
 def one_key_prefix(row_ptr):
     """How many leading rows hold exactly one key; checked 64 rows at a time with a loop the

@@ -41,7 +41,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
-from sim.policies._loops import one_key_prefix
+from sim.policies._loops import next_row, one_key_prefix
 
 NAME = "arc"
 PARAMS: dict[str, Any] = {}
@@ -413,13 +413,7 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
     wide = False
     for i in range(row_ptr[r0], row_ptr[r1]):
         while i == end:  # the next row (a loop: rows may be empty)
-            r += 1
-            lo = end
-            end = row_ptr[r + 1]
-            wide = end - lo > 1
-            if wide:
-                for j in range(lo, end):
-                    guard[keys[j]] = r
+            r, end, wide = next_row(keys, row_ptr, guard, r, end)
         key = keys[i] & NONNEG
         w = where[key]
         if w == T1 or w == T2:

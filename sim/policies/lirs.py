@@ -53,7 +53,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's 
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
-from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, set_bit
+from sim.policies._loops import ONE, clear_bit, get_bit, next_row, one_key_prefix, set_bit
 
 NAME = "lirs"
 PARAMS: dict[str, Any] = {"hir_ratio": 0.01, "stack_ratio": 2.0}
@@ -538,12 +538,7 @@ def _serve_rows(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, keys, hits, r
     end = row_ptr[r0]
     for i in range(row_ptr[r0], row_ptr[r1]):
         while i == end:  # the next row (a loop: rows may be empty)
-            r += 1
-            lo = end
-            end = row_ptr[r + 1]
-            if end - lo > 1:
-                for j in range(lo, end):
-                    guard[keys[j]] = r
+            r, end, _ = next_row(keys, row_ptr, guard, r, end)
         key = keys[i] & NONNEG
         prune = False  # S is pruned at the end (after an LIR hit or a demotion)
         lir_now = False  # the key becomes LIR, and the bottom LIR block of S may be demoted

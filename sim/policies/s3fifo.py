@@ -50,7 +50,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import new_lists, push_back, unlink
-from sim.policies._loops import one_key_prefix
+from sim.policies._loops import next_row, one_key_prefix
 
 NAME = "s3fifo"
 PARAMS: dict[str, Any] = {"small_ratio": 0.1, "ghost_ratio": 0.9, "move_threshold": 2, "prefill_main": True}
@@ -371,12 +371,7 @@ def _serve_rows(prv, nxt, where, freq, cnt, guard, keys, hits, row_ptr, r0, r1, 
     end = row_ptr[r0]
     for i in range(row_ptr[r0], row_ptr[r1]):
         while i == end:  # the next row (a loop: rows may be empty)
-            r += 1
-            lo = end
-            end = row_ptr[r + 1]
-            if end - lo > 1:
-                for j in range(lo, end):
-                    guard[keys[j]] = r
+            r, end, _ = next_row(keys, row_ptr, guard, r, end)
         key = keys[i] & NONNEG
         w = where[key]
         if w == SMALL or w == MAIN:

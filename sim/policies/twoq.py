@@ -35,7 +35,7 @@ from numba import njit
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from sim.policies import _knobs
 from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
-from sim.policies._loops import one_key_prefix
+from sim.policies._loops import next_row, one_key_prefix
 
 NAME = "twoq"
 PARAMS: dict[str, Any] = {"kin_ratio": 0.25, "kout_ratio": 0.5}
@@ -237,13 +237,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     wide = False
     for i in range(row_ptr[0], row_ptr[nrows]):
         while i == end:  # the next row (a loop: rows may be empty)
-            r += 1
-            lo = end
-            end = row_ptr[r + 1]
-            wide = end - lo > 1
-            if wide:
-                for j in range(lo, end):
-                    guard[keys[j]] = r
+            r, end, wide = next_row(keys, row_ptr, guard, r, end)
         key = keys[i] & NONNEG
         w = where[key]
         if w == AM:
