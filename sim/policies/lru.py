@@ -35,8 +35,6 @@ import numpy as np
 from numba import njit
 
 from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies._dlist import push_back as _push_mru  # noqa: F401  (re-exported for other policies)
-from sim.policies._dlist import unlink as _unlink  # noqa: F401
 from sim.policies._loops import one_key_prefix
 
 NAME = "lru"
