@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.io import atomic_path, atomic_write_text
+from moesim.traces.io import atomic_path, atomic_write_text
 
 # (column, path into metrics.json)
 RESULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (

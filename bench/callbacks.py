@@ -38,7 +38,7 @@ def sweep_choices(config: DictConfig, group: str) -> list[str]:
 
 def warm_numba(config: DictConfig) -> None:
     """Run a one-request experiment per policy, prefetcher and format of the sweep."""
-    from sim.experiment import run_experiment
+    from moesim.sim.experiment import run_experiment
 
     base = OmegaConf.to_container(config, resolve=False)
     assert isinstance(base, dict)
@@ -72,7 +72,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.get("report", True):
             return
-        from bench.report import build_report
+        from moesim.bench.report import build_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_absolute():

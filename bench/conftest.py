@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from sim.kernel import NEVER
-from sim.rows import next_use_times
-from traces.synth import generate_preset
-from traces.trace import Trace
+from moesim.sim.kernel import NEVER
+from moesim.sim.rows import next_use_times
+from moesim.traces.synth import generate_preset
+from moesim.traces.trace import Trace
 
 # Requests of the gpt-oss-20b preset (24 layers, top-4 of 32 experts): about 23 k accesses each.
 REQUESTS_ENABLED = 64

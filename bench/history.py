@@ -21,8 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
-
-from traces.io import atomic_path
+from moesim.traces.io import atomic_path
 
 
 def load_runs(root: str | Path) -> list[dict[str, Any]]:

@@ -23,9 +23,8 @@ matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-
-from bench.aggregate import swept_columns
-from traces.io import atomic_path
+from moesim.bench.aggregate import swept_columns
+from moesim.traces.io import atomic_path
 
 Rows = Sequence[Mapping[str, Any]]
 Series = dict[str, tuple[list[float], list[float]]]

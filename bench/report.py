@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import plots
-from bench.aggregate import collect, swept_columns, to_csv_text, write_table
-from traces.io import atomic_write_text
+from moesim.bench import plots
+from moesim.bench.aggregate import collect, swept_columns, to_csv_text, write_table
+from moesim.traces.io import atomic_write_text
 
 
 def _fmt(value: Any) -> str:

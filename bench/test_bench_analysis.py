@@ -24,7 +24,7 @@ pytestmark = pytest.mark.benchmark(group="kernels")
 
 CHILD = textwrap.dedent("""
     import json, sys, threading, time
-    from kernels.analysis import analyze_checkpoint
+    from moesim.kernels.analysis import analyze_checkpoint
 
     peak = [0]
     stop = False

@@ -1,6 +1,6 @@
 """End-to-end benchmarks (group ``end_to_end``) and cost growth (group ``growth``).
 
-* The default experiment sweep as a user runs it (``python -m sim +experiment=default_sweep``, a
+* The default experiment sweep as a user runs it (``python -m moesim.sim +experiment=default_sweep``, a
   fresh process, so numba's on-disk cache load is included); when only run as a test, two jobs
   of it in-process.
 * How LRU replay throughput changes with trace length, cache size and model shape (layers x
@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from sim.replay import replay
-from traces.synth import generate_preset
-from traces.trace import Trace
+from moesim.sim.replay import replay
+from moesim.traces.synth import generate_preset
+from moesim.traces.trace import Trace
 
 
 @pytest.mark.benchmark(group="end_to_end")
 def test_default_sweep(benchmark: Any, tmp_path: Path) -> None:
     if benchmark.disabled:
         from hydra import compose, initialize_config_dir
-
-        from sim.app import CONF_DIR
-        from sim.experiment import run_experiment
+        from moesim.sim.app import CONF_DIR
+        from moesim.sim.experiment import run_experiment
 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfgs = [compose(config_name="config", overrides=["trace.requests=1", "quant.error_rows=8",
@@ -41,7 +39,7 @@ def test_default_sweep(benchmark: Any, tmp_path: Path) -> None:
     env = dict(os.environ, MOESIM_CACHE=str(tmp_path / "cache"))
 
     def sweep() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "sim", "+experiment=default_sweep", "sweep_name=bench",
+        return subprocess.run([sys.executable, "-m", "moesim.sim", "+experiment=default_sweep", "sweep_name=bench",
                                f"hydra.sweep.dir={tmp_path / 'sweep'}", "report=true"], env=env, cwd=tmp_path,
                               capture_output=True, text=True, check=True, timeout=1800)
 

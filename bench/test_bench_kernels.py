@@ -29,11 +29,10 @@ import numba
 import numpy as np
 import pytest
 import torch
-
-from kernels.formats import _mx_numba as nbk
-from kernels.formats import _mx_torch as tk
-from kernels.formats._mx_common import ELEMENTS, OCP_SCALES, element_lut, pair_lut
-from kernels.formats.mx import encode_mx
+from moesim.kernels.formats import _mx_numba as nbk
+from moesim.kernels.formats import _mx_torch as tk
+from moesim.kernels.formats._mx_common import ELEMENTS, OCP_SCALES, element_lut, pair_lut
+from moesim.kernels.formats.mx import encode_mx
 
 BENCH_BYTES = 64 * 2**20
 SMALL_BYTES = 256 * 2**10

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from bench.conftest import Stream, bench_stream, bench_trace, best_rate, oracle_general
-from sim.mrc import lru_hit_curve
-from sim.policies import get_policy, list_policies, needs_next_use, replay_rows, resolve_params
-from sim.replay import replay
-from sim.rows import next_use_times
+from moesim.bench.conftest import Stream, bench_stream, bench_trace, best_rate, oracle_general
+from moesim.sim.mrc import lru_hit_curve
+from moesim.sim.policies import get_policy, list_policies, needs_next_use, replay_rows, resolve_params
+from moesim.sim.replay import replay
+from moesim.sim.rows import next_use_times
 
 pytestmark = pytest.mark.benchmark(group="sim")
 

@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from traces import io as trace_io
-from traces.record_writer import ChunkedTraceWriter
-from traces.synth import generate_preset
-from traces.trace import Trace
+from moesim.traces import io as trace_io
+from moesim.traces.record_writer import ChunkedTraceWriter
+from moesim.traces.synth import generate_preset
+from moesim.traces.trace import Trace
 
 pytestmark = pytest.mark.benchmark(group="traces")
 
@@ -85,8 +84,8 @@ def test_load_vs_raw_np_load(benchmark: Any, big_trace: Trace, tmp_path: Path) -
 
 REPLAY_CHILD = textwrap.dedent("""
     import json, sys, threading, time
-    from sim.replay import replay
-    from traces import io
+    from moesim.sim.replay import replay
+    from moesim.traces import io
 
     peak = [0]
     stop = False
@@ -130,7 +129,7 @@ def test_out_of_core_replay_keeps_memory_bounded(benchmark: Any, big_trace: Trac
                                 accesses_per_s=res["accesses"] / res["seconds"],
                                 peak_anon_mb=res["peak_anon_kb"] / 1024, anon_growth_mb=grew / 2**20)
     if benchmark.disabled:
-        from sim.replay import replay
+        from moesim.sim.replay import replay
 
         direct = replay(big_trace, "lru", 256)
         assert (res["hits"], res["accesses"]) == (direct.hits, direct.accesses)

@@ -30,7 +30,7 @@ plus ``run_meta.json`` (versions, inputs, settings, counts). Conventions:
   the same input width and every format (common random numbers make the formats comparable).
 * ``sqnr_db_pooled`` in the summary is ``10 log10(sum ||W||^2 / sum ||W - W_q||^2)`` over the group.
 
-Command line: ``python -m kernels.analysis CHECKPOINT --formats mxfp4,nvfp4 --out DIR``.
+Command line: ``python -m moesim.kernels.analysis CHECKPOINT --formats mxfp4,nvfp4 --out DIR``.
 """
 
 from __future__ import annotations
@@ -49,12 +49,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from kernels import metrics
-from kernels.checkpoint import Checkpoint, ExpertMatrix, ReadUnit
-from kernels.formats import get_format
-from kernels.formats.base import FormatError
-from traces.io import atomic_path, atomic_write_text
+from moesim.kernels import metrics
+from moesim.kernels.checkpoint import Checkpoint, ExpertMatrix, ReadUnit
+from moesim.kernels.formats import get_format
+from moesim.kernels.formats.base import FormatError
+from moesim.traces.io import atomic_path, atomic_write_text
 
 TABLES = ("inventory", "matrix_stats", "quant_error", "summary", "format_deltas", "warnings")
 
@@ -442,7 +441,7 @@ def _write_all(tables: dict[str, list[dict[str, Any]]], out: Path, ckpt: Checkpo
     out.mkdir(parents=True, exist_ok=True)
     written = {name: write_table(rows, COLUMNS[name], out / f"{name}.parquet").name for name, rows in tables.items()}
     meta = {
-        "tool": "kernels.analysis",
+        "tool": "moesim.kernels.analysis",
         "versions": _versions(),
         "inputs": {"checkpoint": str(ckpt.path.resolve()),
                    "files": [{"name": f.name, "bytes": f.stat().st_size} for f in ckpt.files],
@@ -460,7 +459,7 @@ def _write_all(tables: dict[str, list[dict[str, Any]]], out: Path, ckpt: Checkpo
 # ---- command line ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kernels.analysis",
+    p = argparse.ArgumentParser(prog="python -m moesim.kernels.analysis",
                                 description="Statistics and quantization error of a MoE checkpoint's expert weights.")
     p.add_argument("checkpoint", help="a .safetensors file or a folder of them")
     p.add_argument("--formats", default="mxfp4", help="comma-separated format names (first = baseline)")
@@ -482,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 seed=args.seed, out_dir=args.out, strict=not args.lenient, rank=args.rank,
                                 quiet=args.quiet, eps=args.eps)
     if not args.no_plots and tables["quant_error"]:
-        from kernels.analysis_plots import plot_all
+        from moesim.kernels.analysis_plots import plot_all
 
         plot_all(tables, Path(args.out) / "plots")
     n_mat = len(tables["matrix_stats"])

@@ -21,9 +21,8 @@ from typing import Any, Optional
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from moesim.traces.io import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
-
-from traces.io import atomic_write_text
 
 # OmegaConf needs typing.Optional rather than ``X | None`` in dataclass fields.
 # ruff: noqa: UP045
@@ -62,7 +61,7 @@ ConfigStore.instance().store(name="analysis_schema", node=AnalysisConf)
 
 
 def run_analysis(cfg: Any, out_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
-    from kernels.analysis import analyze_checkpoint
+    from moesim.kernels.analysis import analyze_checkpoint
 
     ckpt = Path(str(cfg.checkpoint))
     if not ckpt.is_absolute() and base_dir is not None:
@@ -71,7 +70,7 @@ def run_analysis(cfg: Any, out_dir: Path, base_dir: Path | None = None) -> dict[
                                 seed=int(cfg.seed), out_dir=out_dir, strict=bool(cfg.strict), rank=bool(cfg.rank),
                                 quiet=bool(cfg.quiet), eps=float(cfg.eps), n_activations=int(cfg.n_activations))
     if cfg.plots and tables["quant_error"]:
-        from kernels.analysis_plots import plot_all
+        from moesim.kernels.analysis_plots import plot_all
 
         plot_all(tables, out_dir / "plots")
     return {"status": "ok", "matrices": len(tables["matrix_stats"]),

@@ -20,8 +20,7 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-
-from traces.io import atomic_path
+from moesim.traces.io import atomic_path
 
 PLOT_NAMES = ("error_by_format.png", "error_by_layer.png", "sqnr_vs_bits.png")
 Rows = Sequence[dict[str, Any]]

@@ -47,9 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from moesim.kernels.formats.gptoss import decode_gptoss, deinterleave_rows
 from safetensors import safe_open
-
-from kernels.formats.gptoss import decode_gptoss, deinterleave_rows
 
 INDEX_NAME = "model.safetensors.index.json"
 KINDS = ("expert", "fused", "gptoss_mxfp4")

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit, prange
+from moesim.kernels.jit import njit
+from numba import prange
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def round_ref(v: np.ndarray, spec: MiniFloatSpec, *, saturate: bool = True) -> n
 
 # ---- numba ----------------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit
 def rne_shift(s: int, shift: int) -> int:
     """``round(s / 2^shift)`` with ties to even, for 1 <= shift <= 25 and 0 <= s < 2^24."""
     q = s >> shift
@@ -189,7 +190,7 @@ def rne_shift(s: int, shift: int) -> int:
     return q
 
 
-@njit(cache=True)
+@njit
 def nb_encode_bits(b: int, e: int, mbits: int, emin: int, emax: int, max_code: int, inf_code: int,
                    nan_code: int, sign_shift: int, int_elem: int, saturate: bool) -> int:
     """Code of the float32 with bit pattern ``b`` divided by ``2^e`` (``e`` in [-127, 127]).
@@ -242,27 +243,27 @@ def nb_encode_bits(b: int, e: int, mbits: int, emin: int, emax: int, max_code: i
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _nb_encode_par(bits, out, mbits, emin, emax, max_code, inf_code, nan_code, sign_shift, int_elem, saturate):
     for i in prange(bits.shape[0]):
         out[i] = nb_encode_bits(np.int64(bits[i]), 0, mbits, emin, emax, max_code, inf_code, nan_code,
                                 sign_shift, int_elem, saturate)
 
 
-@njit(cache=True)
+@njit
 def _nb_encode_ser(bits, out, mbits, emin, emax, max_code, inf_code, nan_code, sign_shift, int_elem, saturate):
     for i in range(bits.shape[0]):
         out[i] = nb_encode_bits(np.int64(bits[i]), 0, mbits, emin, emax, max_code, inf_code, nan_code,
                                 sign_shift, int_elem, saturate)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _nb_lut_par(codes, lut, out):
     for i in prange(codes.shape[0]):
         out[i] = lut[codes[i]]
 
 
-@njit(cache=True)
+@njit
 def _nb_lut_ser(codes, lut, out):
     for i in range(codes.shape[0]):
         out[i] = lut[codes[i]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kernels.formats import get_format
-from kernels.formats.base import FormatError
+from moesim.kernels.formats import get_format
+from moesim.kernels.formats.base import FormatError
 
 
 def matrix_bytes(format_name: str, shape: tuple[int, ...]) -> float:

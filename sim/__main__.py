@@ -1,6 +1,6 @@
-"""``python -m sim``: the Hydra app (see :mod:`sim.app`)."""
+"""``python -m moesim.sim``: the Hydra app (see :mod:`sim.app`)."""
 
-from sim.app import main
+from moesim.sim.app import main
 
 if __name__ == "__main__":
     main()

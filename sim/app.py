@@ -1,4 +1,4 @@
-"""The Hydra app: ``moesim`` (or ``python -m sim``).
+"""The Hydra app: ``moesim`` (or ``python -m moesim.sim``).
 
     moesim                                   # one run with conf/config.yaml's defaults
     moesim policy=arc cache.l1_experts=64    # one run, two choices changed
@@ -30,10 +30,9 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from moesim.sim.config import register_configs
+from moesim.traces.io import atomic_write_text
 from omegaconf import DictConfig, OmegaConf
-
-from sim.config import register_configs
-from traces.io import atomic_write_text
 
 log = logging.getLogger("moesim")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +88,7 @@ def already_done(out_dir: Path) -> bool:
 
 def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Run, record and return one job's metrics (``status`` ok, skipped or failed)."""
-    from sim.experiment import run_experiment
+    from moesim.sim.experiment import run_experiment
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if already_done(out_dir):

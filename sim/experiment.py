@@ -27,16 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sim.errors import ConfigError
-from sim.hierarchy import Level
-from sim.pinning import choose_pinned
-from sim.profiles import ModelProfile, load_hardware_profile, load_model_profile
-from sim.replay import replay
-from sim.timing import auto_l1_experts, prepare_trace, simulate_offload
-from traces import io as trace_io
-from traces.synth import SYNTH_VERSION, generate_preset, preset
-from traces.trace import Trace
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import Level
+from moesim.sim.pinning import choose_pinned
+from moesim.sim.profiles import ModelProfile, load_hardware_profile, load_model_profile
+from moesim.sim.replay import replay
+from moesim.sim.timing import auto_l1_experts, prepare_trace, simulate_offload
+from moesim.traces import io as trace_io
+from moesim.traces.synth import SYNTH_VERSION, generate_preset, preset
+from moesim.traces.trace import Trace
 
 GIB = 2**30
 METRICS_VERSION = "1"
@@ -125,8 +124,14 @@ def l2_capacity(cache: Mapping[str, Any], model: ModelProfile, fmt: str) -> int 
 
 def quant_error(fmt: str, model: ModelProfile, rows: int, dof: float, seed: int) -> dict[str, Any]:
     """The format's error on a seeded Student-t matrix of the expert's input width."""
-    from kernels.formats import get_format
-    from kernels.metrics import cosine_similarity, max_abs_error, output_error, relative_frobenius, sqnr_db
+    from moesim.kernels.formats import get_format
+    from moesim.kernels.metrics import (
+        cosine_similarity,
+        max_abs_error,
+        output_error,
+        relative_frobenius,
+        sqnr_db,
+    )
 
     f = get_format(fmt)
     shape = (rows, model.hidden_size)
@@ -144,7 +149,7 @@ def quant_error(fmt: str, model: ModelProfile, rows: int, dof: float, seed: int)
 
 def measured_quant_error(fmt: str, model: ModelProfile, table: str, base_dir: Any) -> dict[str, Any]:
     """The format's error over all layers and projections of a weight-analysis ``summary`` table."""
-    from kernels.analysis import read_table
+    from moesim.kernels.analysis import read_table
 
     path = Path(table)
     if not path.is_absolute() and base_dir is not None:

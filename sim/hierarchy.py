@@ -60,16 +60,15 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.kernel import HIT, MISS
+from moesim.sim.policies import get_policy, needs_next_use, resolve_params
+from moesim.sim.policies.lru import _compact as _lru_compact
+from moesim.sim.prefetch import PrefetchPlan, empty_plan
+from moesim.sim.rows import next_use_times
+from moesim.traces.trace import Trace
 from numba.typed import List
-
-from sim.errors import ConfigError
-from sim.kernel import HIT, MISS
-from sim.policies import get_policy, needs_next_use, resolve_params
-from sim.policies.lru import _compact as _lru_compact
-from sim.prefetch import PrefetchPlan, empty_plan
-from sim.rows import next_use_times
-from traces.trace import Trace
 
 ORGANISATIONS = ("shared", "per_layer")
 L2_POLICIES = {"lru": 0, "fifo": 1}
@@ -199,7 +198,7 @@ def demand_rows(trace: Trace) -> DemandRows:
 
 def prefetch_next_use(rows: DemandRows, plan: PrefetchPlan) -> np.ndarray:
     """For each plan entry, the first row after its issuing row that requests its key (``NEVER`` if none)."""
-    from sim.kernel import NEVER
+    from moesim.sim.kernel import NEVER
 
     n = len(plan)
     out = np.full(n, NEVER, np.int64)
@@ -221,13 +220,13 @@ def prefetch_next_use(rows: DemandRows, plan: PrefetchPlan) -> np.ndarray:
 
 # ---- the jitted loop ------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit
 def _l2_unlink(prv, nxt, k):
     nxt[prv[k]] = nxt[k]
     prv[nxt[k]] = prv[k]
 
 
-@njit(cache=True)
+@njit
 def _l2_push_back(prv, nxt, k):
     s = prv.shape[0] - 1
     last = prv[s]
@@ -237,7 +236,7 @@ def _l2_push_back(prv, nxt, k):
     prv[s] = k
 
 
-@njit(cache=True)
+@njit
 def _l2_evict(prv, nxt, res1, res2, l2, l2_policy, inclusive, cnt, counted):
     """Drop one expert from L2 (to the SSD: weights are read-only, nothing is written)."""
     s = prv.shape[0] - 1
@@ -252,7 +251,7 @@ def _l2_evict(prv, nxt, res1, res2, l2, l2_policy, inclusive, cnt, counted):
         cnt[C_L2_EVICT] += 1
 
 
-@njit(cache=True)
+@njit
 def _fetch(k, prv, nxt, res1, res2, l2, l2_on, l2_policy, inclusive, cnt, counted):
     """Bring ``k`` towards L1 from the closest level that has it; return its source level."""
     if not l2_on:
@@ -285,7 +284,7 @@ def _fetch(k, prv, nxt, res1, res2, l2, l2_on, l2_policy, inclusive, cnt, counte
     return SRC_SSD
 
 
-@njit(cache=True)
+@njit
 def _evict_l1(v, pf_ev, ev_row, count_from, prv, nxt, res1, res2, l2, l2_on, l2_policy, inclusive, cnt,
               counted):
     res1[v] = 0
@@ -487,7 +486,7 @@ _LOOP_ARGS = ["states", "per_layer", "num_layers", "num_experts", "cap_part", "w
               "ev_src", "ev_kind", "ev_useful", "cnt"]
 
 
-@njit(cache=True)
+@njit
 def lru_access(state, key, now, next_use, guard, stamp):
     """:func:`sim.policies.lru.access` (same state) for the hierarchy, where a guarded key need not
     be accessed again in the row: a prefetched expert stays guarded, untouched, until its target
@@ -537,11 +536,11 @@ access = lru_access
 
 
 def _jitted_loop(policy: ModuleType) -> Any:
-    from sim.specialize import specialize
+    from moesim.sim.specialize import specialize
 
     # LRU runs with the order-keeping access above (same state as sim.policies.lru).
-    source = "sim.hierarchy" if policy.NAME == "lru" else policy
-    return specialize("sim.hierarchy", "hierarchy_loop", source, _LOOP_ARGS)
+    source = "moesim.sim.hierarchy" if policy.NAME == "lru" else policy
+    return specialize("moesim.sim.hierarchy", "hierarchy_loop", source, _LOOP_ARGS)
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -657,7 +656,7 @@ def _prepare(config: HierarchyConfig, rows: DemandRows, plan: PrefetchPlan | Non
         next_use = next_use_times(rows.keys, rows.row_ptr, row_time, rows.num_keys)
         pf_next = prefetch_next_use(rows, plan)
     else:
-        from sim.kernel import NEVER
+        from moesim.sim.kernel import NEVER
 
         next_use = np.full(len(rows.keys), NEVER, np.int64)
         pf_next = np.full(len(plan), NEVER, np.int64)

@@ -11,9 +11,8 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-
-from sim.errors import ConfigError
-from sim.hierarchy import (
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import (
     COUNTERS,
     KIND_DEMAND,
     KIND_PREFETCH,
@@ -28,10 +27,10 @@ from sim.hierarchy import (
     demand_rows,
     prefetch_next_use,
 )
-from sim.kernel import NEVER
-from sim.prefetch import PrefetchPlan, empty_plan
-from sim.rows import next_use_reference
-from traces.trace import Trace
+from moesim.sim.kernel import NEVER
+from moesim.sim.prefetch import PrefetchPlan, empty_plan
+from moesim.sim.rows import next_use_reference
+from moesim.traces.trace import Trace
 
 HIT = "hit"
 

@@ -20,7 +20,7 @@ a per-policy ``replay`` that calls this inlined loop with its own ``access`` is 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
 
 HIT = -2
 MISS = -1

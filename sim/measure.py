@@ -13,7 +13,7 @@ What is measured (each best of a few repeats, wall clock via ``time.perf_counter
   notes flag because a page-cache hit would overstate the disk.
 * Host memory capacity.
 
-Run ``python -m sim.measure --name my-box --out conf/hardware/my-box.yaml``; small sizes
+Run ``python -m moesim.sim.measure --name my-box --out conf/hardware/my-box.yaml``; small sizes
 (``--size-mib``) give a quick, noisier profile.
 """
 
@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sim.profiles import GB, GIB, HardwareProfile, profile_from_mapping
-from traces.io import atomic_write_text
+from moesim.sim.profiles import GB, GIB, HardwareProfile, profile_from_mapping
+from moesim.traces.io import atomic_write_text
 
 DISK_BLOCK = 1 << 20  # bytes per sequential read call
 LATENCY_BLOCK = 4096
@@ -247,7 +246,7 @@ def to_yaml(data: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.measure", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m moesim.sim.measure", description=__doc__.split("\n")[0])
     parser.add_argument("--name", default=platform.node() or "this-machine", help="profile name")
     parser.add_argument("--out", type=Path, help="YAML file to write (default: print to stdout)")
     parser.add_argument("--size-mib", type=int, default=512, help="bytes per copy and disk test file, MiB")

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.errors import ConfigError
-from sim.policies import get_policy
-from sim.replay import pinned_table, replay, resolve_capacity
-from sim.rows import Layout, default_chunk_steps, iter_row_blocks, plan_pieces, widest_rows
-from traces.trace import Trace
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.policies import get_policy
+from moesim.sim.replay import pinned_table, replay, resolve_capacity
+from moesim.sim.rows import Layout, default_chunk_steps, iter_row_blocks, plan_pieces, widest_rows
+from moesim.traces.trace import Trace
 
 __all__ = ["HitCurve", "hit_ratio_curve", "lru_hit_curve", "stack_distances", "stack_distances_reference"]
 
@@ -79,7 +78,7 @@ def make_stack_state(num_keys: int) -> tuple[np.ndarray, ...]:
             np.zeros(2, np.int64))
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _fen_add(fen, i, d):
     i += 1
     n = fen.shape[0] - 1
@@ -88,7 +87,7 @@ def _fen_add(fen, i, d):
         i += i & -i
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _fen_prefix(fen, i):
     """Sum of positions ``0..i`` (0 for ``i < 0``)."""
     s = 0
@@ -99,7 +98,7 @@ def _fen_prefix(fen, i):
     return s
 
 
-@njit(cache=True)
+@njit
 def _renumber(fen, last, key_at, st):
     """Move the live keys to positions 0..live-1 (same order) and rebuild the tree."""
     out = 0
@@ -116,7 +115,7 @@ def _renumber(fen, last, key_at, st):
     st[0] = out
 
 
-@njit(cache=True)
+@njit
 def stack_distances(state, keys, row_ptr, depth_out):
     """LRU stack distance of every access at the start of its row (0 = first use, never a hit)."""
     fen, last, key_at, st = state
@@ -251,7 +250,7 @@ def _pinned_layer_hits(trace: Trace, table: np.ndarray, pieces: list) -> np.ndar
 def _replay_size(job: tuple[Any, str, int, dict[str, Any]]) -> tuple[int, int, list[int]]:
     source, policy, size, kwargs = job
     if isinstance(source, str):
-        from traces.io import load
+        from moesim.traces.io import load
 
         source = load(source, validate=False)
     res = replay(source, policy, size, **kwargs)

@@ -9,9 +9,8 @@ online policies, which cannot know it.
 from __future__ import annotations
 
 import numpy as np
-
-from sim.errors import ConfigError
-from traces.trace import Trace
+from moesim.sim.errors import ConfigError
+from moesim.traces.trace import Trace
 
 
 def expert_counts(trace: Trace) -> np.ndarray:

@@ -314,7 +314,7 @@ def _mlp_shapes(hidden: int, inter: int, matrices: int) -> list[tuple[int, int]]
 
 def _kernel_bytes(weight_format: str, shapes: list[tuple[int, int]]) -> int:
     # Imported here so that profiles load (and the hierarchy runs) even before a format is chosen.
-    from kernels.sizes import expert_bytes
+    from moesim.kernels.sizes import expert_bytes
 
     return int(expert_bytes(weight_format, shapes))
 

@@ -33,15 +33,13 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from numba import njit
-from tqdm import tqdm
-
-from sim.errors import ConfigError
-from sim.kernel import NEVER
-from sim.pinning import choose_pinned
-from sim.policies import get_policy, needs_next_use, resolve_params
-from sim.result import HitCounts, ReplayResult
-from sim.rows import (
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.kernel import NEVER
+from moesim.sim.pinning import choose_pinned
+from moesim.sim.policies import get_policy, needs_next_use, resolve_params
+from moesim.sim.result import HitCounts, ReplayResult
+from moesim.sim.rows import (
     ORGANISATIONS,
     TIE_BREAKS,
     Layout,
@@ -54,7 +52,8 @@ from sim.rows import (
     scatter_hits,
     widest_rows,
 )
-from traces.trace import PHASE_NAMES, Trace
+from moesim.traces.trace import PHASE_NAMES, Trace
+from tqdm import tqdm
 
 __all__ = ["ReplayResult", "choose_pinned", "instance_seed", "pinned_table", "replay", "resolve_capacity"]
 
@@ -257,7 +256,7 @@ def _next_use_pass(trace: Trace, pieces: list[Piece], layout: Layout, instances:
     return out
 
 
-@njit(cache=True)
+@njit
 def _row_widths(chunk):
     """int64 ``[T, L]``: the experts (non-padding entries) of each row; numpy's boolean sum over the
     short last axis was a fifth of a replay's time."""

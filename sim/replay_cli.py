@@ -20,12 +20,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sim.errors import ConfigError
-from sim.pinning import choose_pinned
-from sim.policies import list_policies
-from sim.replay import replay, resolve_capacity
-from traces.errors import TraceError
-from traces.io import atomic_write_text, load_any
+from moesim.sim.errors import ConfigError
+from moesim.sim.pinning import choose_pinned
+from moesim.sim.policies import list_policies
+from moesim.sim.replay import replay, resolve_capacity
+from moesim.traces.errors import TraceError
+from moesim.traces.io import atomic_write_text, load_any
 
 
 def _parse_param(text: str) -> tuple[str, Any]:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
-from numba import njit
-
-from sim.errors import ConfigError
-from sim.kernel import NEVER
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.kernel import NEVER
 
 TIE_BREAKS = {"row": 0, "reverse": 1, "expert_id": 2}
 ORGANISATIONS = ("shared", "per_layer")
@@ -32,7 +31,7 @@ ORGANISATIONS = ("shared", "per_layer")
 PIECE_ENTRIES = 1 << 22
 
 
-@njit(cache=True)
+@njit
 def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break):
     T, L, K = experts.shape
     n_max = T * L * K
@@ -99,7 +98,7 @@ def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break):
     return keys[:n], row_ptr[:R + 1], row_time[:R], src[:n], inst_rows
 
 
-@njit(cache=True)
+@njit
 def next_use_backward(keys, row_ptr, row_time, nxt, out):
     """Fill ``out[i]`` with the time of the next row requesting ``keys[i]``, walking rows backwards.
 
@@ -136,7 +135,7 @@ def next_use_reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarr
     return out
 
 
-@njit(cache=True)
+@njit
 def widest_rows(experts, num_experts, pinned, out):
     """``out[l] = max(out[l], widest row of layer l)`` counting only experts that are not pinned."""
     T, L, K = experts.shape
@@ -151,7 +150,7 @@ def widest_rows(experts, num_experts, pinned, out):
                 out[layer] = m
 
 
-@njit(cache=True)
+@njit
 def pinned_hits(experts, num_experts, pinned, step_hits, hit_mask, record_mask):
     """Count the accesses to pinned experts into ``step_hits[t, l]`` (and set ``hit_mask``)."""
     T, L, K = experts.shape
@@ -165,7 +164,7 @@ def pinned_hits(experts, num_experts, pinned, step_hits, hit_mask, record_mask):
                         hit_mask[t, layer, k] = True
 
 
-@njit(cache=True)
+@njit
 def scatter_hits(hits, src, K, step_hits_flat, hit_mask_flat, record_mask):
     """Add each access's hit (``hits[i]``) to its (step, layer) count via ``src`` (flat index)."""
     for i in range(hits.shape[0]):

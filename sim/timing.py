@@ -35,14 +35,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.errors import ConfigError
-from sim.hierarchy import DemandRows, HierarchyConfig, HierarchyResult, Level, demand_rows, simulate_hierarchy
-from sim.prefetch import get_prefetcher, resolve_params
-from sim.profiles import GB, GIB, HardwareProfile, ModelProfile, load_hardware_profile, load_model_profile
-from traces.trace import Trace
-from traces.transforms import batch_decode, decode_only
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import (
+    DemandRows,
+    HierarchyConfig,
+    HierarchyResult,
+    Level,
+    demand_rows,
+    simulate_hierarchy,
+)
+from moesim.sim.prefetch import get_prefetcher, resolve_params
+from moesim.sim.profiles import (
+    GB,
+    GIB,
+    HardwareProfile,
+    ModelProfile,
+    load_hardware_profile,
+    load_model_profile,
+)
+from moesim.traces.trace import Trace
+from moesim.traces.transforms import batch_decode, decode_only
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ def compute_times(rows: DemandRows, active: np.ndarray, model: ModelProfile, hw:
     return ComputeTimes(attn, expert, head)
 
 
-@njit(cache=True)
+@njit
 def timeline(row_ptr, keys, num_layers, num_keys, attn, expert, head, ev_row, ev_key, ev_src, bytes_per_expert,
              h2d_s_per_byte, h2d_lat, ssd_s_per_byte, ssd_lat, step_time, stall, link_busy):
     """Fill ``step_time[t]`` (seconds per step) and ``stall[r]``; ``link_busy`` = [PCIe, SSD] busy seconds."""

@@ -16,7 +16,7 @@ LRU plus each prefetcher:
   x8), experts in DRAM, a shared GPU cache of every expert that fits beside the resident weights
   and 1 GiB of reserve.
 
-``python -m sim.validation`` prints the table as markdown.
+``python -m moesim.sim.validation`` prints the table as markdown.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sim.hierarchy import Level
-from sim.profiles import HardwareProfile, ModelProfile, load_hardware_profile, load_model_profile
-from sim.timing import OffloadResult, simulate_offload
-from traces.synth import generate_preset
+from moesim.sim.hierarchy import Level
+from moesim.sim.profiles import HardwareProfile, ModelProfile, load_hardware_profile, load_model_profile
+from moesim.sim.timing import OffloadResult, simulate_offload
+from moesim.traces.synth import generate_preset
 
 PAPER = "Eliseev & Mazur 2023, arXiv:2312.17238, Table 2"
 # (prefetcher, knobs) tried on top of LRU; the best realisable one is reported, the oracle apart.

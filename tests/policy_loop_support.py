@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import strategies as st
-
-from sim.policies import reference_rows, resolve_params
+from moesim.sim.policies import reference_rows, resolve_params
 
 NO_NEXT = np.zeros(0, np.int64)
 

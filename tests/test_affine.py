@@ -9,9 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from kernels.formats import get_format
-from kernels.formats._blockutil import (
+from moesim.kernels.formats import get_format
+from moesim.kernels.formats._blockutil import (
     ROUND_DOWN,
     ROUND_NEAREST,
     ROUND_UP,
@@ -19,8 +18,8 @@ from kernels.formats._blockutil import (
     fp16_round_ref,
     fp16_round_torch,
 )
-from kernels.formats.affine import FORMATS, AffineFormat
-from kernels.formats.base import FormatError, f32_to_bf16_bits
+from moesim.kernels.formats.affine import FORMATS, AffineFormat
+from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
 
 NAMES = sorted(FORMATS)
 

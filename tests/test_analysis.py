@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from moesim.kernels import analysis
+from moesim.kernels.analysis import COLUMNS, TABLES, analyze_checkpoint, read_table
+from moesim.kernels.analysis_plots import PLOT_NAMES, plot_all
+from moesim.kernels.checkpoint import Checkpoint, CheckpointError, NameRule, resolve_rules
+from moesim.kernels.formats import get_format
+from moesim.kernels.formats.base import FormatError
+from moesim.kernels.formats.gptoss import decode_gptoss, encode_gptoss, interleave_rows
 from safetensors.torch import save_file
-
-from kernels import analysis
-from kernels.analysis import COLUMNS, TABLES, analyze_checkpoint, read_table
-from kernels.analysis_plots import PLOT_NAMES, plot_all
-from kernels.checkpoint import Checkpoint, CheckpointError, NameRule, resolve_rules
-from kernels.formats import get_format
-from kernels.formats.base import FormatError
-from kernels.formats.gptoss import decode_gptoss, encode_gptoss, interleave_rows
 
 E, FF, H = 3, 32, 64  # experts, intermediate (FFN) width, hidden; multiples of 32 for MX / NVFP4 blocks
 SEED = 7
@@ -244,7 +243,7 @@ def _pair(case: str) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("case", ["random", "exact", "zero_both", "zero_ref", "zero_quant"])
 def test_error_metrics_match_kernels_metrics(case: str) -> None:
-    from kernels import metrics
+    from moesim.kernels import metrics
 
     w, wq = _pair(case)
     got = analysis.error_metrics(w, wq, seed=3, n_activations=16)

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from moesim.bench import plots
+from moesim.bench.aggregate import collect
+from moesim.bench.report import build_report
+from moesim.sim.app import CONF_DIR
+from moesim.sim.experiment import GIB, run_experiment
+from moesim.sim.profiles import load_model_profile
 from omegaconf.errors import ConfigKeyError, ValidationError
-
-from bench import plots
-from bench.aggregate import collect
-from bench.report import build_report
-from sim.app import CONF_DIR
-from sim.experiment import GIB, run_experiment
-from sim.profiles import load_model_profile
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["trace.requests=2", "quant.error_rows=8"]
@@ -91,10 +90,10 @@ def test_trace_that_does_not_match_the_model_is_refused(trace_cache: str) -> Non
 
 
 def test_relative_trace_path_resolves_from_the_launch_folder(tmp_path: Path, trace_cache: str) -> None:
-    from traces import io
+    from moesim.traces import io
 
     src = composed([*SMALL, f"trace.cache_dir={trace_cache}"])
-    from sim.experiment import load_trace
+    from moesim.sim.experiment import load_trace
 
     tr = load_trace(src.trace)
     io.save(tr, tmp_path / "t.safetensors")
@@ -107,7 +106,7 @@ def test_relative_trace_path_resolves_from_the_launch_folder(tmp_path: Path, tra
 
 def moesim(args: list[str], cwd: Path, cache: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MOESIM_CACHE=cache, HYDRA_FULL_ERROR="1")
-    return subprocess.run([sys.executable, "-m", "sim", *args], cwd=cwd, env=env, text=True, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "moesim.sim", *args], cwd=cwd, env=env, text=True, capture_output=True,
                           timeout=600, check=False)
 
 
@@ -209,7 +208,7 @@ def test_a_failing_job_is_recorded_and_resume_skips_finished_jobs(tmp_path: Path
 
 
 def test_report_command_on_a_folder(basic_sweep: Path, tmp_path: Path) -> None:
-    from bench.report import main
+    from moesim.bench.report import main
 
     assert main([str(basic_sweep), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").exists() and (tmp_path / "results.csv").exists()
@@ -245,9 +244,8 @@ def test_ray_launcher_local(tmp_path: Path, trace_cache: str) -> None:
 
 def test_analysis_sweep_and_measured_error_in_the_experiment(tmp_path: Path, trace_cache: str) -> None:
     import torch
+    from moesim.kernels.analysis import read_table
     from safetensors.torch import save_file
-
-    from kernels.analysis import read_table
 
     rng = torch.Generator().manual_seed(0)
     tensors = {f"model.layers.0.block_sparse_moe.experts.{e}.{p}.weight": torch.randn(64, 64, generator=rng)
@@ -255,7 +253,7 @@ def test_analysis_sweep_and_measured_error_in_the_experiment(tmp_path: Path, tra
     tensors["model.layers.0.unrelated.weight"] = torch.zeros(4)
     save_file(tensors, str(tmp_path / "model.safetensors"))
     env = dict(os.environ, MOESIM_CACHE=trace_cache)
-    res = subprocess.run([sys.executable, "-m", "kernels.analysis_app", "-m", "checkpoint=model.safetensors",
+    res = subprocess.run([sys.executable, "-m", "moesim.kernels.analysis_app", "-m", "checkpoint=model.safetensors",
                           "rules=mixtral", "formats=[mxfp4,nvfp4]", "sample_rows=16,32", "sweep_name=a", "plots=false"],
                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.history import history, load_runs, main
+from moesim.bench.history import history, load_runs, main
 
 
 def _run(path: Path, times: dict[str, float]) -> None:

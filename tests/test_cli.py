@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from traces import io
-from traces.cli import main
-from traces.plots import PLOT_NAMES
-from traces.stats import read_table, table_columns
-from traces.trace import PAD, Trace, TraceMeta, make_trace
+from moesim.traces import io
+from moesim.traces.cli import main
+from moesim.traces.plots import PLOT_NAMES
+from moesim.traces.stats import read_table, table_columns
+from moesim.traces.trace import PAD, Trace, TraceMeta, make_trace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,7 +171,7 @@ def test_stats_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def fake_synth(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """A stand-in ``traces.synth`` that records its calls (the real one is tested on its own)."""
     calls: list[tuple] = []
-    module = types.ModuleType("traces.synth")
+    module = types.ModuleType("moesim.traces.synth")
 
     def generate_preset(name: str, *, seed: int = 0, num_requests: int | None = None, **kw: object) -> Trace:
         calls.append((name, seed, num_requests))
@@ -181,7 +180,7 @@ def fake_synth(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return small_trace(seed, steps=10 * (num_requests or 4))
 
     module.generate_preset = generate_preset  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "traces.synth", module)
+    monkeypatch.setitem(sys.modules, "moesim.traces.synth", module)
     return calls
 
 
@@ -212,7 +211,7 @@ def test_demo_writes_trace_table_and_plots(fake_synth: list[tuple], tmp_path: Pa
 @pytest.mark.parametrize("command", ["demo", "generate"])
 def test_missing_generator_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "traces.synth", None)  # import fails as if the module were absent
+    monkeypatch.setitem(sys.modules, "moesim.traces.synth", None)  # import fails as if the module were absent
     args = ["demo", "--out", str(tmp_path / "d")] if command == "demo" else \
         ["generate", "default", "--out", str(tmp_path / "g.safetensors")]
     assert main(args) == 1
@@ -222,7 +221,7 @@ def test_missing_generator_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch, t
 
 def real_synth_or_skip() -> None:
     try:
-        from traces.synth import generate_preset
+        from moesim.traces.synth import generate_preset
 
         generate_preset("default", seed=0, num_requests=1)
     except (ImportError, FileNotFoundError) as exc:
@@ -261,7 +260,7 @@ def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_runs_as_a_module(trace_file: Path) -> None:
-    for module in ("traces.cli", "traces"):
+    for module in ("moesim.traces.cli", "moesim.traces"):
         done = subprocess.run([sys.executable, "-m", module, "validate", str(trace_file)], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -11,8 +11,7 @@ import itertools
 
 import numpy as np
 import pytest
-
-from sim.policies import clock
+from moesim.sim.policies import clock
 
 NO_NEXT = np.zeros(0, np.int64)
 

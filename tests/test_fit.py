@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from traces import fit as fitmod
-from traces import stats, synth
-from traces.fit import fit, fit_gate_scale, fit_report, layer_mi, load_real_trace, synthetic_like
-from traces.fitstats import (
+from moesim.traces import fit as fitmod
+from moesim.traces import stats, synth
+from moesim.traces.fit import fit, fit_gate_scale, fit_report, layer_mi, load_real_trace, synthetic_like
+from moesim.traces.fitstats import (
     cross_pairs,
     domain_pairs,
     interlayer_mi,
@@ -26,9 +25,9 @@ from traces.fitstats import (
     top_share,
     trace_stats,
 )
-from traces.importers import shared_data_dir
-from traces.synth import SynthConfig, gate_weights, generate, generate_with_plan
-from traces.trace import DECODE, PREFILL, Trace, TraceMeta, make_trace, validate_trace
+from moesim.traces.importers import shared_data_dir
+from moesim.traces.synth import SynthConfig, gate_weights, generate, generate_with_plan
+from moesim.traces.trace import DECODE, PREFILL, Trace, TraceMeta, make_trace, validate_trace
 
 # The recovery config: 4 layers x 16 experts, top-2, 60 requests (about 6600 steps), every knob on,
 # with different skew and reuse per layer. Affinity is kept at 1: at larger values the token types'
@@ -341,7 +340,7 @@ def test_fit_real_olmoe_slice() -> None:
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_write_presets_from_the_real_traces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``python -m traces.fit --write-presets`` into a scratch folder (about 30 s): one JSON per model
+    """``python -m moesim.traces.fit --write-presets`` into a scratch folder (about 30 s): one JSON per model
     shape, which the preset loader turns into a valid trace of that shape."""
     base = shared_data_dir()
     if base is None:

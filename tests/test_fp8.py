@@ -9,10 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from kernels.formats import get_format
-from kernels.formats.base import FormatError, f32_to_bf16_bits
-from kernels.formats.fp8 import FORMATS, FP8Format
+from moesim.kernels.formats import get_format
+from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
+from moesim.kernels.formats.fp8 import FORMATS, FP8Format
 
 NAMES = sorted(FORMATS)
 F32_MAX = float(np.finfo(np.float32).max)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import moesim.sim.replay as engine
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import sim.replay as engine
-from sim.policies import get_policy, list_policies
-from traces.trace import TraceMeta, make_trace
+from moesim.sim.policies import get_policy, list_policies
+from moesim.traces.trace import TraceMeta, make_trace
 
 FUSED = [n for n in list_policies() if hasattr(get_policy(n), "replay_steps")]
 

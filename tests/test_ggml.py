@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from kernels.formats import FormatError
-from kernels.formats.ggml_mxfp4 import BLOCK_BYTES, decode_ggml, from_ggml, to_ggml
-from kernels.formats.gptoss import decode_gptoss, encode_gptoss
+from moesim.kernels.formats import FormatError
+from moesim.kernels.formats.ggml_mxfp4 import BLOCK_BYTES, decode_ggml, from_ggml, to_ggml
+from moesim.kernels.formats.gptoss import decode_gptoss, encode_gptoss
 
 # ggml's kvalues_mxfp4: the E2M1 values doubled (codes 8-15 negative).
 KVALUES = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]

@@ -11,9 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from kernels.formats import FormatError, get_format
-from kernels.formats.gptoss import (
+from moesim.kernels.formats import FormatError, get_format
+from moesim.kernels.formats.gptoss import (
     decode_gptoss,
     decode_gptoss_torch,
     deinterleave_rows,

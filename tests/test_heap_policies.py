@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.kernel import replay_kernel
+from moesim.sim.policies import get_policy, reference_rows, replay_rows
+from moesim.sim.policies import lfu as lfu_mod
+from moesim.sim.policies import lfuda as lfuda_mod
+from moesim.sim.policies import opt as opt_mod
+from moesim.sim.rows import next_use_times
 from numba import njit
-
-from sim.kernel import replay_kernel
-from sim.policies import get_policy, reference_rows, replay_rows
-from sim.policies import lfu as lfu_mod
-from sim.policies import lfuda as lfuda_mod
-from sim.policies import opt as opt_mod
-from sim.rows import next_use_times
 
 POLICIES = ["opt", "lfu", "lfuda"]
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from sim.errors import ConfigError
-from sim.hierarchy import HierarchyConfig, Level, demand_rows, prefetch_next_use, simulate_hierarchy
-from sim.hierarchy_ref import reference_hierarchy
-from sim.kernel import NEVER
-from sim.policies import replay_rows
-from sim.prefetch import plan_from_lists
-from traces.trace import TraceMeta, make_trace
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import HierarchyConfig, Level, demand_rows, prefetch_next_use, simulate_hierarchy
+from moesim.sim.hierarchy_ref import reference_hierarchy
+from moesim.sim.kernel import NEVER
+from moesim.sim.policies import replay_rows
+from moesim.sim.prefetch import plan_from_lists
+from moesim.traces.trace import TraceMeta, make_trace
 
 
 def trace_of(rows: list[list[list[int]]], num_experts: int):

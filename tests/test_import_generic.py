@@ -11,11 +11,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from traces.errors import ImportFormatError
-from traces.import_generic import import_expert_ids, import_router_logits
-from traces.routing_rules import RoutingRule, RoutingRuleError, apply_rule, rule_for_config, rule_from_name
-from traces.trace import PAD
+from moesim.traces.errors import ImportFormatError
+from moesim.traces.import_generic import import_expert_ids, import_router_logits
+from moesim.traces.routing_rules import (
+    RoutingRule,
+    RoutingRuleError,
+    apply_rule,
+    rule_for_config,
+    rule_from_name,
+)
+from moesim.traces.trace import PAD
 
 LN2, LN4 = math.log(2.0), math.log(4.0)
 

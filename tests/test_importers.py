@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from traces.errors import ImportFormatError
-from traces.importers import OLMOE_DOMAINS, import_mixtral_jsonl, import_olmoe_npz, shared_data_dir
-from traces.trace import DECODE
+from moesim.traces.errors import ImportFormatError
+from moesim.traces.importers import OLMOE_DOMAINS, import_mixtral_jsonl, import_olmoe_npz, shared_data_dir
+from moesim.traces.trace import DECODE
 
 # ---- OLMoE fixture ---------------------------------------------------------------------------
 

@@ -9,11 +9,10 @@ import itertools
 
 import numpy as np
 import pytest
+from moesim.sim.kernel import replay_kernel
+from moesim.sim.policies import lfuda as lfuda_mod
+from moesim.sim.policies import reference_rows
 from numba import njit
-
-from sim.kernel import replay_kernel
-from sim.policies import lfuda as lfuda_mod
-from sim.policies import reference_rows
 
 CAP = 5
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.policies import lirs
 from policy_loop_support import (
     check_rows_and_cut,
     new_policy_state,
@@ -21,8 +22,6 @@ from policy_loop_support import (
     three_ways_state,
     wide_rows,
 )
-
-from sim.policies import lirs
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOOPS = {"replay": lirs.replay, "replay_by_access": lirs.replay_by_access}

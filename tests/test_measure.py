@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from sim.measure import disk_read, host_memcpy_gbps, main, measure, to_yaml
-from sim.profiles import HardwareProfile, load_hardware_profile
+from moesim.sim.measure import disk_read, host_memcpy_gbps, main, measure, to_yaml
+from moesim.sim.profiles import HardwareProfile, load_hardware_profile
 
 TINY = 1 << 20
 

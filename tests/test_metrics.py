@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from kernels.metrics import (
+from moesim.kernels.metrics import (
     cosine_similarity,
     max_abs_error,
     mse,

@@ -11,8 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from kernels import minifloat as mf
+from moesim.kernels import minifloat as mf
 
 ALL = list(mf.SPECS.values())
 IDS = [s.name for s in ALL]

@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from sim.errors import ConfigError
-from sim.mrc import (
+from moesim.sim.errors import ConfigError
+from moesim.sim.mrc import (
     hit_ratio_curve,
     lru_hit_curve,
     make_stack_state,
     stack_distances,
     stack_distances_reference,
 )
-from sim.replay import replay
-from traces.trace import Trace, TraceMeta, make_trace
+from moesim.sim.replay import replay
+from moesim.traces.trace import Trace, TraceMeta, make_trace
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,11 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from kernels.formats import FormatError, get_format
-from kernels.formats import _mx_numba as nbk
-from kernels.formats._mx_common import ELEMENTS, element_lut
-from kernels.formats.mx import FORMATS, MXFormat
+from moesim.kernels.formats import FormatError, get_format
+from moesim.kernels.formats import _mx_numba as nbk
+from moesim.kernels.formats._mx_common import ELEMENTS, element_lut
+from moesim.kernels.formats.mx import FORMATS, MXFormat
 
 MX_NAMES = sorted(FORMATS)
 BASE_NAMES = sorted(n for n in MX_NAMES if not n.endswith("-rceil"))

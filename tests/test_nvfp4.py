@@ -10,9 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from kernels.formats import get_format
-from kernels.formats.base import FormatError, f32_to_bf16_bits
+from moesim.kernels.formats import get_format
+from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
 
 FMT = get_format("nvfp4")
 F32_MAX = float(np.finfo(np.float32).max)

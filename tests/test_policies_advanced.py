@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.errors import ConfigError
+from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import watermark as wm
+from moesim.sim.rows import next_use_reference
 from test_policies_core import SEQ, csr, hits_at, row_traces, run, try_run
-
-from sim.errors import ConfigError
-from sim.policies import get_policy, reference_rows, replay_rows, resolve_params
-from sim.policies import watermark as wm
-from sim.rows import next_use_reference
 
 ADVANCED = ["arc", "layeraware", "lirs", "s3fifo", "twoq", "watermark"]
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,8 +173,8 @@ def test_watermark_in_the_engine_counts_ticks_per_layer() -> None:
     # replay() passes the trace's layer count, so a decayed frequency ages once per token (every
     # L global steps), not once per step: the engine equals the policy run with _num_layers = L and
     # differs from the same keys aged per step.
-    from sim.replay import replay
-    from traces.trace import TraceMeta, make_trace
+    from moesim.sim.replay import replay
+    from moesim.traces.trace import TraceMeta, make_trace
 
     rng = np.random.default_rng(11)
     L, E = 3, 4
@@ -265,8 +264,8 @@ def test_layeraware_per_layer_cache_uses_its_layer() -> None:
 
 
 def test_layeraware_in_the_engine_matches_the_layer_clock() -> None:
-    from sim.replay import replay
-    from traces.trace import TraceMeta, make_trace
+    from moesim.sim.replay import replay
+    from moesim.traces.trace import TraceMeta, make_trace
 
     rng = np.random.default_rng(4)
     L, E, T = 4, 6, 50

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from sim.errors import ConfigError
-from sim.kernel import NEVER
-from sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_params
-from sim.policies import lru as lru_mod
-from sim.rows import next_use_reference, next_use_times
+from moesim.sim.errors import ConfigError
+from moesim.sim.kernel import NEVER
+from moesim.sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import lru as lru_mod
+from moesim.sim.rows import next_use_reference, next_use_times
 
 CORE = ["clock", "fifo", "lfu", "lfuda", "lru", "opt", "random", "sieve", "static"]
 DEMAND = [p for p in CORE if p != "static"]  # the policies that insert on every miss

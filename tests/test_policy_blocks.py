@@ -10,9 +10,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from policy_loop_support import csr
-
-from sim.policies import (
+from moesim.sim.policies import (
     get_policy,
     list_policies,
     needs_next_use,
@@ -20,7 +18,8 @@ from sim.policies import (
     replay_rows,
     resolve_params,
 )
-from sim.rows import next_use_times
+from moesim.sim.rows import next_use_times
+from policy_loop_support import csr
 
 NO_NEXT = np.zeros(0, np.int64)
 SEED = 3  # Random draws from it; the other policies ignore it

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.policies import clock, fifo, random_evict, reference_rows, replay_rows, sieve
 from policy_loop_support import csr, row_traces
-
-from sim.policies import clock, fifo, random_evict, reference_rows, replay_rows, sieve
 
 POLICIES = {"fifo": fifo, "clock": clock, "sieve": sieve, "random": random_evict}
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.policies import arc, lru, reference_rows, replay_rows, resolve_params, twoq
 from policy_loop_support import csr, row_traces
-
-from sim.policies import arc, lru, reference_rows, replay_rows, resolve_params, twoq
 
 POLICIES = {"lru": lru, "arc": arc, "twoq": twoq}
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

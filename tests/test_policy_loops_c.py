@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.policies import lirs, reference_rows, replay_rows, resolve_params, s3fifo
 from policy_loop_support import csr, queue, row_traces
-
-from sim.policies import lirs, reference_rows, replay_rows, resolve_params, s3fifo
 
 POLICIES = {"s3fifo": s3fifo, "lirs": lirs}
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.policies import arc, lru, reference_rows, replay_rows
 from policy_loop_support import csr, queue, row_traces
-
-from sim.policies import arc, lru, reference_rows, replay_rows
 
 POLICIES = {"arc": arc, "lru": lru}
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

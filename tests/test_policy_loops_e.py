@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.kernel import NEVER
+from moesim.sim.policies import lirs, opt, reference_rows, resolve_params
+from moesim.sim.rows import next_use_times
 from policy_loop_support import csr
-
-from sim.kernel import NEVER
-from sim.policies import lirs, opt, reference_rows, resolve_params
-from sim.rows import next_use_times
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

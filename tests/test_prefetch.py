@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.errors import ConfigError
-from sim.hierarchy import HierarchyConfig, Level, simulate_hierarchy
-from sim.prefetch import get_prefetcher, list_prefetchers, make_plan, plan_from_lists, resolve_params
-from sim.prefetch.speculative import predictions
-from sim.profiles import HardwareProfile, ModelProfile
-from sim.timing import simulate_offload
-from traces.trace import TraceMeta, make_trace
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import HierarchyConfig, Level, simulate_hierarchy
+from moesim.sim.prefetch import get_prefetcher, list_prefetchers, make_plan, plan_from_lists, resolve_params
+from moesim.sim.prefetch.speculative import predictions
+from moesim.sim.profiles import HardwareProfile, ModelProfile
+from moesim.sim.timing import simulate_offload
+from moesim.traces.trace import TraceMeta, make_trace
 
 
 def trace_of(rows: list[list[list[int]]], num_experts: int, top_k: int = 1, **kw):

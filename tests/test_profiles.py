@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kernels.formats import get_format
-from sim.profiles import (
+from moesim.kernels.formats import get_format
+from moesim.sim.profiles import (
     CONF_DIR,
     HardwareProfile,
     ModelProfile,

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from sim.errors import ConfigError
-from sim.pinning import choose_pinned, expert_counts
-from sim.policies import get_policy, resolve_params
-from sim.replay import instance_seed, replay, resolve_capacity
-from sim.replay_cli import main as cli_main
-from sim.rows import next_use_reference
-from traces.importers import shared_data_dir
-from traces.io import load, save
-from traces.trace import DECODE, PREFILL, Trace, TraceMeta, make_trace
+from moesim.sim.errors import ConfigError
+from moesim.sim.pinning import choose_pinned, expert_counts
+from moesim.sim.policies import get_policy, resolve_params
+from moesim.sim.replay import instance_seed, replay, resolve_capacity
+from moesim.sim.replay_cli import main as cli_main
+from moesim.sim.rows import next_use_reference
+from moesim.traces.importers import shared_data_dir
+from moesim.traces.io import load, save
+from moesim.traces.trace import DECODE, PREFILL, Trace, TraceMeta, make_trace
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -368,8 +367,8 @@ def test_real_olmoe_trace_opt_bounds_the_online_policies() -> None:
     data = shared_data_dir()
     if data is None or not (data / "olmoe-1b-7b" / "olmoe_decode_all.npz").exists():
         pytest.skip("shared routing traces are not available")
-    from traces.importers import import_olmoe_npz
-    from traces.transforms import slice_requests
+    from moesim.traces.importers import import_olmoe_npz
+    from moesim.traces.transforms import slice_requests
 
     tr = slice_requests(import_olmoe_npz(data / "olmoe-1b-7b" / "olmoe_decode_all.npz"), slice(0, 6))
     results = {p: replay(tr, p, 256) for p in ("lru", "fifo", "lfu", "sieve", "opt")}

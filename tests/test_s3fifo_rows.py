@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.sim.policies import s3fifo
 from policy_loop_support import (
     check_rows_and_cut,
     new_policy_state,
@@ -20,8 +21,6 @@ from policy_loop_support import (
     three_ways_state,
     wide_rows,
 )
-
-from sim.policies import s3fifo
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LOOPS = {"replay": s3fifo.replay, "replay_by_access": s3fifo.replay_by_access}

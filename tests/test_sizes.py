@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from kernels.formats import FormatError
-from kernels.sizes import expert_bytes, gated_expert_shapes, matrix_bytes
+from moesim.kernels.formats import FormatError
+from moesim.kernels.sizes import expert_bytes, gated_expert_shapes, matrix_bytes
 
 # Mixtral-8x7B's expert: hidden 4096, intermediate 14336; three matrices of 4096 * 14336 weights.
 MIXTRAL = gated_expert_shapes(4096, 14336)

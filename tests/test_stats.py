@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from traces import io, stats
-from traces.plots import (
+from moesim.traces import io, stats
+from moesim.traces.plots import (
     PLOT_NAMES,
     affinity_heatmap,
     affinity_matrix,
@@ -21,14 +20,14 @@ from traces.plots import (
     popularity_heatmap,
     reuse_distance_cdf,
 )
-from traces.stats_kernel import (
+from moesim.traces.stats_kernel import (
     reuse_chunk,
     reuse_chunk_reference,
     stack_distances_reference,
     transitions_chunk,
     transitions_chunk_reference,
 )
-from traces.trace import PAD, Trace, TraceMeta, make_trace
+from moesim.traces.trace import PAD, Trace, TraceMeta, make_trace
 
 
 def trace_of(rows: list, E: int, request_id: list[int] | None = None, **kw: object) -> Trace:

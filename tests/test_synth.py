@@ -6,15 +6,14 @@ from __future__ import annotations
 import itertools
 import math
 
+import moesim.traces.synth as synth
+import moesim.traces.synth_kernel as synth_kernel
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import traces.synth as synth
-import traces.synth_kernel as synth_kernel
-from traces import fitstats, stats
-from traces.synth import (
+from moesim.traces import fitstats, stats
+from moesim.traces.synth import (
     PRESET_NAMES,
     RequestPlan,
     SynthConfig,
@@ -26,8 +25,8 @@ from traces.synth import (
     preset,
     resample_layers,
 )
-from traces.synth_kernel import sample_rows_reference
-from traces.trace import DECODE, PREFILL, Trace, validate_trace
+from moesim.traces.synth_kernel import sample_rows_reference
+from moesim.traces.trace import DECODE, PREFILL, Trace, validate_trace
 
 ARRAYS = ("experts", "gate_weights", "request_id", "position", "phase", "domain")
 # (layers, experts, top-k) from the models' published configs.

@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.errors import ConfigError
-from sim.hierarchy import DemandRows, HierarchyConfig, Level, demand_rows, simulate_hierarchy
-from sim.prefetch import make_plan
-from sim.profiles import (
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import DemandRows, HierarchyConfig, Level, demand_rows, simulate_hierarchy
+from moesim.sim.prefetch import make_plan
+from moesim.sim.profiles import (
     HardwareProfile,
     ModelProfile,
     ProfileError,
     load_hardware_profile,
     load_model_profile,
 )
-from sim.timing import (
+from moesim.sim.timing import (
     ComputeTimes,
     Links,
     compute_times,
@@ -29,10 +28,10 @@ from sim.timing import (
     timeline,
     timeline_reference,
 )
-from sim.validation import ExplicitBitsModel, markdown_table, run_validation
-from traces.synth import generate_preset
-from traces.trace import TraceMeta, make_trace
-from traces.transforms import decode_only
+from moesim.sim.validation import ExplicitBitsModel, markdown_table, run_validation
+from moesim.traces.synth import generate_preset
+from moesim.traces.trace import TraceMeta, make_trace
+from moesim.traces.transforms import decode_only
 
 REL = 1e-12
 H, I_SIZE = 64, 32

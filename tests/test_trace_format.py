@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import save as st_save
-
-from traces import io
-from traces.errors import (
+from moesim.traces import io
+from moesim.traces.errors import (
     CorruptTraceFileError,
     DuplicateExpertError,
     ExpertIdRangeError,
@@ -24,7 +22,8 @@ from traces.errors import (
     ShapeMismatchError,
     TraceError,
 )
-from traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, make_trace
+from moesim.traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, make_trace
+from safetensors.numpy import save as st_save
 
 FORMATS = [".safetensors", ".npz", ".csv", ".jsonl"]
 OPTIONAL = ("gate_weights", "request_id", "position", "phase", "domain", "predicted")
@@ -448,7 +447,7 @@ def test_errors_in_memory_name_memory() -> None:
 
 
 def test_validation_walks_every_chunk() -> None:
-    from traces.trace import validate_trace
+    from moesim.traces.trace import validate_trace
 
     e = np.tile(np.array([0, 1, 2], np.int16), (10, 2, 1))
     e[9, 1, 2] = 7

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from traces.errors import TraceError
-from traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, make_trace
-from traces.transforms import batch_decode, decode_only, select_layers, slice_requests
+from moesim.traces.errors import TraceError
+from moesim.traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, make_trace
+from moesim.traces.transforms import batch_decode, decode_only, select_layers, slice_requests
 
 
 def three_requests() -> Trace:

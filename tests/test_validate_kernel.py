@@ -6,8 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from traces.validate_kernel import first_duplicate_row, first_out_of_range
+from moesim.traces.validate_kernel import first_duplicate_row, first_out_of_range
 
 
 def ref_out_of_range(flat: np.ndarray, num_experts: int) -> int:

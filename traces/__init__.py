@@ -1,6 +1,6 @@
 """Routing traces: the format, its readers and writers, importers, generators and statistics."""
 
-from traces.errors import (
+from moesim.traces.errors import (
     CorruptTraceFileError,
     DuplicateExpertError,
     ExpertIdRangeError,
@@ -10,8 +10,8 @@ from traces.errors import (
     ShapeMismatchError,
     TraceError,
 )
-from traces.io import load, load_any, save, save_any
-from traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, make_trace, validate_trace
+from moesim.traces.io import load, load_any, save, save_any
+from moesim.traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, make_trace, validate_trace
 
 __all__ = [
     "DECODE", "PAD", "PREFILL", "CorruptTraceFileError", "DuplicateExpertError", "ExpertIdRangeError",

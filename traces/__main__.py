@@ -1,7 +1,7 @@
-"""``python -m traces``: the same command line as ``moesim-trace`` (:mod:`traces.cli`)."""
+"""``python -m moesim.traces``: the same command line as ``moesim-trace`` (:mod:`traces.cli`)."""
 
 import sys
 
-from traces.cli import main
+from moesim.traces.cli import main
 
 sys.exit(main())

@@ -16,12 +16,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from traces.errors import TraceError
-from traces.importers import import_mixtral_jsonl, import_olmoe_npz
-from traces.io import load_any, save_any
-from traces.plots import plot_all
-from traces.stats import WINDOW_DEFAULT, compute_stats, describe, summary_table, write_table
-from traces.trace import Trace
+from moesim.traces.errors import TraceError
+from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
+from moesim.traces.io import load_any, save_any
+from moesim.traces.plots import plot_all
+from moesim.traces.stats import WINDOW_DEFAULT, compute_stats, describe, summary_table, write_table
+from moesim.traces.trace import Trace
 
 # Errors a bad file or argument can raise; anything else is a bug and keeps its traceback.
 _INPUT_ERRORS = (TraceError, OSError, ValueError)
@@ -36,7 +36,7 @@ class SynthUnavailableError(RuntimeError):
 
 def _synth() -> ModuleType:
     try:
-        return importlib.import_module("traces.synth")
+        return importlib.import_module("moesim.traces.synth")
     except ImportError as exc:
         raise SynthUnavailableError(
             f"the synthetic generator traces.synth is not available ({exc}); `generate` and `demo` "

@@ -16,7 +16,7 @@
   while a knob's bracket ends on the window's edge.
 
 :func:`fit_report` lists real vs synthetic values of the statistics in :mod:`traces.fitstats` with
-their relative error. ``python -m traces.fit --write-presets`` regenerates ``traces/presets/*.json``
+their relative error. ``python -m moesim.traces.fit --write-presets`` regenerates ``traces/presets/*.json``
 from the real traces in the shared data folder.
 """
 
@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.fitstats import request_lengths, trace_stats
-from traces.io import atomic_write_text
-from traces.synth import (
+from moesim.traces.fitstats import request_lengths, trace_stats
+from moesim.traces.io import atomic_write_text
+from moesim.traces.synth import (
     MODEL_SHAPES,
     PRESET_KNOBS,
     SYNTH_VERSION,
@@ -46,7 +45,7 @@ from traces.synth import (
     preset_file,
     resample_layers,
 )
-from traces.trace import Trace
+from moesim.traces.trace import Trace
 
 # 2: windows of later passes slide when a bracket ends on an inner edge (presets fitted with 1 lack it).
 FIT_VERSION = "2"
@@ -288,7 +287,7 @@ REAL_TRACES = {
 
 def load_real_trace(name: str, data_dir: str | os.PathLike[str]) -> Trace:
     """One of the real traces of the shared data folder (``REAL_TRACES``)."""
-    from traces.importers import import_mixtral_jsonl, import_olmoe_npz
+    from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
 
     root = Path(data_dir)
     if name == "olmoe-1b-7b":
@@ -319,7 +318,7 @@ def _summary(report: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
 def fit_presets_from_shared_data(out_dir: str | os.PathLike[str] | None = None,
                                  data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Fit both real traces and write one JSON of knobs per model preset; returns the files written."""
-    from traces.importers import shared_data_dir
+    from moesim.traces.importers import shared_data_dir
 
     data = Path(data_dir) if data_dir is not None else shared_data_dir()
     if data is None or not data.is_dir():
@@ -357,7 +356,7 @@ def fit_presets_from_shared_data(out_dir: str | os.PathLike[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m traces.fit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m moesim.traces.fit", description=__doc__.splitlines()[0])
     parser.add_argument("--write-presets", action="store_true",
                         help="refit the real traces of the shared data folder and rewrite traces/presets/")
     parser.add_argument("--out-dir", default=None, help="where to write the preset JSONs")

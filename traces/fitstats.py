@@ -23,8 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from traces.trace import PAD, Trace
+from moesim.traces.trace import PAD, Trace
 
 FAR_LAGS = (16, 32)
 _MI_CHUNK_STEPS = 1 << 12

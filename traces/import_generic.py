@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.errors import ImportFormatError
-from traces.routing_rules import RoutingRule, RoutingRuleError, apply_rule, rule_from_name
-from traces.trace import EXPERT_DTYPE, GATE_DTYPE, PAD, Trace, TraceMeta, make_trace, now_iso
+from moesim.traces.errors import ImportFormatError
+from moesim.traces.routing_rules import RoutingRule, RoutingRuleError, apply_rule, rule_from_name
+from moesim.traces.trace import EXPERT_DTYPE, GATE_DTYPE, PAD, Trace, TraceMeta, make_trace, now_iso
 
 IMPORTER_VERSION = "1"
 _LAYER_KEY = re.compile(r"^(?:.*?[^0-9])?(\d+)$")

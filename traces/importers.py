@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from traces.errors import ImportFormatError
-from traces.trace import DECODE, EXPERT_DTYPE, GATE_DTYPE, Trace, TraceMeta, make_trace, now_iso
+from moesim.traces.errors import ImportFormatError
+from moesim.traces.trace import DECODE, EXPERT_DTYPE, GATE_DTYPE, Trace, TraceMeta, make_trace, now_iso
 
 IMPORTER_VERSION = "1"
 OLMOE_DOMAINS = ["wikitext-103", "mbpp", "gsm8k", "arc-challenge"]

@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save as save_safetensors_bytes
-
-from traces.errors import CorruptTraceFileError, ImportFormatError, ShapeMismatchError, TraceError
-from traces.trace import (
+from moesim.traces.errors import CorruptTraceFileError, ImportFormatError, ShapeMismatchError, TraceError
+from moesim.traces.trace import (
     EXPERT_DTYPE,
     GATE_DTYPE,
     PAD,
@@ -33,6 +31,7 @@ from traces.trace import (
     TraceMeta,
     make_trace,
 )
+from safetensors.numpy import save as save_safetensors_bytes
 
 _ST_DTYPES = {"I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8,
               "F16": np.float16, "F32": np.float32, "F64": np.float64}

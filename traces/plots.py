@@ -16,10 +16,9 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-
-from traces.io import atomic_path
-from traces.stats import TraceStats, compute_stats
-from traces.trace import Trace
+from moesim.traces.io import atomic_path
+from moesim.traces.stats import TraceStats, compute_stats
+from moesim.traces.trace import Trace
 
 PLOT_NAMES = ("popularity.png", "reuse_distance_cdf.png", "layer_affinity.png")
 

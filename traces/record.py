@@ -38,19 +38,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
-from traces.errors import TraceError
-from traces.record_routers import (
+from moesim.traces.errors import TraceError
+from moesim.traces.record_routers import (
     MoeLayer,
     UnsupportedModelError,
     decode_router_output,
     find_moe_layers,
     layer_rule,
 )
-from traces.record_writer import DEFAULT_CHUNK_STEPS, ChunkedTraceWriter
-from traces.routing_rules import RoutingRule
-from traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, now_iso
+from moesim.traces.record_writer import DEFAULT_CHUNK_STEPS, ChunkedTraceWriter
+from moesim.traces.routing_rules import RoutingRule
+from moesim.traces.trace import DECODE, PAD, PREFILL, Trace, TraceMeta, now_iso
+from torch import nn
 
 RECORDER_VERSION = "1"
 PREDICTION_INPUT = ("output hidden state of the decoder layer holding MoE layer l (residual stream after "

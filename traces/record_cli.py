@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.errors import TraceError
+from moesim.traces.errors import TraceError
 
 # Hub kernels would replace layers with downloaded code; this project also has its own top-level
 # package named `kernels`, which transformers must never take for Hugging Face's. Nothing is fetched.
@@ -130,9 +130,8 @@ def read_prompts(path: str, tokenizer_dir: Path | None) -> list[list[int]]:
 
 def run(args: dict[str, str]) -> Any:
     import torch
+    from moesim.traces.record import record_routing
     from transformers import AutoModelForCausalLM
-
-    from traces.record import record_routing
 
     model_dir = _local_dir(args["model"], "model")
     tok_dir = _local_dir(args["tokenizer"], "tokenizer") if args["tokenizer"] else model_dir

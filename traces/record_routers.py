@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from moesim.traces.routing_rules import RoutingRule, RoutingRuleError, apply_rule, rule_for_config
 from torch import nn
-
-from traces.routing_rules import RoutingRule, RoutingRuleError, apply_rule, rule_for_config
 
 BLOCK_NAMES = ("mlp", "block_sparse_moe", "moe", "feed_forward")
 ROUTER_NAMES = ("gate", "router")

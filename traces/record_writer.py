@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.errors import ShapeMismatchError
-from traces.io import atomic_path, load
-from traces.trace import EXPERT_DTYPE, GATE_DTYPE, STEP_FIELDS, Trace, TraceMeta, make_trace
+from moesim.traces.errors import ShapeMismatchError
+from moesim.traces.io import atomic_path, load
+from moesim.traces.trace import EXPERT_DTYPE, GATE_DTYPE, STEP_FIELDS, Trace, TraceMeta, make_trace
 
 # Tensor order in the file, and each field's dtype and per-step shape kind.
 _FIELD_ORDER = ("experts", "gate_weights", "predicted", "request_id", "position", "phase", "domain")

@@ -47,10 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.io import atomic_path
-from traces.stats_kernel import GAP_BINS, new_state, reuse_chunk, stack_distance_chunk, transitions_chunk
-from traces.trace import PAD, PHASE_NAMES, Trace
+from moesim.traces.io import atomic_path
+from moesim.traces.stats_kernel import (
+    GAP_BINS,
+    new_state,
+    reuse_chunk,
+    stack_distance_chunk,
+    transitions_chunk,
+)
+from moesim.traces.trace import PAD, PHASE_NAMES, Trace
 
 HOT_DEFAULT: tuple[float, ...] = (1, 4, 8, 0.25)
 WINDOW_DEFAULT = 32

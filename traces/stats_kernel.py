@@ -20,10 +20,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-import sim.numba_env  # noqa: F401  (sets numba's cache folder before numba is imported)
-
 # isort: split
-from numba import njit
+from moesim.kernels.jit import njit
 
 GAP_BINS = 64  # gap histogram bin b holds gaps g with 2**b <= g < 2**(b + 1)
 
@@ -46,7 +44,7 @@ def new_state(num_layers: int, num_experts: int, capacity: int | None = None) ->
     return last_slot, last_step, tree, counters
 
 
-@njit(cache=True)
+@njit
 def _fenwick_add(tree, slot, delta):
     i = slot + 1
     n = tree.shape[0]
@@ -55,7 +53,7 @@ def _fenwick_add(tree, slot, delta):
         i += i & (-i)
 
 
-@njit(cache=True)
+@njit
 def _fenwick_prefix(tree, slot):
     """Number of keys whose last slot is <= ``slot``."""
     i = slot + 1
@@ -66,7 +64,7 @@ def _fenwick_prefix(tree, slot):
     return total
 
 
-@njit(cache=True)
+@njit
 def _renumber(last_slot, tree, counters):
     """Map the live slots onto 0..m-1 (order and ties kept) and rebuild the tree."""
     live_keys = np.flatnonzero(last_slot >= 0)
@@ -94,7 +92,7 @@ def _floor_log2(g):
     return b
 
 
-@njit(cache=True)
+@njit
 def stack_distance_chunk(experts, first_step, num_experts, last_slot, last_step, tree, counters,
                          dist_hist, first, gap_hist, gap_sum):
     """Add the accesses of ``experts`` (int16 ``[n, L, K]``, token ``first_step`` onwards) to the
@@ -172,7 +170,7 @@ def stack_distances_reference(rows: Iterable[np.ndarray], num_layers: int, num_e
 
 # ---- per-token statistics: step-to-step reuse and inter-layer transitions ---------------------------
 
-@njit(cache=True)
+@njit
 def reuse_chunk(experts, prev_row, has_prev, hits, total):
     """Add ``|S(t, l) & S(t - 1, l)|`` to ``hits[l]`` and ``|S(t, l)|`` to ``total[l]`` for every step
     ``t`` with ``has_prev[t]``; the row before step 0 of the chunk is ``prev_row`` ``[L, K]``."""
@@ -205,7 +203,7 @@ def reuse_chunk_reference(experts: np.ndarray, prev_row: np.ndarray, has_prev: n
     total += (cur >= 0).sum(axis=(0, 2))
 
 
-@njit(cache=True)
+@njit
 def transitions_chunk(experts, counts):
     """Add 1 to ``counts[l, i, j]`` for every ``i`` in row ``(t, l)`` and ``j`` in row ``(t, l + 1)``."""
     n, num_layers, width = experts.shape

@@ -18,13 +18,12 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.synth_kernel import sample_rows
-from traces.trace import DECODE, EXPERT_DTYPE, GATE_DTYPE, PREFILL, Trace, TraceMeta, make_trace
+from moesim.traces.synth_kernel import sample_rows
+from moesim.traces.trace import DECODE, EXPERT_DTYPE, GATE_DTYPE, PREFILL, Trace, TraceMeta, make_trace
 
 SYNTH_VERSION = "1"
 PerLayer = float | tuple[float, ...]
@@ -387,12 +386,13 @@ def preset_file(name: str) -> str:
 
 def load_preset_json(name: str) -> dict[str, Any]:
     """The stored knobs of model preset ``name`` (``traces/presets/<name>.json``)."""
-    ref = resources.files("traces").joinpath("presets", preset_file(name))
+    # Beside this file in the repository and in an installed wheel alike (package data).
+    ref = Path(__file__).resolve().parent / "presets" / preset_file(name)
     try:
         return json.loads(ref.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{ref}: preset knobs are missing; regenerate them with "
-                                "`python -m traces.fit --write-presets`") from None
+                                "`python -m moesim.traces.fit --write-presets`") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{ref}: not valid JSON ({exc})") from None
 

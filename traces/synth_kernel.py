@@ -27,9 +27,7 @@ experts chosen at layer ``l`` make the type's experts at layer ``l + 1`` more li
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
-
-import sim.numba_env  # noqa: F401  (sets numba's cache folder before numba is imported)
+from moesim.kernels.jit import njit
 
 MAX_REJECTIONS = 64
 _MASK = (1 << 64) - 1
@@ -110,7 +108,7 @@ def _build_alias(weights, prob, alias, scaled, small, large):
         alias[small[ns]] = small[ns]
 
 
-@njit(cache=True)
+@njit
 def _exact_draw(weights, row, n, u):
     """Draw in proportion to ``weights`` restricted to experts not in ``row[:n]`` (a linear scan)."""
     num_experts = weights.shape[0]
@@ -134,7 +132,7 @@ def _exact_draw(weights, row, n, u):
     return last
 
 
-@njit(cache=True)
+@njit
 def _uniform_unused(row, n, num_experts, u):
     """The ``int(u * (E - n))``-th expert (ascending) not in ``row[:n]``: the draw when every unused
     expert's weight underflowed to 0."""
@@ -152,7 +150,7 @@ def _uniform_unused(row, n, num_experts, u):
     return -1
 
 
-@njit(cache=True)
+@njit
 def sample_rows(popularity, type_weight, reuse, seeds, offsets, out):
     """Fill ``out[offsets[r]:offsets[r + 1]]`` for every request ``r`` of the chunk.
 

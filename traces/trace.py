@@ -30,8 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-
-from traces.errors import (
+from moesim.traces.errors import (
     DuplicateExpertError,
     ExpertIdRangeError,
     GateWeightError,
@@ -307,7 +306,7 @@ def _validate_meta(meta: TraceMeta, file: str | None) -> None:
 
 
 def _validate_ids(ids: np.ndarray, name: str, num_experts: int, offset: int, file: str | None) -> None:
-    from traces.validate_kernel import first_duplicate_row, first_out_of_range
+    from moesim.traces.validate_kernel import first_duplicate_row, first_out_of_range
 
     ids = np.ascontiguousarray(ids)
     i = first_out_of_range(ids.reshape(-1), num_experts)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from traces.errors import TraceError
-from traces.trace import DECODE, EXPERT_DTYPE, PAD, PREFILL, Trace, make_trace
+from moesim.traces.errors import TraceError
+from moesim.traces.trace import DECODE, EXPERT_DTYPE, PAD, PREFILL, Trace, make_trace
 
 
 def slice_requests(trace: Trace, requests: Sequence[int] | slice) -> Trace:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-import sim.numba_env  # noqa: F401  (sets numba's cache folder before numba is imported)
-
 # isort: split
-from numba import njit
+from moesim.kernels.jit import njit
 
 
-@njit(cache=True)
+@njit
 def first_out_of_range(flat: np.ndarray, num_experts: int) -> int:
     """Flat index of the first id outside ``[0, num_experts)`` that is not the pad -1, or -1."""
     for i in range(flat.size):
@@ -25,7 +23,7 @@ def first_out_of_range(flat: np.ndarray, num_experts: int) -> int:
     return -1
 
 
-@njit(cache=True)
+@njit
 def first_duplicate_row(rows: np.ndarray, num_experts: int) -> int:
     """Index of the first row of ``rows`` ``[n, K]`` (ids already in range) holding an id twice, or -1."""
     stamp = np.full(num_experts, -1, np.int64)  # stamp[e] = last row that held e

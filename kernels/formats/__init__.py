@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from kernels.formats.base import FormatError, QuantFormat
+from moesim.kernels.formats.base import FormatError, QuantFormat
 
 __all__ = ["FormatError", "QuantFormat", "get_format", "list_formats"]
 

@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit
-
-from kernels.formats.base import (
+from moesim.kernels.formats.base import (
     FLOAT32,
     FormatError,
     as_float32,
@@ -27,6 +25,7 @@ from kernels.formats.base import (
     f32_to_bf16_bits,
     resolve_dtype,
 )
+from moesim.kernels.jit import njit
 
 ROUND_NEAREST = 0  # ties to even
 ROUND_DOWN = 1  # toward -inf
@@ -144,7 +143,7 @@ def finish_decode_torch(out: torch.Tensor, dtype: Any) -> torch.Tensor:
 
 # ---- float16 rounding with a direction ----------------------------------------------------------
 
-@njit(cache=True)
+@njit
 def fp16_round_nb(x: float, mode: int) -> np.float32:
     """Round a float32 to the float16 grid (returned as float32). ``mode``: nearest-even, down, up.
 

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-
-from kernels import minifloat as mf
+from moesim.kernels import minifloat as mf
 
 BLOCK = 32
 SCALE_BIAS = 127

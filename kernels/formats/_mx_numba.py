@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
-
-from kernels.minifloat import nb_encode_bits
+from moesim.kernels.jit import njit
+from moesim.kernels.minifloat import nb_encode_bits
+from numba import prange
 
 _CHUNK = 256  # blocks per work item in the bf16 decode and FP4 encode kernels (one scratch buffer each)
 # Below this many blocks the serial kernels run instead: a parallel launch costs more than the work,
@@ -23,7 +23,7 @@ _CHUNK = 256  # blocks per work item in the bf16 decode and FP4 encode kernels (
 PARALLEL_MIN_BLOCKS = 2048
 
 
-@njit(cache=True)
+@njit
 def block_exponent(x_bits, base, emax, max_frac, rceil):
     """(shared exponent, block is bad) for the 32 float32 bit patterns from ``x_bits[base]``.
 
@@ -54,7 +54,7 @@ def block_exponent(x_bits, base, emax, max_frac, rceil):
 
 
 
-@njit(cache=True)
+@njit
 def _encode_unpacked_block(b, x_bits, codes, scales, emax, max_frac, rceil, mbits, emin, elem_emax, max_code,
                            inf_code, nan_code, sign_shift, int_elem):
     base = b * 32
@@ -162,19 +162,19 @@ def _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out):
 # ---- wrappers: x_bits uint32 [nb*32]; codes uint8 [nb*32] or blocks [nb*16]; scales uint8 [nb];
 # ---- decode inputs [nb, 16 or 32], outputs [nb, 32] (float32, or uint16 for bf16), all C-contiguous
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def encode_unpacked_par(x_bits, codes, scales, *p):
     for b in prange(scales.shape[0]):
         _encode_unpacked_block(b, x_bits, codes, scales, *p)
 
 
-@njit(cache=True)
+@njit
 def encode_unpacked_ser(x_bits, codes, scales, *p):
     for b in range(scales.shape[0]):
         _encode_unpacked_block(b, x_bits, codes, scales, *p)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def encode_fp4_par(x_bits, blocks, scales, emax, max_frac, rceil):
     x = x_bits.view(np.float32)
     nb = scales.shape[0]
@@ -184,7 +184,7 @@ def encode_fp4_par(x_bits, blocks, scales, emax, max_frac, rceil):
             _encode_fp4_block(b, x_bits, x, blocks, scales, emax, max_frac, rceil, codes)
 
 
-@njit(cache=True)
+@njit
 def encode_fp4_ser(x_bits, blocks, scales, emax, max_frac, rceil):
     x = x_bits.view(np.float32)
     codes = np.empty(32, np.uint8)
@@ -192,41 +192,41 @@ def encode_fp4_ser(x_bits, blocks, scales, emax, max_frac, rceil):
         _encode_fp4_block(b, x_bits, x, blocks, scales, emax, max_frac, rceil, codes)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def decode_fp4_par(blocks, scales, pairs, scale_table, out):
     src, dst = blocks.reshape(-1), out.reshape(-1)
     for b in prange(scales.shape[0]):
         _decode_fp4_block(b, src, scales, pairs, scale_table, dst)
 
 
-@njit(cache=True)
+@njit
 def decode_fp4_ser(blocks, scales, pairs, scale_table, out):
     src, dst = blocks.reshape(-1), out.reshape(-1)
     for b in range(scales.shape[0]):
         _decode_fp4_block(b, src, scales, pairs, scale_table, dst)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def decode_unpacked_par(codes, scales, lut, scale_table, out):
     src, dst = codes.reshape(-1), out.reshape(-1)
     for b in prange(scales.shape[0]):
         _decode_unpacked_block(b, src, scales, lut, scale_table, dst)
 
 
-@njit(cache=True)
+@njit
 def decode_unpacked_ser(codes, scales, lut, scale_table, out):
     src, dst = codes.reshape(-1), out.reshape(-1)
     for b in range(scales.shape[0]):
         _decode_unpacked_block(b, src, scales, lut, scale_table, dst)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def decode_bf16_par(data, packed, scales, lut, pairs, scale_table, out):
     for c in prange((scales.shape[0] + _CHUNK - 1) // _CHUNK):
         _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out)
 
 
-@njit(cache=True)
+@njit
 def decode_bf16_ser(data, packed, scales, lut, pairs, scale_table, out):
     for c in range((scales.shape[0] + _CHUNK - 1) // _CHUNK):
         _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out)

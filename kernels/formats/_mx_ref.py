@@ -8,9 +8,16 @@ table; MXINT8 by ``np.rint(v * 64)``.
 from __future__ import annotations
 
 import numpy as np
-
-from kernels import minifloat as mf
-from kernels.formats._mx_common import BLOCK, E_MAX, E_MIN, OCP_SCALES, SCALE_BIAS, SCALE_NAN, MXElement
+from moesim.kernels import minifloat as mf
+from moesim.kernels.formats._mx_common import (
+    BLOCK,
+    E_MAX,
+    E_MIN,
+    OCP_SCALES,
+    SCALE_BIAS,
+    SCALE_NAN,
+    MXElement,
+)
 
 
 def shared_exponent(amax: np.ndarray, el: MXElement, rule: str) -> np.ndarray:

@@ -8,9 +8,8 @@ bit for bit. Decoding builds each power of two from its bits, so it is exact on 
 from __future__ import annotations
 
 import torch
-
-from kernels import minifloat as mf
-from kernels.formats._mx_common import BLOCK, MXElement
+from moesim.kernels import minifloat as mf
+from moesim.kernels.formats._mx_common import BLOCK, MXElement
 
 
 def _pow2(exp: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit, prange
-
-from kernels.formats._blockutil import (
+from moesim.kernels.formats._blockutil import (
     FP16_MAX,
     ROUND_DOWN,
     ROUND_UP,
@@ -53,7 +51,9 @@ from kernels.formats._blockutil import (
     unpack_nibbles,
     unpack_nibbles_torch,
 )
-from kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.jit import njit
+from numba import prange
 
 GROUP_SIZES = (32, 64, 128)
 BIT_WIDTHS = (4, 8)
@@ -61,7 +61,7 @@ BIT_WIDTHS = (4, 8)
 
 # ---- numba kernels (parallel over groups) ------------------------------------------------------
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _store_code(codes, r, i, c, bits):
     # Groups are even-sized and aligned, so one byte never straddles two groups (no race).
     if bits == 8:
@@ -72,7 +72,7 @@ def _store_code(codes, r, i, c, bits):
         codes[r, i >> 1] = codes[r, i >> 1] | (c << 4)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _load_code(codes, r, i, bits):
     if bits == 8:
         return codes[r, i]
@@ -87,7 +87,7 @@ def _load_code(codes, r, i, bits):
 FP16_TINY = np.float32(2.0**-24)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _span_over(span, top):
     if span > 0:
         return max(span / top, FP16_TINY)
@@ -103,7 +103,7 @@ def _span_over_torch(span: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, torch.clamp(span / top, min=float(FP16_TINY)), torch.zeros_like(span))
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _encode_asym_nb(x2, group, bits, codes, scale, bias):
     rows, n = x2.shape
     ng = n // group
@@ -132,7 +132,7 @@ def _encode_asym_nb(x2, group, bits, codes, scale, bias):
             _store_code(codes, r, i, np.uint8(q), bits)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _encode_sym_nb(x2, group, bits, codes, scale):
     rows, n = x2.shape
     ng = n // group
@@ -155,7 +155,7 @@ def _encode_sym_nb(x2, group, bits, codes, scale):
             _store_code(codes, r, i, np.uint8(q + mid), bits)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _decode_nb(codes, scale, bias, group, bits, symmetric, out):
     rows, n = out.shape
     ng = n // group

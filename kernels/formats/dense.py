@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from kernels.formats.base import (
+from moesim.kernels.formats.base import (
     BFLOAT16,
     as_float32,
     bf16_bits_to_f32,

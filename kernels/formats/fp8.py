@@ -23,10 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit, prange
-
-from kernels import minifloat as mf
-from kernels.formats._blockutil import (
+from moesim.kernels import minifloat as mf
+from moesim.kernels.formats._blockutil import (
     as_float32_torch,
     as_rows,
     check_stored_shape,
@@ -34,7 +32,9 @@ from kernels.formats._blockutil import (
     finish_decode_torch,
     shape_tensor,
 )
-from kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.jit import njit
+from numba import prange
 
 ELEMENTS = {"e4m3": mf.E4M3, "e5m2": mf.E5M2}
 GRANULARITIES = ("channel", "tensor")
@@ -42,7 +42,7 @@ GRANULARITIES = ("channel", "tensor")
 
 # ---- numba -----------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _row_amax_nb(x2, out):
     for r in prange(x2.shape[0]):
         m = np.float32(0.0)
@@ -51,7 +51,7 @@ def _row_amax_nb(x2, out):
         out[r] = m
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _encode_nb(x2, scale, p, ybuf, ybits, codes):
     """``scale[r]`` per row (a per-tensor scale is broadcast); ``ybuf``/``ybits`` are a float32
     scratch array and its uint32 view (the minifloat core reads float32 bit patterns)."""
@@ -68,7 +68,7 @@ def _encode_nb(x2, scale, p, ybuf, ybits, codes):
             codes[r, i] = c
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _decode_nb(codes, scale, lut, out):
     rows, n = out.shape
     for r in prange(rows):

@@ -21,11 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from kernels.formats._mx_common import element_lut
-from kernels.formats.base import FormatError
-from kernels.formats.gptoss import FP4, HALF_SCALES
-from kernels.formats.mx import decode_mx
+from moesim.kernels.formats._mx_common import element_lut
+from moesim.kernels.formats.base import FormatError
+from moesim.kernels.formats.gptoss import FP4, HALF_SCALES
+from moesim.kernels.formats.mx import decode_mx
 
 BLOCK_BYTES = 17
 

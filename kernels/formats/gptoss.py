@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from kernels.formats import _mx_torch as tk
-from kernels.formats._mx_common import ELEMENTS, element_lut, scale_values
-from kernels.formats.base import FormatError
-from kernels.formats.mx import decode_mx, encode_mx
+from moesim.kernels.formats import _mx_torch as tk
+from moesim.kernels.formats._mx_common import ELEMENTS, element_lut, scale_values
+from moesim.kernels.formats.base import FormatError
+from moesim.kernels.formats.mx import decode_mx, encode_mx
 
 FP4 = ELEMENTS["fp4_e2m1"]
 LDEXP_MODES = ("pow2", "exact")

@@ -61,11 +61,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from kernels.formats import _mx_numba as nbk
-from kernels.formats import _mx_ref as ref
-from kernels.formats import _mx_torch as tk
-from kernels.formats._mx_common import (
+from moesim.kernels.formats import _mx_numba as nbk
+from moesim.kernels.formats import _mx_ref as ref
+from moesim.kernels.formats import _mx_torch as tk
+from moesim.kernels.formats._mx_common import (
     BLOCK,
     ELEMENTS,
     OCP_SCALES,
@@ -74,7 +73,7 @@ from kernels.formats._mx_common import (
     element_lut,
     pair_lut,
 )
-from kernels.formats.base import (
+from moesim.kernels.formats.base import (
     BFLOAT16,
     FormatError,
     as_float32,

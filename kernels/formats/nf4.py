@@ -27,9 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit, prange
-
-from kernels.formats._blockutil import (
+from moesim.kernels.formats._blockutil import (
     as_float32_torch,
     as_rows,
     check_stored_shape,
@@ -37,7 +35,9 @@ from kernels.formats._blockutil import (
     finish_decode_torch,
     shape_tensor,
 )
-from kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.jit import njit
+from numba import prange
 
 # bitsandbytes' NF4 codebook (float32 values, code order).
 CODEBOOK = np.array([
@@ -54,7 +54,7 @@ BLOCK = 64
 
 # ---- numba -----------------------------------------------------------------------------------------
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _nearest_code(x, thresholds):
     # Binary search for the count of thresholds strictly below x (15 sorted thresholds, 4 steps).
     lo = 0
@@ -68,7 +68,7 @@ def _nearest_code(x, thresholds):
     return lo
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _encode_nb(x2, block, thresholds, codes, absmax):
     rows, n = x2.shape
     nb = n // block
@@ -89,7 +89,7 @@ def _encode_nb(x2, block, thresholds, codes, absmax):
             codes[r, i >> 1] = np.uint8((hi_code << 4) | lo_code)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _decode_nb(codes, absmax, block, codebook, out):
     rows, n = out.shape
     nb = n // block

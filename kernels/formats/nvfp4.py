@@ -38,10 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit, prange
-
-from kernels import minifloat as mf
-from kernels.formats._blockutil import (
+from moesim.kernels import minifloat as mf
+from moesim.kernels.formats._blockutil import (
     as_float32_torch,
     as_rows,
     check_stored_shape,
@@ -53,7 +51,9 @@ from kernels.formats._blockutil import (
     unpack_nibbles,
     unpack_nibbles_torch,
 )
-from kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
+from moesim.kernels.jit import njit
+from numba import prange
 
 BLOCK = 16
 E2M1_MAX = np.float32(6.0)
@@ -67,12 +67,12 @@ _E2M1_P = np.array(mf.E2M1.nb_params(), np.int64)
 
 # ---- numba -----------------------------------------------------------------------------------------
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _mf_code(bits, p):
     return mf.nb_encode_bits(np.int64(bits), 0, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], True)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _row_amax_nb(x2, out):
     for r in prange(x2.shape[0]):
         m = np.float32(0.0)
@@ -81,7 +81,7 @@ def _row_amax_nb(x2, out):
         out[r] = m
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _encode_nb(x2, ts, block, p4, p2, lut4, sbuf, sbits, ybuf, ybits, codes, scale):
     """``sbuf``/``ybuf`` are float32 scratch arrays and ``sbits``/``ybits`` their uint32 views: the
     shared minifloat core reads float32 bit patterns, and a store + reload is how numba gets them."""
@@ -112,7 +112,7 @@ def _encode_nb(x2, ts, block, p4, p2, lut4, sbuf, sbits, ybuf, ybits, codes, sca
                 codes[r, i >> 1] = codes[r, i >> 1] | (c << 4)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True)
 def _decode_nb(codes, scale, ts, block, lut4, lut2, out):
     rows, n = out.shape
     nb = n // block

@@ -17,7 +17,7 @@ are helpers and are skipped. Every policy module provides:
 ``access(state, key, now, next_use, guard, stamp) -> int`` (``@njit``)
     Serve one request; ``HIT``, ``MISS`` or the evicted key; see :mod:`sim.kernel` for the row
     guard. A policy inserts on every miss unless its docstring says otherwise (``static``).
-``replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out) -> int`` (``@njit(cache=True)``)
+``replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out) -> int`` (``@njit``)
     Serve a block of rows (usually ``replay_kernel(access, ...)``), write 1/0 per access into
     ``hits_out`` and return the evictions. The state carries over between calls, so a trace is
     replayed in chunks.
@@ -41,8 +41,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-from sim.errors import ConfigError
+from moesim.sim.errors import ConfigError
 
 REQUIRED_ATTRS = ("NAME", "PARAMS", "make_state", "access", "replay", "reference")
 CONTEXT_PARAMS = ("_layer", "_num_layers", "_num_experts")
@@ -109,7 +108,7 @@ def replay_rows(policy: str | ModuleType, keys: np.ndarray, row_ptr: np.ndarray,
     The building block for tests and notebooks that work on keys directly (no trace); ``next_use``
     is computed when the policy needs it and not given.
     """
-    from sim.rows import next_use_times
+    from moesim.sim.rows import next_use_times
 
     module = get_policy(policy) if isinstance(policy, str) else policy
     keys = np.ascontiguousarray(keys, np.int32)
@@ -134,7 +133,7 @@ def reference_rows(policy: str | ModuleType, keys: np.ndarray, row_ptr: np.ndarr
                    capacity: int, num_keys: int, params: Mapping[str, Any] | None = None, seed: int = 0,
                    next_use: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """:func:`replay_rows` through the policy's plain-Python ``reference``."""
-    from sim.rows import next_use_reference
+    from moesim.sim.rows import next_use_reference
 
     module = get_policy(policy) if isinstance(policy, str) else policy
     if next_use is None:

@@ -27,7 +27,7 @@ case (the root is not guarded) costs one load.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
 
 
 def make_heap(capacity: int, num_keys: int, shift: int) -> tuple[np.ndarray, ...]:
@@ -44,19 +44,19 @@ def make_heap(capacity: int, num_keys: int, shift: int) -> tuple[np.ndarray, ...
     return hk, hp, hq, pos, hs, scratch
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _less(pa, qa, pb, qb):
     return pa < pb or (pa == pb and qa < qb)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _min2(a, ap, aq, b, bp, bq):
     """The smaller of slots ``a`` and ``b`` with their priorities (``a`` on ties), branch-free."""
     better = (bp < ap) | ((bp == ap) & (bq < aq))
     return (b if better else a), (bp if better else ap), (bq if better else aq)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def sift_up(hk, hp, hq, pos, i, k, p, q, shift):
     """Put key ``k`` with priority ``(p, q)`` into the hole at slot ``i``, moving it toward the root."""
     while i > 0:
@@ -76,7 +76,7 @@ def sift_up(hk, hp, hq, pos, i, k, p, q, shift):
     pos[k] = i
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _sift_down_binary(hk, hp, hq, pos, n, i, k, p, q):
     while True:
         c = 2 * i + 1
@@ -105,7 +105,7 @@ def _sift_down_binary(hk, hp, hq, pos, n, i, k, p, q):
     pos[k] = i
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _sift_down_wide(hk, hp, hq, pos, n, i, k, p, q, shift):
     width = 1 << shift
     while True:
@@ -136,7 +136,7 @@ def _sift_down_wide(hk, hp, hq, pos, n, i, k, p, q, shift):
     pos[k] = i
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def sift_down(hk, hp, hq, pos, n, i, k, p, q, shift):
     """Put key ``k`` with priority ``(p, q)`` into the hole at slot ``i`` of a heap of ``n`` slots,
     moving it away from the root."""
@@ -146,7 +146,7 @@ def sift_down(hk, hp, hq, pos, n, i, k, p, q, shift):
         _sift_down_wide(hk, hp, hq, pos, n, i, k, p, q, shift)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def place(hk, hp, hq, pos, n, i, k, p, q, shift):
     """Put key ``k`` with priority ``(p, q)`` into the hole at slot ``i`` (anywhere in the heap)."""
     if i > 0:
@@ -157,21 +157,21 @@ def place(hk, hp, hq, pos, n, i, k, p, q, shift):
     sift_down(hk, hp, hq, pos, n, i, k, p, q, shift)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def push(hk, hp, hq, pos, hs, k, p, q, shift):
     i = hs[0]
     hs[0] = i + 1
     sift_up(hk, hp, hq, pos, i, k, p, q, shift)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def replace_at(hk, hp, hq, pos, hs, i, k, p, q, shift):
     """Drop the key at slot ``i`` and put ``k`` with priority ``(p, q)`` in its place."""
     pos[hk[i]] = -1
     place(hk, hp, hq, pos, hs[0], i, k, p, q, shift)
 
 
-@njit(cache=True)
+@njit
 def _victim_slot_search(hk, hp, hq, n, guard, stamp, scratch, shift):
     best = -1
     top = 1
@@ -190,7 +190,7 @@ def _victim_slot_search(hk, hp, hq, n, guard, stamp, scratch, shift):
     return best
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def victim_slot(hk, hp, hq, hs, guard, stamp, scratch, shift):
     """The slot of the smallest key with ``guard[key] != stamp`` (-1 if every key is guarded)."""
     n = hs[0]

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from sim.errors import ConfigError
-from sim.policies import CONTEXT_PARAMS
+from moesim.sim.errors import ConfigError
+from moesim.sim.policies import CONTEXT_PARAMS
 
 
 def resolve(policy: str, defaults: Mapping[str, Any], params: Mapping[str, Any] | None) -> dict[str, Any]:

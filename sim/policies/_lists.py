@@ -10,9 +10,8 @@ No module-level NAME: the policy registry skips this helper.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import NONNEG
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import NONNEG
 
 
 def new_lists(num_keys: int, n_lists: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,7 +21,7 @@ def new_lists(num_keys: int, n_lists: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.copy(), idx.copy()
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def unlink(prv, nxt, k):
     # Links are masked non-negative: numba then emits no negative-index fix-ups in the loops.
     a = prv[k] & NONNEG
@@ -31,7 +30,7 @@ def unlink(prv, nxt, k):
     prv[b] = a
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def push_back(prv, nxt, sentinel, k):
     last = prv[sentinel] & NONNEG
     nxt[last] = k
@@ -40,7 +39,7 @@ def push_back(prv, nxt, sentinel, k):
     prv[sentinel] = k
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def first_unguarded(nxt, sentinel, guard, stamp):
     """The front-most entry of the list that is not guarded, or -1."""
     k = nxt[sentinel]
@@ -51,7 +50,7 @@ def first_unguarded(nxt, sentinel, guard, stamp):
     return -1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def victim_front(nxt, sentinel, guard, stamp, wide):
     """The front-most unguarded entry, or -1. A one-key row (``wide`` false) never guards a resident
     (its key is not in the list when a victim is chosen), so its victim is the front, unchecked."""

@@ -4,7 +4,7 @@ fused paths, and bit sets over ``uint64`` words. No module-level NAME: the polic
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
 
 ONE = np.uint64(1)
 
@@ -24,7 +24,7 @@ def get_bit(bits, p):
     return (bits[p >> 6] >> np.uint64(p & 63)) & ONE
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def next_row(keys, row_ptr, guard, r, end):
     """The row loops' step to the next row, as the access index reaches ``end`` (the end of row
     ``r``): (r + 1, its end, whether it is wide). A wide row guards its keys with stamp ``r + 1``; a
@@ -39,7 +39,7 @@ def next_row(keys, row_ptr, guard, r, end):
     return r, end, wide
 
 
-@njit(cache=True)
+@njit
 def one_key_prefix(row_ptr):
     """How many leading rows hold exactly one key; checked 64 rows at a time with a loop the
     compiler vectorises (no early exit inside a block)."""
@@ -57,7 +57,7 @@ def one_key_prefix(row_ptr):
     return i
 
 
-@njit(cache=True)
+@njit
 def steps_to_rows(chunk, num_experts):
     """``chunk`` ``[T, L, K]`` as CSR rows of shared-cache keys ``l * E + e`` (pads skipped), one row
     per (step, layer) in step-major order: (keys, row_ptr)."""
@@ -77,7 +77,7 @@ def steps_to_rows(chunk, num_experts):
     return keys[:n], row_ptr
 
 
-@njit(cache=True)
+@njit
 def rows_to_steps(hits, row_ptr, step_hits, step_acc):
     """Each (step, layer) row's hits and accesses into ``step_hits`` / ``step_acc`` ``[T, L]``."""
     T, L = step_hits.shape

@@ -7,12 +7,11 @@ inlined, so each loop is compiled for its arity. No module-level NAME: the polic
 
 from __future__ import annotations
 
-from numba import njit
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import NONNEG
 
-from sim.kernel import NONNEG
 
-
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def up(hk, hv, pos, i, k, v, shift):
     """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, toward the root."""
     while i > 0:
@@ -30,7 +29,7 @@ def up(hk, hv, pos, i, k, v, shift):
     pos[k] = i
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def down(hk, hv, pos, size, i, k, v, shift):
     """Key ``k`` with packed priority ``v`` into the hole at slot ``i``, away from the root."""
     width = 1 << shift
@@ -65,7 +64,7 @@ def down(hk, hv, pos, size, i, k, v, shift):
     pos[k] = i
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def put(hk, hv, pos, size, i, k, v, shift):
     """Key ``k`` with packed priority ``v`` into the hole at slot ``i`` (anywhere in the heap)."""
     if i > 0 and v < hv[(i - 1) >> shift]:

@@ -36,12 +36,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies import _knobs
-from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
-from sim.policies._loops import next_row, one_key_prefix
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies import _knobs
+from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
+from moesim.sim.policies._loops import next_row, one_key_prefix
 
 NAME = "arc"
 PARAMS: dict[str, Any] = {}
@@ -61,7 +60,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return prv, nxt, where, cnt, p
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _move(prv, nxt, where, cnt, k, dst):
     """Move key ``k`` from its list to the MRU end of list ``dst`` (counts follow)."""
     n = where.shape[0]
@@ -72,14 +71,14 @@ def _move(prv, nxt, where, cnt, k, dst):
     cnt[dst - 1] += 1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _drop(prv, nxt, where, cnt, k):
     unlink(prv, nxt, k)
     cnt[where[k] - 1] -= 1
     where[k] = NONE
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _replace(prv, nxt, where, cnt, p, in_b2, guard, stamp):
     """The paper's REPLACE: move an unguarded LRU resident into its ghost; return it (or -1)."""
     n = where.shape[0]
@@ -96,7 +95,7 @@ def _replace(prv, nxt, where, cnt, p, in_b2, guard, stamp):
     return v
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     prv, nxt, where, cnt, p = state
     n = where.shape[0]
@@ -140,7 +139,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _relink(prv, nxt, where, k, s, code):
     """Move ``k`` from its list to the MRU end of the list with sentinel ``s`` (code ``code``)."""
     unlink(prv, nxt, k)
@@ -148,7 +147,7 @@ def _relink(prv, nxt, where, k, s, code):
     where[k] = code
 
 
-@njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p):
     """Serve ``n`` rows of one key each (``keys`` / ``hits`` sliced from the first one): (t1, t2, b1,
     b2, p, evictions). No guard and no row bounds: the key of a one-key row is not resident when a
@@ -262,7 +261,7 @@ def _serve_stream(prv, nxt, where, keys, hits, n, s1, sb1, c, t1, t2, b1, b2, p)
     return t1, t2, b1, b2, p, evictions
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _unlink_u(prv, nxt, k):
     """:func:`unlink` on ``uint64`` views of the links (unsigned indices need no mask)."""
     a = prv[k]
@@ -271,7 +270,7 @@ def _unlink_u(prv, nxt, k):
     prv[b] = a
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _push_back_u(prv, nxt, s, k):
     """:func:`push_back` on ``uint64`` views of the links."""
     last = prv[s]
@@ -281,7 +280,7 @@ def _push_back_u(prv, nxt, s, k):
     prv[s] = k
 
 
-@njit(cache=True, error_model="numpy")
+@njit(error_model="numpy")
 def _serve_full(prv, nxt, where, keys, hits, row_ptr, n, s1, c, t1, b1, p):
     """Serve up to ``n`` rows from ``row_ptr[0]`` while they hold one key each, with the lists full:
     (rows served, t1, b1, p, evictions). ``keys`` / ``hits`` start at the first row's key and ``keys``
@@ -394,7 +393,7 @@ def _serve_full(prv, nxt, where, keys, hits, row_ptr, n, s1, c, t1, b1, p):
     return i, t1, b1, p, evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, b1, b2, p):
     """Serve rows ``r0`` up to ``r1`` (any widths, row ``r`` guarded with stamp ``r``): (t1, t2,
     b1, b2, p, evictions). :func:`access` written out in one loop over the accesses, the row bounds
@@ -485,7 +484,7 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
     return t1, t2, b1, b2, p, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """:func:`access` written out, the list sizes and ``p`` in locals: the same accesses in the same
     order, so exactly what ``replay_kernel(access, ...)`` gives (written out: the same steps as a
@@ -540,7 +539,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

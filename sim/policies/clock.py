@@ -29,11 +29,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies._loops import (
+    ONE,
+    clear_bit,
+    get_bit,
+    one_key_prefix,
+    rows_to_steps,
+    set_bit,
+    steps_to_rows,
+)
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, rows_to_steps, set_bit, steps_to_rows
 
 NAME = "clock"
 PARAMS: dict[str, Any] = {}
@@ -50,7 +57,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
             np.array([0, capacity, 0], np.int64))
 
 
-@njit(cache=True)
+@njit
 def _sweep(slots, bits, guard, stamp, hand, cap):
     """Move the hand to the first unguarded slot whose bit is clear, clearing set bits on the way
     (-1: every slot is guarded; two full turns clear every unguarded bit and then find one)."""
@@ -65,7 +72,7 @@ def _sweep(slots, bits, guard, stamp, hand, cap):
     return -1
 
 
-@njit(cache=True)
+@njit
 def _sweep_words(bits, guarded, hand, cap):
     """Move the hand to the first unprotected slot whose bit is clear, clearing the bits of the
     unprotected slots on the way; a word at a time (-1: every slot is protected, found on the
@@ -90,7 +97,7 @@ def _sweep_words(bits, guarded, hand, cap):
                 return -1
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     slots, slot_of, bits, ctr = state
     s = slot_of[key]
@@ -115,7 +122,7 @@ def access(state, key, now, next_use, guard, stamp):
     return v
 
 
-@njit(cache=True)
+@njit
 def _to_turns(slots, bits, size, hand, r, sk):
     """``_serve_stream``'s words of the resident slots from ``slots`` and the bits, with ``r`` the
     current turn (its own function: written out in the loop's, it slowed the loop's code)."""
@@ -124,7 +131,7 @@ def _to_turns(slots, bits, size, hand, r, sk):
         sk[s] = slots[s] | ((turn & 255) << _ROT)
 
 
-@njit(cache=True)
+@njit
 def _from_turns(sk, size, hand, r, slots, bits):
     """``slots`` and the bits back from ``_serve_stream``'s words (a word of bits at a time)."""
     for s in range(size):
@@ -137,7 +144,7 @@ def _from_turns(sk, size, hand, r, slots, bits):
         bits[w] = word
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(slots, slot_of, bits, ctr, keys, row_ptr, hits):
     """Serve the leading rows of one key each (nothing to protect): (rows served, evictions).
 
@@ -231,7 +238,7 @@ def _serve_stream(slots, slot_of, bits, ctr, keys, row_ptr, hits):
     return n, evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, hand):
     """Serve the CSR rows: (size, hand, evictions). A wider row protects the slots of its keys
     while it is served (see the module docstring)."""
@@ -274,7 +281,7 @@ def _serve_rows(slots, slot_of, bits, guarded, keys, row_ptr, hits, size, cap, h
     return size, hand, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     slots, slot_of, bits, ctr = state
     if row_ptr.shape[0] < 2:
@@ -291,7 +298,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
     builds the rows from ``chunk`` ``[T, L, K]`` in place of the engine's CSR block and scatter,
@@ -309,7 +316,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

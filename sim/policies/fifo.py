@@ -28,9 +28,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 
 NAME = "fifo"
 PARAMS: dict[str, Any] = {}
@@ -57,7 +56,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return ring, np.zeros(num_keys, np.uint8), np.array([0, 0, 0, capacity], np.int64)
 
 
-@njit(cache=True)
+@njit
 def _compact(ring, st):
     """Drop the holes of the live window, keeping the keys in insertion order."""
     mask = (ring.shape[0] - 1) & NONNEG
@@ -70,7 +69,7 @@ def _compact(ring, st):
     st[1] = out
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     ring, resident, st = state
     if resident[key]:
@@ -102,7 +101,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def _evict_outside_row(ring, resident, guard, stamp, head, size, cap):
     """Evict the oldest keys not guarded by ``stamp`` until ``size <= cap``: (head, size, evictions).
 
@@ -127,7 +126,7 @@ def _evict_outside_row(ring, resident, guard, stamp, head, size, cap):
     return head, size, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     ring, resident, st = state
     mask = (ring.shape[0] - 1) & NONNEG
@@ -192,7 +191,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
     reads the rows straight from ``chunk`` ``[T, L, K]`` (keys ``l * E + e``, pads skipped) and
@@ -261,7 +260,7 @@ def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_
     return hits, evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

@@ -82,10 +82,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, replay_kernel
-from sim.policies import _knobs
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, replay_kernel
+from moesim.sim.policies import _knobs
 
 NAME = "layeraware"
 PARAMS: dict[str, Any] = {"predictor": "gap", "alpha": 0.3}
@@ -133,10 +132,10 @@ def score(layer: int, last: int, gap: float, tick: int, cur_layer: int, num_laye
     return (float(nt) + ahead) * float(num_layers) + float(layer)
 
 
-_score = njit(cache=True)(score)
+_score = njit(score)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _victim(state, tick, cur_layer, guard, stamp):
     key_layer, last, last_step, gap, _pos, slots, cnt, _fp = state
     best = -1
@@ -153,7 +152,7 @@ def _victim(state, tick, cur_layer, guard, stamp):
     return best
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     _key_layer, last, last_step, gap, pos, slots, cnt, fp = state
     tick = now // cnt[LAYERS]
@@ -180,7 +179,7 @@ def access(state, key, now, next_use, guard, stamp):
     return result
 
 
-@njit(cache=True)
+@njit
 def _scores(s_layer, s_last, s_gap, size, tick, cur_layer, num_layers, predictor, out):
     """:func:`score` of the first ``size`` slots into ``out``: the same float operations in the same
     order as the scalar function (bit-identical scores), over slot-ordered arrays, so the compiler
@@ -195,7 +194,7 @@ def _scores(s_layer, s_last, s_gap, size, tick, cur_layer, num_layers, predictor
         out[j] = (float(nt) + ahead) * fl + float(layer)
 
 
-@njit(cache=True)
+@njit
 def _victim_slot(slots, s_step, sc, size, guard, stamp):
     """The slot of the unguarded resident with the highest score, ties to the least recent, then to
     the lower key (-1: all guarded). The guard is read only when a slot would become the best."""
@@ -215,7 +214,7 @@ def _victim_slot(slots, s_step, sc, size, guard, stamp):
     return best
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """:func:`access` in the shared row loop (:mod:`sim.kernel`), with the residents' layer, last
     tick, gap and last step mirrored into slot-ordered arrays: an eviction scores every slot in a
@@ -289,7 +288,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

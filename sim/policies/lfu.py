@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS
 
 NAME = "lfu"
 PARAMS: dict[str, Any] = {}
@@ -48,7 +47,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return kprv, knxt, knode, nprv, nnxt, nfreq, free, ctr
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _new_bucket_after(nprv, nnxt, nfreq, free, ctr, a, f):
     """A fresh bucket of frequency ``f`` linked right after bucket ``a`` (or the sentinel)."""
     top = ctr[2] - 1
@@ -63,7 +62,7 @@ def _new_bucket_after(nprv, nnxt, nfreq, free, ctr, a, f):
     return b
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _append(kprv, knxt, k, s):
     last = kprv[s]
     knxt[last] = k
@@ -72,7 +71,7 @@ def _append(kprv, knxt, k, s):
     kprv[s] = k
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _unlink(kprv, knxt, k):
     p = kprv[k]
     q = knxt[k]
@@ -80,7 +79,7 @@ def _unlink(kprv, knxt, k):
     kprv[q] = p
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _drop_if_empty(knxt, nprv, nnxt, free, ctr, b, s):
     """Return bucket ``b`` (key-list sentinel ``s``) to the pool if it has no key left."""
     if knxt[s] == s:
@@ -92,7 +91,7 @@ def _drop_if_empty(knxt, nprv, nnxt, free, ctr, b, s):
         ctr[2] += 1
 
 
-@njit(cache=True)
+@njit
 def _first_unguarded(knxt, nnxt, pool, num_keys, guard, stamp):
     """The front key of the first bucket that is not guarded (-1 if none): the row's keys are skipped."""
     b = nnxt[pool]
@@ -107,7 +106,7 @@ def _first_unguarded(knxt, nnxt, pool, num_keys, guard, stamp):
     return -1
 
 
-@njit(cache=True)
+@njit
 def _serve(kprv, knxt, knode, nprv, nnxt, nfreq, free, ctr, key, guard, stamp):
     num_keys = knode.shape[0]
     pool = nprv.shape[0] - 1
@@ -145,13 +144,13 @@ def _serve(kprv, knxt, knode, nprv, nnxt, nfreq, free, ctr, key, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     kprv, knxt, knode, nprv, nnxt, nfreq, free, ctr = state
     return _serve(kprv, knxt, knode, nprv, nnxt, nfreq, free, ctr, key, guard, stamp)
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what ``replay_kernel(access, ...)`` gives. Written out

@@ -20,12 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG
-from sim.policies._heap import make_heap, place, push, replace_at, victim_slot
-from sim.policies._loops import one_key_prefix
-from sim.policies._packed_heap import down, up
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG
+from moesim.sim.policies._heap import make_heap, place, push, replace_at, victim_slot
+from moesim.sim.policies._loops import one_key_prefix
+from moesim.sim.policies._packed_heap import down, up
 
 NAME = "lfuda"
 PARAMS: dict[str, Any] = {}
@@ -38,7 +37,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
             np.array([0, capacity, 0], np.int64))
 
 
-@njit(cache=True)
+@njit
 def _serve(hk, hp, hq, pos, hs, scratch, freq, ctr, key, n, guard, stamp):
     """One access with sequence number ``n``; the heap orders keys by ``(K, n)``."""
     i = pos[key]
@@ -62,7 +61,7 @@ def _serve(hk, hp, hq, pos, hs, scratch, freq, ctr, key, n, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     hk, hp, hq, pos, hs, scratch, freq, ctr = state
     n = ctr[0]
@@ -80,7 +79,7 @@ K_MAX = (1 << 31) - 1
 STREAM_MIN = 64  # the fewest one-key rows worth packing the heap for (packing costs O(capacity))
 
 
-@njit(cache=True)
+@njit
 def _packable(hp, hq, hs, n, count):
     """Whether the heap's pairs and ``count`` more sequence numbers from ``n`` have packed forms (the
     new K of each access is checked as it comes)."""
@@ -92,7 +91,7 @@ def _packable(hp, hq, hs, n, count):
     return True
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(hk, hv, pos, freq, keys, hits, n, size, cap, age):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``) from sequence number ``n`` on the packed
     heap of ``size`` keys, up to the first K above ``K_MAX``: (rows served, size, evictions, age). No
@@ -140,7 +139,7 @@ def _serve_stream(hk, hv, pos, freq, keys, hits, n, size, cap, age):
     return keys.shape[0], size, evictions, age
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what ``replay_kernel(access, ...)`` gives. Written out

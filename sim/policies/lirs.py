@@ -47,13 +47,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies import _knobs
+from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink
+from moesim.sim.policies._loops import ONE, clear_bit, get_bit, next_row, one_key_prefix, set_bit
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies import _knobs
-from sim.policies._lists import first_unguarded, new_lists, push_back, unlink
-from sim.policies._loops import ONE, clear_bit, get_bit, next_row, one_key_prefix, set_bit
 
 NAME = "lirs"
 PARAMS: dict[str, Any] = {"hir_ratio": 0.01, "stack_ratio": 2.0}
@@ -85,14 +84,14 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return sprv, snxt, qprv, qnxt, flags, qwhere, cnt
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _s_remove(sprv, snxt, flags, cnt, k):
     unlink(sprv, snxt, k)
     flags[2, k] = 0
     cnt[N_S] -= 1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _s_push_top(sprv, snxt, flags, cnt, k):
     n = flags.shape[1]
     if flags[2, k]:
@@ -103,13 +102,13 @@ def _s_push_top(sprv, snxt, flags, cnt, k):
     push_back(sprv, snxt, n, k)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _q_remove(qprv, qnxt, qwhere, k):
     unlink(qprv, qnxt, k)
     qwhere[k] = Q_NONE
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
     n = flags.shape[1]
     b = snxt[n]
@@ -120,7 +119,7 @@ def _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
         b = snxt[n]
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _demote_bottom(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
     """The bottom LIR block of S becomes a resident HIR block at the end of Q."""
     n = flags.shape[1]
@@ -133,7 +132,7 @@ def _demote_bottom(sprv, snxt, qprv, qnxt, flags, qwhere, cnt):
     _prune(sprv, snxt, qprv, qnxt, flags, qwhere, cnt)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _make_lir(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, k):
     flags[1, k] = 1
     cnt[N_LIR] += 1
@@ -141,7 +140,7 @@ def _make_lir(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, k):
         _demote_bottom(sprv, snxt, qprv, qnxt, flags, qwhere, cnt)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _evict(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, stamp):
     n = flags.shape[1]
     v = first_unguarded(qnxt, n, guard, stamp)
@@ -164,7 +163,7 @@ def _evict(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, stamp):
     return v
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
     n = flags.shape[1]
@@ -209,7 +208,7 @@ def access(state, key, now, next_use, guard, stamp):
     return result
 
 
-@njit(cache=True)
+@njit
 def _pow2_at_least(n):
     m = 64
     while m < n:
@@ -217,7 +216,7 @@ def _pow2_at_least(n):
     return m
 
 
-@njit(cache=True)
+@njit
 def _log_compact(ring, pos, head, tail, mask):
     """Keep only the current entries of a log, in order, from ``head`` on; returns the new tail.
     An entry ``q`` is current while ``pos[key] == q`` (``pos`` is -1 for a key on no list). A log
@@ -233,7 +232,7 @@ def _log_compact(ring, pos, head, tail, mask):
     return out
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _log_load(nxt, sentinel, ring, pos):
     """A linked list, front first, as the entries ``0..size-1`` of a log; returns the size."""
     size = 0
@@ -246,7 +245,7 @@ def _log_load(nxt, sentinel, ring, pos):
     return size
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _log_store(prv, nxt, sentinel, ring, pos, head, tail, mask):
     """Rebuild a linked list from the current entries of a log, oldest first."""
     prv[sentinel] = sentinel
@@ -257,7 +256,7 @@ def _log_store(prv, nxt, sentinel, ring, pos, head, tail, mask):
             push_back(prv, nxt, sentinel, g)
 
 
-@njit(cache=True)
+@njit
 def _log_compact_bits(ring, pos, bits, head, tail, mask):
     """:func:`_log_compact` for a log that also keeps a bit per slot, set while the entry in that
     slot is current: the bits move with the entries."""
@@ -271,7 +270,7 @@ def _log_compact_bits(ring, pos, bits, head, tail, mask):
     return out
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(state, keys, hits):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``) with S, Q and the non-resident list
     as *logs* instead of linked lists; returns the evictions.
@@ -338,7 +337,7 @@ def _serve_stream(state, keys, hits):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def _stream_loop(code, cnt, keys, hits, sring, spos, sbits, qring, qpos, hring, hpos, hs):
     """The loop of :func:`_serve_stream`, with every log operation written out: a jitted helper that
     takes arrays and branches keeps numba's reference counting in the loop, which costs more than
@@ -519,7 +518,7 @@ def _stream_loop(code, cnt, keys, hits, sring, spos, sbits, qring, qpos, hring, 
     return evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_rows(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, keys, hits, row_ptr, r0, r1, n_res, n_lir, n_s):
     """Serve rows ``r0`` up to ``r1`` (any widths, row ``r`` guarded with stamp ``r``) on the lists:
     (n_res, n_lir, n_s, evictions). :func:`access` and :func:`_evict` written out in one loop, step
@@ -650,7 +649,7 @@ def _serve_rows(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, keys, hits, r
     return n_res, n_lir, n_s, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what :func:`replay_by_access` gives.
@@ -706,7 +705,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

@@ -32,10 +32,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies._loops import one_key_prefix
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies._loops import one_key_prefix
 
 NAME = "lru"
 PARAMS: dict[str, Any] = {}
@@ -60,7 +59,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return ring, last, resident, st
 
 
-@njit(cache=True)
+@njit
 def _compact(ring, last, st):
     """Keep only the current entries, in order, at the start of the live window."""
     mask = ring.shape[0] - 1
@@ -75,7 +74,7 @@ def _compact(ring, last, st):
     st[1] = out
 
 
-@njit(cache=True)
+@njit
 def _compact_window(ring, last, head, tail):
     """:func:`_compact` on a window held in locals: (head, new tail)."""
     st = np.array([head, tail, 0, 0], np.int64)
@@ -83,7 +82,7 @@ def _compact_window(ring, last, head, tail):
     return head, st[1]
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     ring, last, resident, st = state
     mask = ring.shape[0] - 1
@@ -116,7 +115,7 @@ def access(state, key, now, next_use, guard, stamp):
     return v
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(ring, last, resident, keys, hits, n, head, p, size, cap):
     """Serve ``n`` rows of one key each (``keys`` / ``hits`` sliced from the first one, so indices
     start at 0): (head, tail, size, evictions). A one-key row needs no row bounds and evicts at most
@@ -161,7 +160,7 @@ def _serve_stream(ring, last, resident, keys, hits, n, head, p, size, cap):
 LONG_RUN_PER_KEY = 2
 
 
-@njit(cache=True)
+@njit
 def _mark_current(ring, last, head, tail, cur):
     """``cur[slot] = 1`` for the current entries of the live window ``[head, tail)``."""
     mask = (ring.shape[0] - 1) & NONNEG
@@ -169,7 +168,7 @@ def _mark_current(ring, last, head, tail, cur):
         cur[q & mask] = last[ring[q & mask] & NONNEG] == q
 
 
-@njit(cache=True)
+@njit
 def _serve_block(ring, last, keys, hits, n, head, p, size, cap):
     """:func:`_serve_stream` without the resident flags: (head, tail, size, evictions). A key is
     resident exactly while its current entry lies in the live window (``last[key] >= head``;
@@ -215,7 +214,7 @@ def _serve_block(ring, last, keys, hits, n, head, p, size, cap):
     return head, p, size, evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_long_run(ring, last, resident, keys, hits, n, head, p, size, cap):
     """:func:`_serve_block` and the resident flags rebuilt from ``last`` at the end: (head, tail,
     size, evictions)."""
@@ -225,7 +224,7 @@ def _serve_long_run(ring, last, resident, keys, hits, n, head, p, size, cap):
     return head, p, size, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """Rows served in two steps (see the module docstring); runs of one-key rows (all of a flattened
     request stream) go through a loop that reads no row bounds."""
@@ -281,7 +280,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     """Fused fast path of :func:`replay` for the common case (one shared cache, nothing pinned, row
     order as recorded): reads the rows straight from ``chunk`` ``[T, L, K]`` (keys ``l * E + e``,
@@ -354,7 +353,7 @@ def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_
     return hits, evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

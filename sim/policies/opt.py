@@ -21,12 +21,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NEVER, NONNEG, replay_kernel
-from sim.policies._heap import make_heap, place, push, replace_at, victim_slot
-from sim.policies._loops import one_key_prefix
-from sim.policies._packed_heap import down, put, up
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NEVER, NONNEG, replay_kernel
+from moesim.sim.policies._heap import make_heap, place, push, replace_at, victim_slot
+from moesim.sim.policies._loops import one_key_prefix
+from moesim.sim.policies._packed_heap import down, put, up
 
 NAME = "opt"
 PARAMS: dict[str, Any] = {}
@@ -39,7 +38,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return (*make_heap(capacity, num_keys, SHIFT), np.array([0, capacity], np.int64))
 
 
-@njit(cache=True)
+@njit
 def _serve(hk, hp, hq, pos, hs, scratch, cap, key, next_use, n, guard, stamp):
     """One access with sequence number ``n``; the heap orders keys by ``(-next_use, n)``."""
     i = pos[key]
@@ -57,7 +56,7 @@ def _serve(hk, hp, hq, pos, hs, scratch, cap, key, next_use, n, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     hk, hp, hq, pos, hs, scratch, ctr = state
     n = ctr[0]
@@ -73,13 +72,13 @@ SEQ_BITS = 32
 SEQ_MASK = (1 << SEQ_BITS) - 1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _fits(nu):
     """Whether a next use has a packed form."""
     return nu == NEVER or (nu >= 0 and nu <= PACK_BIG - 2)
 
 
-@njit(cache=True)
+@njit
 def _packable(hp, hs, n, count):
     """Whether the heap's keys and ``count`` more sequence numbers from ``n`` have packed forms (the
     next uses of the accesses are checked as they come)."""
@@ -91,13 +90,13 @@ def _packable(hp, hs, n, count):
     return True
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _pack(nu, seq):
     hi = 0 if nu == NEVER else PACK_BIG - nu
     return (hi << SEQ_BITS) | seq
 
 
-@njit(cache=True)
+@njit
 def _packed_victim(hk, hv, size, guard, stamp, scratch):
     """The slot of the smallest unguarded key (-1 if all are guarded); as ``victim_slot``."""
     if size == 0:
@@ -121,7 +120,7 @@ def _packed_victim(hk, hv, size, guard, stamp, scratch):
     return best
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(hk, hv, pos, keys, next_use, hits, n, size, cap):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``) from sequence number ``n``, up to the
     first next use without a packed form: (rows served, size, evictions). No row bounds and no
@@ -158,7 +157,7 @@ def _serve_stream(hk, hv, pos, keys, next_use, hits, n, size, cap):
     return keys.shape[0], size, evictions
 
 
-@njit(cache=True)
+@njit
 def _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, num_keys, hits_out):
     """The replay with one packed priority per slot (the heap's pairs are packed on entry and
     unpacked on exit, O(capacity)), up to the first row with a next use that has no packed form;
@@ -251,7 +250,7 @@ def _replay_packed(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, n
     return evictions, r
 
 
-@njit(cache=True)
+@njit
 def _replay_pairs(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, num_keys, hits_out):
     """The replay on the heap's ``(prio, seq)`` pairs: any next-use times and sequence numbers."""
     cap = ctr[1]
@@ -287,7 +286,7 @@ def _replay_pairs(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, nu
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what :func:`replay_by_access` gives. Written out
@@ -308,7 +307,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
                                      num_keys, hits_out[lo:])
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

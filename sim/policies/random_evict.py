@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies._loops import one_key_prefix, rows_to_steps, steps_to_rows
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies._loops import one_key_prefix, rows_to_steps, steps_to_rows
 
 NAME = "random"
 PARAMS: dict[str, Any] = {}
@@ -46,14 +45,14 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit
 def _next(rng):
     z = rng[0] + np.uint64(_GOLDEN)
     rng[0] = z
     return _mix(z)
 
 
-@njit(cache=True)
+@njit
 def _any_unguarded(slots, size, guard, stamp):
     """Whether a resident outside the current row exists (else no draw can ever find a victim)."""
     for j in range(size):
@@ -62,7 +61,7 @@ def _any_unguarded(slots, size, guard, stamp):
     return False
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     slots, slot_of, ctr, rng = state
     if slot_of[key] >= 0:
@@ -86,7 +85,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(slots, slot_of, ctr, rng, keys, row_ptr, hits):
     """Serve the leading rows of one key each (nothing guarded): (rows served, evictions).
 
@@ -121,7 +120,7 @@ def _serve_stream(slots, slot_of, ctr, rng, keys, row_ptr, hits):
     return n, evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr, hits):
     """Serve the CSR rows; returns the evictions. A wider row stamps its keys in ``guard`` (stamp =
     row index + 1; the array starts at 0)."""
@@ -168,7 +167,7 @@ def _serve_rows(slots, slot_of, ctr, rng, guard, keys, row_ptr, hits):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     slots, slot_of, ctr, rng = state
     if row_ptr.shape[0] < 2:
@@ -181,7 +180,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
     builds the rows from ``chunk`` ``[T, L, K]`` in place of the engine's CSR block and scatter,
@@ -196,7 +195,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

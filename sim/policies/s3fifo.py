@@ -45,12 +45,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies import _knobs
-from sim.policies._lists import new_lists, push_back, unlink
-from sim.policies._loops import next_row, one_key_prefix
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies import _knobs
+from moesim.sim.policies._lists import new_lists, push_back, unlink
+from moesim.sim.policies._loops import next_row, one_key_prefix
 
 NAME = "s3fifo"
 PARAMS: dict[str, Any] = {"small_ratio": 0.1, "ghost_ratio": 0.9, "move_threshold": 2, "prefill_main": True}
@@ -86,7 +85,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return prv, nxt, where, freq, cnt
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _evict_small(prv, nxt, where, freq, cnt, guard, stamp):
     """Walk small oldest first; promote or evict (to the ghost); return the victim or -1."""
     n = where.shape[0]
@@ -118,7 +117,7 @@ def _evict_small(prv, nxt, where, freq, cnt, guard, stamp):
     return -1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _evict_main(prv, nxt, where, freq, cnt, guard, stamp):
     """Walk main oldest first, reinserting entries with freq >= 1 (freq - 1); return the victim or -1."""
     s_main = where.shape[0] + 1
@@ -142,7 +141,7 @@ def _evict_main(prv, nxt, where, freq, cnt, guard, stamp):
     return -1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _evict(prv, nxt, where, freq, cnt, guard, stamp):
     for _ in range(2):  # a second round only matters when guards blocked the first queue
         if cnt[N_MAIN] > cnt[MAIN_CAP] or cnt[N_SMALL] == 0:
@@ -158,7 +157,7 @@ def _evict(prv, nxt, where, freq, cnt, guard, stamp):
     return -1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     prv, nxt, where, freq, cnt = state
     n = where.shape[0]
@@ -190,7 +189,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def _pow2_at_least(n):
     m = 64
     while m < n:
@@ -198,7 +197,7 @@ def _pow2_at_least(n):
     return m
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _list_to_ring(nxt, sentinel, ring):
     """The keys of one list, front first, into ``ring[0:size]``; returns the size."""
     size = 0
@@ -210,7 +209,7 @@ def _list_to_ring(nxt, sentinel, ring):
     return size
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _ring_to_list(prv, nxt, sentinel, ring, head, tail, mask):
     """Rebuild one list from the keys of ``ring[head:tail]``, oldest first."""
     prv[sentinel] = sentinel
@@ -219,7 +218,7 @@ def _ring_to_list(prv, nxt, sentinel, ring, head, tail, mask):
         push_back(prv, nxt, sentinel, ring[q & mask])
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
     """Serve a run of one-key rows (one key each: ``keys[i]`` is row ``i``) with the three queues as
     ring buffers instead of linked lists; returns the evictions.
@@ -348,7 +347,7 @@ def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_rows(prv, nxt, where, freq, cnt, guard, keys, hits, row_ptr, r0, r1, n_small, n_main, n_ghost,
                 has_evicted):
     """Serve rows ``r0`` up to ``r1`` (any widths, row ``r`` guarded with stamp ``r``) on the lists:
@@ -463,7 +462,7 @@ def _serve_rows(prv, nxt, where, freq, cnt, guard, keys, hits, row_ptr, r0, r1, 
     return n_small, n_main, n_ghost, has_evicted, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what :func:`replay_by_access` gives.
@@ -520,7 +519,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

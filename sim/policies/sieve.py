@@ -34,11 +34,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies._loops import (
+    ONE,
+    clear_bit,
+    get_bit,
+    one_key_prefix,
+    rows_to_steps,
+    set_bit,
+    steps_to_rows,
+)
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies._loops import ONE, clear_bit, get_bit, one_key_prefix, rows_to_steps, set_bit, steps_to_rows
 
 NAME = "sieve"
 PARAMS: dict[str, Any] = {}
@@ -76,7 +83,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
             np.zeros(m // 64, np.uint64), np.array([0, 0, 0, capacity, -1], np.int64))
 
 
-@njit(cache=True)
+@njit
 def _compact(ring, pos_of, live, visited, st):
     """Move the live entries of the window to its start, in order, with their visited bits; the
     hand follows the entry it rests on."""
@@ -129,7 +136,7 @@ def _remove(ring, pos_of, live, q, head, tail, mask):
     return v, head, tail, hand
 
 
-@njit(cache=True)
+@njit
 def _sweep_words(live, visited, guarded, p, head, tail, mask):
     """The position the hand evicts, starting at ``p``: the first live, unprotected, unvisited entry,
     wrapping from the tail to the head; clears the visited bits of the unprotected entries passed.
@@ -159,7 +166,7 @@ def _sweep_words(live, visited, guarded, p, head, tail, mask):
         p += room
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     ring, pos_of, live, visited, st = state
     mask = (ring.shape[0] - 1) & NONNEG
@@ -200,7 +207,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def _bits_to_bytes(live, visited, lanes):
     """Spread the bitmaps over the zeroed byte-per-slot copy (``lanes``: its ``uint64`` view)."""
     for w in range(live.shape[0]):
@@ -215,7 +222,7 @@ def _bits_to_bytes(live, visited, lanes):
             lanes[(w << 3) + g] = (lb & _LOW) | ((vb & _LOW) << ONE)
 
 
-@njit(cache=True)
+@njit
 def _bytes_to_bits(lanes, live, visited):
     """Pack the byte-per-slot copy back into the bitmaps."""
     for w in range(live.shape[0]):
@@ -230,7 +237,7 @@ def _bytes_to_bits(lanes, live, visited):
         visited[w] = vw
 
 
-@njit(cache=True)
+@njit
 def _compact_bytes(ring, pos_of, flags, head, tail, hand, mask):
     """:func:`_compact` on the byte-per-slot copy: (new tail, new hand)."""
     new_hand = -1
@@ -252,7 +259,7 @@ def _compact_bytes(ring, pos_of, flags, head, tail, hand, mask):
     return out, new_hand
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
     """Serve the leading rows of one key each (nothing to protect): (rows served, evictions).
 
@@ -379,7 +386,7 @@ def _serve_stream(ring, pos_of, live, visited, st, keys, row_ptr, hits):
     return n, evictions
 
 
-@njit(cache=True)
+@njit
 def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
     """Serve the CSR rows; returns the evictions. A wider row protects the slots of its keys while
     it is served."""
@@ -457,7 +464,7 @@ def _serve_rows(ring, pos_of, live, visited, guarded, st, keys, row_ptr, hits):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     ring, pos_of, live, visited, st = state
     if row_ptr.shape[0] < 2:
@@ -470,7 +477,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     """Fused fast path of :func:`replay` (one shared cache, nothing pinned, row order as recorded):
     builds the rows from ``chunk`` ``[T, L, K]`` in place of the engine's CSR block and scatter,
@@ -485,7 +492,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.errors import ConfigError
-from sim.kernel import HIT, MISS, replay_kernel
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.kernel import HIT, MISS, replay_kernel
 
 NAME = "static"
 PARAMS: dict[str, Any] = {"keys": None}
@@ -51,12 +50,12 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return (member,)
 
 
-@njit(cache=True)
+@njit
 def access(state, key, now, next_use, guard, stamp):
     return HIT if state[0][key] else MISS
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 

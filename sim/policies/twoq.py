@@ -30,12 +30,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from sim.policies import _knobs
-from sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
-from sim.policies._loops import next_row, one_key_prefix
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies import _knobs
+from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
+from moesim.sim.policies._loops import next_row, one_key_prefix
 
 NAME = "twoq"
 PARAMS: dict[str, Any] = {"kin_ratio": 0.25, "kout_ratio": 0.5}
@@ -62,7 +61,7 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return prv, nxt, where, cnt
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _out_of_ain(prv, nxt, where, cnt, k):
     """Evict ``k`` from A1in and remember it in A1out."""
     n = where.shape[0]
@@ -80,7 +79,7 @@ def _out_of_ain(prv, nxt, where, cnt, k):
             cnt[N_OUT] -= 1
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _reclaim(prv, nxt, where, cnt, guard, stamp):
     n = where.shape[0]
     if cnt[N_IN] > cnt[KIN]:
@@ -100,7 +99,7 @@ def _reclaim(prv, nxt, where, cnt, guard, stamp):
     return v
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     prv, nxt, where, cnt = state
     n = where.shape[0]
@@ -130,7 +129,7 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit(cache=True)
+@njit
 def _serve_stream(prv, nxt, where, keys, hits, s_in, s_out, s_m, n_in, n_out, n_m, cap, kin, kout):
     """Serve a run of one-key rows (``keys[i]`` is row ``i``): (n_in, n_out, n_m, evictions). No
     guard and no row bounds: the key of a one-key row is not resident when a victim is chosen, so
@@ -192,7 +191,7 @@ def _serve_stream(prv, nxt, where, keys, hits, s_in, s_out, s_m, n_in, n_out, n_
     return n_in, n_out, n_m, evictions
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it, the queue
     sizes in locals: the same accesses in the same order, so exactly what
@@ -296,7 +295,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evictions
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
     return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

@@ -49,10 +49,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.kernel import HIT, MISS, replay_kernel
-from sim.policies import _knobs
+from moesim.kernels.jit import njit
+from moesim.sim.kernel import HIT, MISS, replay_kernel
+from moesim.sim.policies import _knobs
 
 NAME = "watermark"
 PARAMS: dict[str, Any] = {"high": 1.0, "low": 0.75, "score": "recency", "decay": 1.0, "weight": 0.5}
@@ -116,10 +115,10 @@ def powi(x: float, n: int) -> float:
     return result
 
 
-_powi = njit(cache=True)(powi)
+_powi = njit(powi)
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _score(code, last, freq, k_now, decay, weight):
     if code == 0:
         return float(last)
@@ -129,7 +128,7 @@ def _score(code, last, freq, k_now, decay, weight):
     return weight * float(last - k_now) + (1.0 - weight) * f
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def _batch_evict(state, k_now, guard, stamp):
     resident, last, freq, batch, scratch, cnt, fp = state
     m = 0
@@ -151,7 +150,7 @@ def _batch_evict(state, k_now, guard, stamp):
     return victims[0] if n_out > 0 else MISS
 
 
-@njit(cache=True, forceinline=True)
+@njit(forceinline=True)
 def access(state, key, now, next_use, guard, stamp):
     resident, last, freq, _batch, _scratch, cnt, fp = state
     k_now = now // cnt[LAYERS]
@@ -172,7 +171,7 @@ def access(state, key, now, next_use, guard, stamp):
     return first
 
 
-@njit(cache=True)
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """:func:`access` and :func:`_batch_evict` written out in the shared row loop (:mod:`sim.kernel`),
     the counters in locals: the same operations in the same order, so the same hits, evictions and
@@ -236,7 +235,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     return evicted
 
 
-@njit(cache=True)
+@njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`: (evictions, every key of a batch counted)."""
     cnt = state[5]

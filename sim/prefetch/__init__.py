@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from sim.errors import ConfigError
-from sim.prefetch._plan import PrefetchPlan, empty_plan, plan_from_lists
+from moesim.sim.errors import ConfigError
+from moesim.sim.prefetch._plan import PrefetchPlan, empty_plan, plan_from_lists
 
 _REGISTRY: dict[str, ModuleType] | None = None
 

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from sim.errors import ConfigError
+from moesim.sim.errors import ConfigError
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,12 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.errors import ConfigError
-from sim.hierarchy import demand_rows
-from sim.prefetch._plan import PrefetchPlan, plan_from_lists
-from traces.trace import Trace
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import demand_rows
+from moesim.sim.prefetch._plan import PrefetchPlan, plan_from_lists
+from moesim.traces.trace import Trace
 
 NAME = "affinity"
 PARAMS: dict[str, Any] = {"top_n": None, "wrap": False}
@@ -41,7 +40,7 @@ def _knobs(trace: Trace, params: Mapping[str, Any]) -> tuple[int, bool]:
     return int(min(n, trace.num_experts)), wrap
 
 
-@njit(cache=True)
+@njit
 def _affinity_plan(keys, row_ptr, num_layers, num_experts, top_n, wrap, out_ptr, out_keys, out_tgt):
     L = num_layers
     E = num_experts

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sim.prefetch._plan import PrefetchPlan, empty_plan
-from traces.trace import Trace
+from moesim.sim.prefetch._plan import PrefetchPlan, empty_plan
+from moesim.traces.trace import Trace
 
 NAME = "none"
 PARAMS: dict[str, Any] = {}

@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from sim.errors import ConfigError
-from sim.hierarchy import demand_rows
-from sim.prefetch._plan import PrefetchPlan, plan_from_lists
-from traces.trace import Trace
+from moesim.sim.errors import ConfigError
+from moesim.sim.hierarchy import demand_rows
+from moesim.sim.prefetch._plan import PrefetchPlan, plan_from_lists
+from moesim.traces.trace import Trace
 
 NAME = "oracle"
 PARAMS: dict[str, Any] = {"lookahead": 1, "top_n": None}

@@ -20,11 +20,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
-
-from sim.errors import ConfigError
-from sim.prefetch._plan import PrefetchPlan, plan_from_lists
-from traces.trace import PAD, Trace
+from moesim.kernels.jit import njit
+from moesim.sim.errors import ConfigError
+from moesim.sim.prefetch._plan import PrefetchPlan, plan_from_lists
+from moesim.traces.trace import PAD, Trace
 
 NAME = "speculative"
 PARAMS: dict[str, Any] = {"accuracy": 0.8, "simulate": False, "top_n": None}
@@ -43,7 +42,7 @@ def _knobs(params: Mapping[str, Any]) -> tuple[float, bool, int | None]:
     return float(acc), sim, None if n is None else int(n)
 
 
-@njit(cache=True)
+@njit
 def _simulate(experts, u, accuracy, num_experts, out):
     """``out[t, l, i]``: the prediction for slot ``i`` of row (t, l) (``-1`` where the slot is a pad)."""
     T, L, K = experts.shape
