@@ -108,7 +108,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, A
     if metrics["status"] == "ok":
         off = metrics["offload"]
         log.info("%s | hit %.4f | %.2f tok/s | p99 %.2f ms", " ".join(overrides) or "defaults",
-                 metrics["replay"]["hit_rate"], off["tokens_per_s"], off["latency_p99_s"] * 1e3)
+                 metrics["l1"]["hit_rate"], off["tokens_per_s"], off["latency_p99_s"] * 1e3)
     return metrics
 
 

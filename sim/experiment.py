@@ -3,14 +3,14 @@
 The Hydra app (:mod:`sim.app`), the tests and notebooks all call :func:`run_experiment`; the app
 only adds the output directory, ``run_meta.json`` and the failure record around it.
 
-What one run measures (all over the decode steps of the trace, after ``cache.warmup_steps``):
+What one run measures (all over the decode steps of the trace, after ``cache.warmup_steps``), from
+one engine pass (:func:`sim.offload.simulate_offload`):
 
-* ``replay``: the L1 policy alone (no prefetch, no L2), hits / misses / evictions overall, per
-  layer and per phase (:func:`sim.replay.replay`), on the same decode steps the timing model
-  uses, so its hit rate is comparable with ``offload.l1_hit_rate`` without a prefetcher.
-* ``offload``: the GPU <- DRAM <- SSD hierarchy with the prefetcher and the timing model
-  (:func:`sim.timing.simulate_offload`): tokens/s, latency p50/p90/p99, stall share, bytes per
-  link, per-level counts, prefetch accuracy and coverage.
+* ``l1``: the GPU cache, with the prefetcher and the levels below it as configured: hits / misses
+  / evictions overall, per layer, per phase and for the warm-up, from the very run that gave the
+  timing;
+* ``offload``: tokens/s, latency p50/p90/p99, stall share, the time breakdown, bytes per link,
+  link utilisation, the hierarchy's counters, prefetch accuracy and coverage.
 * ``quant``: the weight format's bits per weight, bytes per expert and its error on a seeded
   synthetic expert matrix (the weight analysis measures real checkpoints).
 """
@@ -28,17 +28,16 @@ from typing import Any
 
 import numpy as np
 from moesim.sim.errors import ConfigError
-from moesim.sim.hierarchy import Level
+from moesim.sim.levels import Level
+from moesim.sim.offload import auto_l1_experts, simulate_offload
 from moesim.sim.pinning import choose_pinned
 from moesim.sim.profiles import ModelProfile, load_hardware_profile, load_model_profile
-from moesim.sim.replay import replay
-from moesim.sim.timing import auto_l1_experts, prepare_trace, simulate_offload
 from moesim.traces import io as trace_io
 from moesim.traces.synth import SYNTH_VERSION, generate_preset, preset
 from moesim.traces.trace import Trace
 
 GIB = 2**30
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -89,6 +88,8 @@ def load_trace(tcfg: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | No
     else:
         raise ConfigError(f"trace.kind must be 'synthetic' or 'file', got {kind!r}")
     max_steps = int(tcfg.get("max_steps") or 0)
+    if max_steps < 0:
+        raise ConfigError(f"trace.max_steps must be >= 0 (0 keeps every step), got {max_steps}")
     if max_steps > 0 and max_steps < trace.num_steps:
         trace = trace.slice_steps(0, max_steps)
     return trace
@@ -108,6 +109,10 @@ def l1_capacity(cache: Mapping[str, Any], model: ModelProfile, hw: Any, fmt: str
     if n < 1:
         raise ConfigError(f"the GPU cache holds {n} experts of {model.expert_bytes(fmt)} bytes in {fmt}; "
                           f"it needs at least 1 (raise cache.l1_gib / cache.l1_experts)")
+    if (experts is not None or gib is not None) and n > model.num_expert_keys:
+        given = f"cache.l1_experts={experts}" if experts is not None else f"cache.l1_gib={gib} ({n} experts)"
+        raise ConfigError(f"{given} exceeds the {model.num_expert_keys} experts of {model.name}; the valid range "
+                          f"is [1, {model.num_expert_keys}]")
     return min(n, model.num_expert_keys)
 
 
@@ -137,7 +142,9 @@ def quant_error(fmt: str, model: ModelProfile, rows: int, dof: float, seed: int)
     shape = (rows, model.hidden_size)
     out: dict[str, Any] = {"format": fmt, "bits_per_weight": float(f.bits_per_weight(shape)),
                            "expert_bytes": int(model.expert_bytes(fmt)), "source": "synthetic student-t"}
-    if rows <= 0:
+    if rows < 0:
+        raise ConfigError(f"quant.error_rows must be >= 0 (0 skips the error), got {rows}")
+    if rows == 0:
         return out
     rng = np.random.default_rng(seed)
     w = (rng.standard_t(dof, size=shape) * 0.02).astype(np.float32)
@@ -184,6 +191,9 @@ def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) 
     l2 = l2_capacity(cache, model, fmt)
     organisation = str(cache.get("organisation", "shared"))
     params = dict(pol.get("params") or {})
+    n_pinned = int(cache.get("pinned", 0))
+    if n_pinned < 0:
+        raise ConfigError(f"cache.pinned must be >= 0, got {n_pinned}")
     profile = None
     if pol["name"] == "static" and params.get("keys") is None:
         # Pin what a *different* trace of the same kind finds hottest: no leakage from the replayed one.
@@ -191,21 +201,20 @@ def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) 
         per = l1 // model.num_moe_layers if organisation == "per_layer" else l1
         params["keys"] = choose_pinned(profile, per, organisation)
     pinned: list[int] = []
-    if int(cache.get("pinned", 0)) > 0:
+    if n_pinned > 0:
         profile = profile or _profile_trace(c["trace"], cache, base_dir, trace)
-        pinned = choose_pinned(profile, int(cache["pinned"]), organisation)
-
-    dec, _ = prepare_trace(trace, batch)
+        pinned = choose_pinned(profile, n_pinned, organisation)
     warmup = int(cache.get("warmup_steps", 0))
-    rep = replay(dec, pol["name"], l1, organisation=organisation, pinned=pinned, params=params, seed=seed,
-                 warmup_steps=warmup, cold_start_per_request=bool(cache.get("cold_start_per_request", False)),
-                 tie_break=str(cache.get("tie_break", "row")), progress=bool(c.get("progress", False)))
-    level1 = Level(experts=l1 if organisation == "shared" else max(1, l1 // model.num_moe_layers),
-                   policy=pol["name"], params=params, organisation=organisation)
+    if warmup < 0:
+        raise ConfigError(f"cache.warmup_steps must be >= 0, got {warmup}")
+    level1 = Level(experts=l1, policy=pol["name"], params=params, organisation=organisation)
     off = simulate_offload(trace, model, hw, fmt, l1=level1, l2=l2, inclusive=bool(cache.get("inclusive", True)),
                            prefetcher=str(pf["name"]), prefetch_params=dict(pf.get("params") or {}),
                            prefetch_budget=pf.get("budget"), batch_size=batch, seed=seed, warmup_steps=warmup,
-                           gpu_reserve_gib=float(cache.get("gpu_reserve_gib", 1.0)))
+                           gpu_reserve_gib=float(cache.get("gpu_reserve_gib", 1.0)), pinned=pinned,
+                           tie_break=str(cache.get("tie_break", "row")),
+                           cold_start_per_request=bool(cache.get("cold_start_per_request", False)),
+                           progress=bool(c.get("progress", False)))
     q = c.get("quant", {})
     if q.get("error_table"):
         quant = measured_quant_error(fmt, model, q["error_table"], base_dir)
@@ -213,18 +222,19 @@ def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) 
         quant = quant_error(fmt, model, int(q.get("error_rows", 64)), float(q.get("error_dof", 5.0)), seed)
     off_d = off.to_dict()
     off_d.pop("config", None)
+    l1_d = off_d.pop("l1")
     return {
         "status": "ok",
         "metrics_version": METRICS_VERSION,
         "config": c,
         "trace": {"model": trace.meta.model, "source": trace.meta.source, "steps": int(trace.num_steps),
-                  "decode_steps": int(dec.num_steps), "num_layers": int(trace.num_layers),
+                  "decode_steps": int(off.l1.num_steps), "num_layers": int(trace.num_layers),
                   "num_experts": int(trace.num_experts), "top_k": int(trace.meta.top_k),
                   "file": str(trace.file) if trace.file else None},
         "capacity": {"l1_experts": int(l1), "l2_experts": l2, "expert_bytes": int(model.expert_bytes(fmt)),
                      "l1_gib": l1 * model.expert_bytes(fmt) / GIB, "num_pinned": len(pinned),
                      "total_experts": int(model.num_expert_keys)},
-        "replay": rep.to_dict(),
+        "l1": l1_d,
         "offload": off_d,
         "quant": quant,
         "elapsed_s": time.perf_counter() - t0,

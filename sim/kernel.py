@@ -24,6 +24,8 @@ from moesim.kernels.jit import njit
 
 HIT = -2
 MISS = -1
+# The key is served without being cached (nothing changes): a policy that never inserts (static).
+BYPASS = -3
 NEVER = np.iinfo(np.int64).max
 # ``k & NONNEG`` is never negative, so numba drops its negative-index fix-ups in the hot loops.
 NONNEG = 0x7FFFFFFFFFFFFFFF
@@ -51,3 +53,9 @@ def replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hi
                 if res >= 0:
                     evictions += 1
     return evictions
+
+
+@njit
+def no_more_victims(state, out):
+    """The default of a policy's ``more_victims``: one access evicts at most one key."""
+    return 0

@@ -167,7 +167,7 @@ def lru_hit_curve(trace: Trace, sizes: Sequence[int] | None = None, *, organisat
     """LRU hits at every size from the smallest that can serve the trace up to ``L * E`` (or at
     ``sizes``), from one pass; the same numbers as :func:`sim.replay.replay` at each size."""
     L, E, K = trace.num_layers, trace.num_experts, trace.width
-    table = pinned_table(trace, pinned)
+    table = pinned_table(trace.num_layers, trace.num_experts, pinned)
     layout = Layout(organisation, L, E, table, tie_break)
     D = layout.keys_per_instance
     chunk_steps = chunk_steps or default_chunk_steps(L, K)
@@ -204,7 +204,7 @@ def lru_hit_curve(trace: Trace, sizes: Sequence[int] | None = None, *, organisat
     layer_hits = np.zeros((len(sizes), L), np.int64)
     pinned_layer = _pinned_layer_hits(trace, table, pieces) if table.any() else np.zeros(L, np.int64)
     for n, size in enumerate(sizes):
-        _, caps = resolve_capacity(trace, int(size), None, None, organisation, None)
+        _, caps = resolve_capacity(trace.num_layers, int(size), None, None, organisation, None)
         if layout.per_layer:
             free = [c - int(p) for c, p in zip(caps or (), per_pinned, strict=True)]
             bad = [i for i in range(L) if free[i] < widest[i]]
@@ -226,7 +226,7 @@ def _smallest_per_layer(trace: Trace, widest: np.ndarray, per_pinned: np.ndarray
     """The smallest total whose equal split gives every layer room for its pinned experts + widest row."""
     L = trace.num_layers
     for total in range(L, L * trace.num_experts + 1):
-        _, caps = resolve_capacity(trace, total, None, None, "per_layer", None)
+        _, caps = resolve_capacity(trace.num_layers, total, None, None, "per_layer", None)
         if all(c - p >= w for c, p, w in zip(caps or (), per_pinned, widest, strict=True)):
             return total
     return L * trace.num_experts

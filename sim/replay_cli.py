@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("policy 'static' needs --profile (or --param keys=[...])")
         if pinned:
             raise ConfigError("policy 'static' already holds a fixed set: do not pin experts as well")
-        total, caps = resolve_capacity(trace, args.capacity, args.capacity_bytes, args.bytes_per_expert,
+        total, caps = resolve_capacity(trace.num_layers, args.capacity, args.capacity_bytes, args.bytes_per_expert,
                                        args.organisation, args.per_layer_capacity)
         L, E = trace.num_layers, trace.num_experts
         # per layer: the same number in every layer

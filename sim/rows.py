@@ -16,6 +16,8 @@ end of the warm-up, so each piece is wholly counted or wholly warm-up.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -24,15 +26,17 @@ import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
 from moesim.sim.kernel import NEVER
+from moesim.traces.trace import DECODE, Trace
 
-TIE_BREAKS = {"row": 0, "reverse": 1, "expert_id": 2}
+TIE_ROW, TIE_REVERSE, TIE_EXPERT_ID = 0, 1, 2
+TIE_BREAKS = {"row": TIE_ROW, "reverse": TIE_REVERSE, "expert_id": TIE_EXPERT_ID}
 ORGANISATIONS = ("shared", "per_layer")
 # A piece holds at most about this many (step, layer, slot) entries: ~50 MB of row arrays.
 PIECE_ENTRIES = 1 << 22
 
 
 @njit
-def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break):
+def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break, keep_empty):
     T, L, K = experts.shape
     n_max = T * L * K
     keys = np.empty(n_max, np.int32)
@@ -62,9 +66,9 @@ def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break):
                     buf_e[m] = e
                     buf_k[m] = k
                     m += 1
-            if m == 0:
+            if m == 0 and not keep_empty:
                 continue
-            if tie_break == 1:
+            if tie_break == TIE_REVERSE:
                 for j in range(m // 2):
                     x = buf_e[j]
                     buf_e[j] = buf_e[m - 1 - j]
@@ -72,7 +76,7 @@ def _build_rows(experts, step0, num_experts, pinned, per_layer, tie_break):
                     x = buf_k[j]
                     buf_k[j] = buf_k[m - 1 - j]
                     buf_k[m - 1 - j] = x
-            elif tie_break == 2:
+            elif tie_break == TIE_EXPERT_ID:
                 for j in range(1, m):  # insertion sort by expert id (rows are short)
                     e = buf_e[j]
                     kk = buf_k[j]
@@ -177,13 +181,22 @@ def scatter_hits(hits, src, K, step_hits_flat, hit_mask_flat, record_mask):
 
 @dataclass(frozen=True)
 class Piece:
-    """Steps ``[start, stop)``; ``reset``: the caches restart before it; ``epoch``: resets so far."""
+    """Steps ``[start, stop)`` of the trace; ``reset``: the caches restart before it; ``epoch``:
+    resets so far; ``counted``: after the warm-up; ``step0``: the *stream* index of its first kept
+    step (with ``decode_only`` the prefill steps are not in the stream); ``kept``: its kept steps."""
 
     start: int
     stop: int
     reset: bool
     counted: bool
     epoch: int
+    step0: int = -1
+    kept: int = -1
+
+    def __post_init__(self) -> None:
+        if self.step0 < 0:  # a plain piece: every step kept, stream index = trace index
+            object.__setattr__(self, "step0", self.start)
+            object.__setattr__(self, "kept", self.stop - self.start)
 
 
 def plan_pieces(num_steps: int, chunk_steps: int, warmup_steps: int = 0,
@@ -210,6 +223,99 @@ def plan_pieces(num_steps: int, chunk_steps: int, warmup_steps: int = 0,
             epoch += 1
         pieces.append(Piece(a, b, a in resets, a >= warmup_steps, epoch))
     return pieces
+
+
+@dataclass(frozen=True)
+class StepStream:
+    """The steps of a trace the caches see, cut into pieces: every step, or the decode steps only.
+
+    Built by one chunked pass over the trace's ``phase`` and ``request_id`` (never the experts), so
+    a memory-mapped trace is planned in the memory of one chunk. ``num_steps`` counts kept steps;
+    the layer clock runs on them (row ``(s, l)`` of stream step ``s`` is at time ``s * L + l``).
+    """
+
+    trace: Trace
+    pieces: tuple[Piece, ...]
+    num_steps: int
+    decode_only: bool
+
+    def read(self, piece: Piece) -> np.ndarray:
+        """The kept steps' experts of ``piece`` as a contiguous int16 ``[kept, L, K]`` array."""
+        chunk = np.asarray(self.trace.experts[piece.start:piece.stop])
+        keep = self.kept_mask(piece)
+        if keep is not None:
+            chunk = chunk[keep]
+        return np.ascontiguousarray(chunk, np.int16)
+
+    def read_field(self, name: str, piece: Piece) -> np.ndarray | None:
+        """An optional per-step (or per-row) array of the trace over the kept steps of ``piece``."""
+        arr = getattr(self.trace, name)
+        if arr is None:
+            return None
+        part = np.asarray(arr[piece.start:piece.stop])
+        keep = self.kept_mask(piece)
+        return np.ascontiguousarray(part[keep] if keep is not None else part)
+
+    def kept_mask(self, piece: Piece) -> np.ndarray | None:
+        if not self.decode_only or self.trace.phase is None:
+            return None
+        return np.asarray(self.trace.phase[piece.start:piece.stop]) == DECODE
+
+
+def plan_stream(trace: Trace, chunk_steps: int, *, warmup_steps: int = 0, cold_start: bool = False,
+                decode_only: bool = False) -> StepStream:
+    """Pieces of at most ``chunk_steps`` trace steps, also cut where a request starts (when the caches
+    restart cold per request) and where the warm-up of ``warmup_steps`` *kept* steps ends.
+
+    A reset lands on a request's first step (prefill or not); its rows then start cold.
+    """
+    if chunk_steps < 1:
+        raise ConfigError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    if cold_start and trace.request_id is None:
+        raise ConfigError("cold_start_per_request needs a trace with request_id")
+    T = trace.num_steps
+    filtering = decode_only and trace.phase is not None
+    cuts = set(range(0, T, chunk_steps)) | {T}
+    resets: set[int] = set()
+    warm_cut = T if warmup_steps > 0 else 0
+    kept_before = 0  # kept steps before the current scan chunk
+    prev_rid = None
+    for a in range(0, T, chunk_steps):
+        b = min(a + chunk_steps, T)
+        if filtering:
+            kept = np.flatnonzero(np.asarray(trace.phase[a:b]) == DECODE)
+        else:
+            kept = None
+        n = len(kept) if kept is not None else b - a
+        if warm_cut == T and warmup_steps > 0 and kept_before + n >= warmup_steps:
+            j = warmup_steps - kept_before  # the first counted kept step is the j-th of this chunk
+            warm_cut = a + (int(kept[j]) if kept is not None else j) if j < n else b
+        if cold_start:
+            rid = np.asarray(trace.request_id[a:b])
+            if len(rid):
+                change = np.flatnonzero(rid[1:] != rid[:-1]) + 1
+                resets.update(int(a + c) for c in change)
+                if prev_rid is not None and rid[0] != prev_rid:
+                    resets.add(a)
+                prev_rid = rid[-1]
+        kept_before += n
+    if 0 < warm_cut < T:
+        cuts.add(warm_cut)
+    cuts |= resets
+    bounds = sorted(cuts)
+    pieces = []
+    epoch = 0
+    step0 = 0
+    for a, b in pairwise(bounds):
+        if a in resets:
+            epoch += 1
+        if filtering:
+            kept_n = int(np.count_nonzero(np.asarray(trace.phase[a:b]) == DECODE))
+        else:
+            kept_n = b - a
+        pieces.append(Piece(a, b, a in resets, a >= warm_cut, epoch, step0, kept_n))
+        step0 += kept_n
+    return StepStream(trace, tuple(pieces), step0, decode_only)
 
 
 @dataclass(frozen=True)
@@ -240,6 +346,16 @@ class Layout:
     def keys_per_instance(self) -> int:
         return self.num_experts if self.per_layer else self.num_layers * self.num_experts
 
+    def time_major(self) -> Layout:
+        """The same rows (pinned experts dropped, tie-break applied) in layer-clock order over all
+        layers, with shared keys ``l * E + e``: how the hierarchy serves a per-layer L1 too."""
+        return dataclasses.replace(self, organisation="shared")
+
+    @classmethod
+    def routing(cls, num_layers: int, num_experts: int) -> Layout:
+        """Every routed expert in the router's order, nothing pinned: what a prefetcher observes."""
+        return cls("shared", num_layers, num_experts, np.zeros(num_layers * num_experts, np.uint8))
+
 
 @dataclass(frozen=True)
 class RowBlock:
@@ -258,13 +374,18 @@ class RowBlock:
         return self.keys[lo:hi], self.row_ptr[a:b + 1] - lo, self.row_time[a:b], self.src[lo:hi]
 
 
-def build_rows(experts: np.ndarray, step0: int, layout: Layout) -> RowBlock:
-    """The rows of ``experts`` (steps ``step0 ...`` of the trace) for every instance of ``layout``."""
+def build_rows(experts: np.ndarray, step0: int, layout: Layout, *, keep_empty: bool = False) -> RowBlock:
+    """The rows of ``experts`` (stream steps ``step0 ...``) for every instance of ``layout``.
+
+    ``keep_empty``: keep rows left empty (every expert pinned or padding), so that a time-major
+    block has exactly one row per (step, layer); the hierarchy issues prefetches at every row.
+    """
     experts = np.ascontiguousarray(experts, np.int16)
     if experts.size >= 2**31:
         raise ConfigError(f"a piece of {experts.size} entries is too large; lower chunk_steps")
     keys, row_ptr, row_time, src, inst_rows = _build_rows(
-        experts, step0, layout.num_experts, layout.pinned, layout.per_layer, TIE_BREAKS[layout.tie_break])
+        experts, step0, layout.num_experts, layout.pinned, layout.per_layer, TIE_BREAKS[layout.tie_break],
+        keep_empty)
     return RowBlock(keys, row_ptr, row_time, src, inst_rows)
 
 
@@ -299,3 +420,46 @@ def build_rows_reference(experts: np.ndarray, num_experts: int, pinned: set[int]
             out[j][0].append(row if per_layer else [layer * num_experts + e for e in row])
             out[j][1].append(t * L + layer)
     return out
+
+
+class NextUse:
+    """Next-use times of every access, per (piece, instance), from one backward pass over the pieces.
+
+    8 bytes per (non-pinned) access: kept in RAM for an in-memory trace, spilled to ``scratch`` (one
+    ``.npy`` per piece and instance, memory-mapped back) for a memory-mapped one, so a trace larger
+    than RAM still replays in bounded memory. Nothing is seen across a cold restart. With
+    ``first_use``, it also keeps, for each piece that starts an epoch, every key's first request time
+    in that epoch (what a prefetch issued before the key's first access needs to know).
+    """
+
+    def __init__(self, stream: StepStream, layout: Layout, scratch: str, *, keep_empty: bool = False,
+                 first_use: bool = False) -> None:
+        self._arrays: dict[tuple[int, int], np.ndarray] = {}
+        self._first: dict[int, np.ndarray] = {}
+        spill = isinstance(stream.trace.experts, np.memmap)
+        n_inst, n_keys = layout.num_instances, layout.keys_per_instance
+        nxt = [np.full(n_keys, NEVER, np.int64) for _ in range(n_inst)]
+        for p in range(len(stream.pieces) - 1, -1, -1):
+            piece = stream.pieces[p]
+            block = build_rows(stream.read(piece), piece.step0, layout, keep_empty=keep_empty)
+            for j in range(n_inst):
+                keys, row_ptr, row_time, _ = block.instance(j)
+                nu = np.empty(len(keys), np.int64)
+                next_use_backward(keys, row_ptr, row_time, nxt[j], nu)
+                if spill:
+                    path = os.path.join(scratch, f"nextuse-{p}-{j}.npy")
+                    np.save(path, nu)
+                    nu = np.load(path, mmap_mode="r")
+                self._arrays[p, j] = nu
+            if first_use and (p == 0 or piece.reset):
+                self._first[p] = nxt[0].copy()
+            if piece.reset:
+                for a in nxt:
+                    a.fill(NEVER)
+
+    def of(self, piece_index: int, instance: int) -> np.ndarray:
+        return np.asarray(self._arrays[piece_index, instance])
+
+    def first_use(self, piece_index: int) -> np.ndarray:
+        """Every key's first request time in the epoch that starts at this piece."""
+        return self._first[piece_index]

@@ -1,13 +1,17 @@
-"""Cached per-policy specialisations of a generic jitted loop.
+"""Cached per-policy specialisations of a generic jitted loop (the hierarchy's :func:`serve_piece`).
 
-numba cannot cache a function that receives another jitted function as an argument, and a closure
-over one is recompiled in every process (its cache key includes a per-process id). The pattern that
-caches is a module-level ``@njit`` wrapper whose *global* is the policy's ``access``
-(see :mod:`sim.kernel`). For loops other than the replay loop (the two-level hierarchy), this module
-writes such a wrapper, once per (loop, policy), as a tiny source file inside numba's cache folder
-and imports it. The folder is keyed by a hash of the package source (:func:`moesim.kernels.jit.cache_root`), so a
-change to the loop or to the policy starts fresh; the file is written atomically and only when
-absent or different, so concurrent processes agree.
+Why this module exists: the hierarchy's loop calls the L1 policy's ``access`` (and
+``more_victims``) for every key, and it must stay jitted and *cached* on disk, or every process of
+a sweep would recompile it (seconds per policy). numba cannot cache a function that receives another
+jitted function as an argument, and a closure over one is recompiled in every process (its cache
+key includes a per-process id). What caches is a module-level ``@njit`` wrapper whose *globals* are
+the policy's functions. Rather than asking every policy file to carry such a wrapper (one more thing
+to forget when adding a policy), this module writes it, once per (loop, policy), as a tiny source
+file beside the compiled cache (:func:`moesim.kernels.jit.cache_root`, keyed by a hash of the
+package source, so a change to the loop or to the policy starts fresh) and imports it. The file is
+written atomically and only when absent or different, so concurrent processes agree.
+
+The single-level replay does not need this: each policy's own ``replay`` is its fast loop.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from moesim.kernels.jit import njit
 
 from {loop_module} import {loop_name} as _loop
 from {policy} import access as _access
+from {victims_module} import {victims_name} as _more_victims
 
 
 @njit
 def run({args}):
-    return _loop(_access, {args})
+    return _loop(_access, _more_victims, {args})
 '''
 
 _loaded: dict[tuple[str, str, str], Any] = {}
@@ -45,22 +50,27 @@ def _generated_dir() -> Path:
     return path
 
 
-def specialize(loop_module: str, loop_name: str, policy_module: ModuleType | str, args: list[str]) -> Any:
-    """The cached ``run(*args)`` that calls ``loop_module.loop_name(policy.access, *args)``.
+def specialize(loop_module: str, loop_name: str, policy: ModuleType, args: list[str]) -> Any:
+    """The cached ``run(*args)`` that calls ``loop_module.loop_name(access, more_victims, *args)``
+    with ``policy``'s ``access`` and its ``more_victims`` (:func:`sim.kernel.no_more_victims` when
+    it evicts one key at a time).
 
-    ``loop_name`` must be an ``@njit(inline="always")`` function whose first parameter is the
-    policy's ``access``; ``args`` names its remaining parameters.
+    ``loop_name`` must be an ``@njit(inline="always")`` function whose first two parameters are
+    those functions; ``args`` names its remaining parameters.
     """
-    policy = policy_module if isinstance(policy_module, str) else policy_module.__name__
-    key = (loop_module, loop_name, policy)
+    name = policy.__name__
+    key = (loop_module, loop_name, name)
     if key in _loaded:
         return _loaded[key]
-    for name in (loop_module, policy):
-        if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
-            raise ValueError(f"not a module name: {name!r}")
+    victims = (name, "more_victims") if hasattr(policy, "more_victims") else ("moesim.sim.kernel",
+                                                                             "no_more_victims")
+    for module_name in (loop_module, name):
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", module_name):
+            raise ValueError(f"not a module name: {module_name!r}")
     source = _TEMPLATE.format(loop=f"{loop_module}.{loop_name}", loop_module=loop_module, loop_name=loop_name,
-                              policy=policy, args=", ".join(args))
-    mod_name = "moesim_specialized_" + re.sub(r"\W", "_", f"{loop_module}_{loop_name}__{policy}")
+                              policy=name, victims_module=victims[0], victims_name=victims[1],
+                              args=", ".join(args))
+    mod_name = "moesim_specialized_" + re.sub(r"\W", "_", f"{loop_module}_{loop_name}__{name}")
     path = _generated_dir() / f"{mod_name}.py"
     if not path.exists() or path.read_text() != source:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -78,7 +88,6 @@ def specialize(loop_module: str, loop_name: str, policy_module: ModuleType | str
         spec.loader.exec_module(module)
     _loaded[key] = module.run
     return module.run
-
 
 
 __all__ = ["specialize"]

@@ -28,9 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from moesim.sim.hierarchy import Level
+from moesim.sim.levels import Level
+from moesim.sim.offload import simulate_offload
 from moesim.sim.profiles import HardwareProfile, ModelProfile, load_hardware_profile, load_model_profile
-from moesim.sim.timing import OffloadResult, simulate_offload
+from moesim.sim.result import OffloadResult
 from moesim.traces.synth import generate_preset
 
 PAPER = "Eliseev & Mazur 2023, arXiv:2312.17238, Table 2"
@@ -88,7 +89,7 @@ def mixtral(expert_bits: float | None, k: int, published: str, hardware: str | H
         model = ExplicitBitsModel(**base.to_dict(), expert_bits=expert_bits, bits_format=fmt)
     where = "T4 Gen3" if isinstance(hardware, str) else f"T4 Gen3 + {hardware.layer_overhead_us / 1e3:.1f} ms/layer"
     return Setup(f"Mixtral-8x7B, {where}, k={k}/layer, experts {label}", "mixtral-8x7b", model, hardware, fmt,
-                 Level(experts=k, organisation="per_layer"), "fp16", published, PAPER)
+                 Level(experts=k * model.num_moe_layers, organisation="per_layer"), "fp16", published, PAPER)
 
 
 def default_setups() -> list[Setup]:

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.hierarchy import HierarchyConfig, Level, simulate_hierarchy
+from moesim.sim.levels import HierarchyConfig, Level
+from moesim.sim.offload import simulate_hierarchy, simulate_offload
 from moesim.sim.prefetch import get_prefetcher, list_prefetchers, make_plan, plan_from_lists, resolve_params
 from moesim.sim.prefetch.speculative import predictions
 from moesim.sim.profiles import HardwareProfile, ModelProfile
-from moesim.sim.timing import simulate_offload
 from moesim.traces.trace import TraceMeta, make_trace
 
 
@@ -139,17 +139,17 @@ def random_trace(draw):
     return trace_of(rows, E, top_k=max(len(ids) for step in rows for ids in step))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(random_trace(), st.sampled_from([
     ("affinity", {}), ("affinity", {"top_n": 2, "wrap": True}), ("oracle", {}), ("oracle", {"lookahead": 3}),
     ("oracle", {"top_n": 1}), ("speculative", {"accuracy": 0.6}), ("speculative", {"accuracy": 0.3, "top_n": 1}),
-    ("none", {})]), st.integers(0, 3))
-def test_plans_equal_their_references(trace, choice, seed: int) -> None:
+    ("none", {})]), st.integers(0, 3), st.one_of(st.none(), st.integers(1, 3)))
+def test_plans_equal_their_references(trace, choice, seed: int, chunk_steps) -> None:
+    # Planned piece by piece (what the engine does), the plan equals the whole-trace reference.
     name, params = choice
     module = get_prefetcher(name)
-    full = resolve_params(module, params)
-    plan = module.plan(trace, full, seed)
-    assert plan.equals(module.reference(trace, full, seed))
+    plan = make_plan(name, trace, params, seed, chunk_steps=chunk_steps)
+    assert plan.equals(module.reference(trace, resolve_params(module, params), seed))
     plan.check(trace.num_steps * trace.num_layers, trace.num_layers * trace.num_experts)
 
 
@@ -167,7 +167,7 @@ def test_speculative_accuracy_and_coverage_by_hand() -> None:
     # (never used). Issued 3, useful 2, misses 0 and 6 = 2.
     cfg = HierarchyConfig(l1=Level(experts=8))
     base = simulate_hierarchy(SPEC, cfg).counts
-    res = simulate_hierarchy(SPEC, cfg, plan=make_plan("speculative", SPEC))
+    res = simulate_hierarchy(SPEC, cfg, prefetcher=make_plan("speculative", SPEC))
     c = res.counts
     assert base["l1_misses"] == 4
     assert (c["l1_misses"], c["prefetch_issued"], c["prefetch_useful"], c["prefetch_skipped_resident"]) == (2, 3, 2, 1)
@@ -175,7 +175,8 @@ def test_speculative_accuracy_and_coverage_by_hand() -> None:
     assert res.prefetch_accuracy == 2 / 3
 
     r = simulate_offload(SPEC, model(2), hardware(), "bf16", l1=8, prefetcher="speculative")
-    assert r.prefetch_accuracy == 2 / 3 and r.prefetch_coverage == (4 - 2) / 4
+    # Coverage: useful prefetches over useful plus the demand misses left, 2 / (2 + 2).
+    assert r.prefetch_accuracy == 2 / 3 and r.prefetch_coverage == 2 / (2 + 2)
 
 
 def test_wasted_prefetches_are_counted_when_evicted_unused() -> None:
@@ -185,11 +186,12 @@ def test_wasted_prefetches_are_counted_when_evicted_unused() -> None:
     # evicting 5 -> [0 7 6].  r4: 0 hits; candidate 6 is resident: touched -> [7 0 6].  r5: 7 hits:
     # the prefetch from r2 was useful after all (late).
     tr = trace_of([[[0], [1]], [[0], [2]], [[0], [3]]], 4, predicted=np.array([[[0], [0]], [[0], [3]], [[0], [2]]]))
-    r = simulate_hierarchy(tr, HierarchyConfig(l1=Level(experts=3)), plan=make_plan("speculative", tr))
+    r = simulate_hierarchy(tr, HierarchyConfig(l1=Level(experts=3)), prefetcher=make_plan("speculative", tr),
+                           record=True)
     c = r.counts
     assert (c["prefetch_issued"], c["prefetch_useful"], c["prefetch_wasted"]) == (2, 1, 1)
     assert (c["prefetch_skipped_resident"], c["l1_misses"], c["l1_hits"], c["l1_evictions"]) == (1, 3, 3, 2)
-    assert r.events.key.tolist() == [0, 4, 5, 7, 6] and r.events.kind.tolist() == [0, 1, 0, 1, 0]
+    assert r.events["key"].tolist() == [0, 4, 5, 7, 6] and r.events["kind"].tolist() == [0, 1, 0, 1, 0]
     assert r.prefetch_accuracy == 0.5
 
 
@@ -198,8 +200,8 @@ def test_resident_candidates_are_touched_so_the_next_row_keeps_them() -> None:
     # At step 1 the oracle asks for {0, 2} while layer 1 holds 0 and 1, 0 least recent: touching
     # 0 first makes 2's fetch evict 1, so step 1's layer 1 hits twice and nothing is fetched twice.
     tr = trace_of([[[0, 1], [0, 1]], [[0, 1], [0, 2]]], 3, top_k=2)
-    cfg = HierarchyConfig(l1=Level(experts=2, organisation="per_layer"))
-    r = simulate_hierarchy(tr, cfg, plan=make_plan("oracle", tr))
+    cfg = HierarchyConfig(l1=Level(experts=4, organisation="per_layer"))  # 2 per layer
+    r = simulate_hierarchy(tr, cfg, prefetcher=make_plan("oracle", tr))
     c = r.counts
     base = simulate_hierarchy(tr, cfg).counts
     assert base["l1_misses"] == 5 and base["l1_fills"] == 5
@@ -214,15 +216,15 @@ def test_budget_limits_prefetches_in_flight() -> None:
     tr = trace_of([[[k]] for k in range(6)], 8)
     cfg = HierarchyConfig(l1=Level(experts=8))
     plan = make_plan("oracle", tr, {"lookahead": 2})
-    free = simulate_hierarchy(tr, cfg, plan=plan).counts
+    free = simulate_hierarchy(tr, cfg, prefetcher=plan).counts
     assert (free["prefetch_issued"], free["l1_misses"], free["prefetch_useful"]) == (4, 2, 4)
     # Budget 1: row 0 issues 2 (in flight until row 2), row 1's 3 is dropped, row 2 issues 4, row 3's
     # 5 is dropped: rows 0, 1, 3, 5 miss.
-    one = simulate_hierarchy(tr, HierarchyConfig(l1=Level(experts=8), prefetch_budget=1), plan=plan).counts
+    one = simulate_hierarchy(tr, HierarchyConfig(l1=Level(experts=8), prefetch_budget=1), prefetcher=plan).counts
     assert (one["prefetch_issued"], one["prefetch_dropped_budget"], one["l1_misses"]) == (2, 2, 4)
-    zero = simulate_hierarchy(tr, HierarchyConfig(l1=Level(experts=8), prefetch_budget=0), plan=plan).counts
+    zero = simulate_hierarchy(tr, HierarchyConfig(l1=Level(experts=8), prefetch_budget=0), prefetcher=plan).counts
     assert (zero["prefetch_issued"], zero["prefetch_dropped_budget"], zero["l1_misses"]) == (0, 4, 6)
-    # Coverage through the timing model: (6 - 4) / 6 with the budget of 1.
+    # Coverage through the timing model with the budget of 1: 2 useful / (2 useful + 4 misses).
     r = simulate_offload(tr, model(1, num_experts=8), hardware(), "bf16", l1=8, prefetcher="oracle",
                          prefetch_params={"lookahead": 2}, prefetch_budget=1)
     assert r.prefetch_coverage == 2 / 6 and r.prefetch_accuracy == 1.0

@@ -19,6 +19,7 @@ from moesim.sim.rows import next_use_reference
 from moesim.traces.importers import shared_data_dir
 from moesim.traces.io import load, save
 from moesim.traces.trace import DECODE, PREFILL, Trace, TraceMeta, make_trace
+from strategies import traces
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -84,22 +85,6 @@ def naive_replay(trace: Trace, policy: str, capacity: int, *, organisation: str 
     return {"hits": int(step_hits[counted].sum()), "accesses": int(acc[counted].sum()),
             "layer_hits": step_hits[counted].sum(axis=0).tolist(), "step_hits": step_hits,
             "warmup_hits": int(step_hits[~counted].sum())}
-
-
-@st.composite
-def traces(draw, max_steps: int = 14):
-    L = draw(st.integers(1, 3))
-    E = draw(st.integers(2, 6))
-    K = draw(st.integers(1, min(3, E)))
-    T = draw(st.integers(0, max_steps))
-    experts = np.full((T, L, K), -1, np.int16)
-    for t in range(T):
-        for layer in range(L):
-            n = draw(st.integers(0, K))
-            experts[t, layer, :n] = draw(st.permutations(range(E)))[:n]
-    rid = np.cumsum(draw(st.lists(st.booleans(), min_size=T, max_size=T))).astype(np.int64)
-    phase = np.where(np.arange(T) < draw(st.integers(0, max(T, 0))), PREFILL, DECODE).astype(np.int8)
-    return make_trace(experts, TraceMeta("h", L, E, K), request_id=rid, phase=phase)
 
 
 @pytest.mark.parametrize("policy", ["lru", "opt", "fifo", "random", "lfu"])

@@ -3,15 +3,16 @@ plain-Python twin."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moesim.sim import engine
+from moesim.sim.cache_setup import setup_cache
 from moesim.sim.errors import ConfigError
-from moesim.sim.hierarchy import DemandRows, HierarchyConfig, Level, demand_rows, simulate_hierarchy
-from moesim.sim.prefetch import make_plan
+from moesim.sim.levels import Level
+from moesim.sim.offload import simulate_offload
+from moesim.sim.prefetch import start
 from moesim.sim.profiles import (
     HardwareProfile,
     ModelProfile,
@@ -20,18 +21,16 @@ from moesim.sim.profiles import (
     load_model_profile,
 )
 from moesim.sim.timing import (
-    ComputeTimes,
+    Clock,
+    ComputeModel,
     Links,
-    compute_times,
-    run_timeline,
-    simulate_offload,
-    timeline,
+    timeline_events,
+    timeline_misses,
     timeline_reference,
 )
 from moesim.sim.validation import ExplicitBitsModel, markdown_table, run_validation
 from moesim.traces.synth import generate_preset
 from moesim.traces.trace import TraceMeta, make_trace
-from moesim.traces.transforms import decode_only
 
 REL = 1e-12
 H, I_SIZE = 64, 32
@@ -157,17 +156,18 @@ def test_batch_widens_the_row_and_multiplies_the_flops() -> None:
 
 def test_compute_times_follow_the_formulas() -> None:
     # Rows of 0, 1 and 3 experts, one step each of 1, 1 and 4 sequences (L = 1).
-    rows = DemandRows(np.array([0, 1, 2, 3], np.int32), np.array([0, 0, 1, 4], np.int64), 1, 4, 3)
     m = model(1, top_k=1)
     hw = hardware(gpu_gbps=1.0, tflops=1e-5)  # 10 MFLOP/s: bytes bound for 1 sequence, FLOPs for 4
-    ct = compute_times(rows, np.array([1, 1, 4]), m, hw, "bf16")
-    assert ct.expert[0] == 0.0
-    assert ct.expert[1] == pytest.approx(max(EXPERT_BYTES / 1e9, 2 * EXPERT_PARAMS / 1e7), rel=REL)
-    assert ct.expert[2] == pytest.approx(max(3 * EXPERT_BYTES / 1e9, 4 * 2 * EXPERT_PARAMS / 1e7), rel=REL)
-    assert ct.attn[2] == pytest.approx(2e-6 + max(DENSE_BYTES / 1e9, 4 * 2 * H * H / 1e7), rel=REL)
+    attn, expert, head = ComputeModel.from_profiles(m, hw, "bf16").times(np.array([[0], [1], [3]]),
+                                                                          np.array([1, 1, 4]))
+    assert expert[0, 0] == 0.0
+    assert expert[1, 0] == pytest.approx(max(EXPERT_BYTES / 1e9, 2 * EXPERT_PARAMS / 1e7), rel=REL)
+    assert expert[2, 0] == pytest.approx(max(3 * EXPERT_BYTES / 1e9, 4 * 2 * EXPERT_PARAMS / 1e7), rel=REL)
+    assert attn[2, 0] == pytest.approx(2e-6 + max(DENSE_BYTES / 1e9, 4 * 2 * H * H / 1e7), rel=REL)
+    assert head[2] == pytest.approx(max(HEAD_BYTES / 1e9, 4 * 2 * 10 * H / 1e7), rel=REL)
     # The compute format changes the bytes read, not the stored size.
-    ct8 = compute_times(rows, np.array([1, 1, 1]), m, hardware(tflops=1e3), "bf16", compute_format="fp32")
-    assert ct8.expert[1] == pytest.approx(2 * EXPERT_BYTES / 1e9, rel=REL)
+    fp32 = ComputeModel.from_profiles(m, hardware(tflops=1e3), "fp32")
+    assert fp32.times(np.array([[1]]), np.array([1]))[1][0, 0] == pytest.approx(2 * EXPERT_BYTES / 1e9, rel=REL)
 
 
 def test_warmup_and_bad_arguments_are_refused() -> None:
@@ -185,8 +185,8 @@ def test_warmup_and_bad_arguments_are_refused() -> None:
 
 def test_per_layer_level_and_named_profiles_run() -> None:
     tr = generate_preset("mixtral-8x7b", seed=0, num_requests=2)
-    r = simulate_offload(tr, "mixtral-8x7b", "t4", "int4-sym-g128", l1=Level(experts=2, organisation="per_layer"))
-    assert r.l1_capacity == 2 and r.tokens_per_s > 0
+    r = simulate_offload(tr, "mixtral-8x7b", "t4", "int4-sym-g128", l1=Level(experts=64, organisation="per_layer"))
+    assert r.l1_capacity == 64 and r.l1.layer_capacity == (2,) * 32 and r.tokens_per_s > 0
     decode = tr.experts if tr.phase is None else tr.experts[np.asarray(tr.phase) == 1]
     assert r.counts["l1_hits"] + r.counts["l1_misses"] == int((np.asarray(decode) >= 0).sum())
 
@@ -199,58 +199,100 @@ def timeline_case(draw):
     E = draw(st.integers(1, 4))
     T = draw(st.integers(1, 5))
     R = T * L
-    keys, ptr, width = [], [0], 0
-    for r in range(R):
-        ids = draw(st.lists(st.integers(0, E - 1), unique=True, max_size=E))
-        keys += [(r % L) * E + e for e in ids]
-        ptr.append(len(keys))
-        width = max(width, len(ids))
-    rows = DemandRows(np.array(keys, np.int32), np.array(ptr, np.int64), L, E, width)
+    rows, keys, ptr = [], [], [0]
+    for t in range(T):
+        rows.append([])
+        for layer in range(L):
+            ids = [layer * E + e for e in draw(st.lists(st.integers(0, E - 1), unique=True, max_size=E))]
+            rows[t].append(ids)
+            keys += ids
+            ptr.append(len(keys))
     pos = st.floats(0.0, 1e-3, allow_nan=False)
-    times = ComputeTimes(np.array([draw(pos) for _ in range(R)]), np.array([draw(pos) for _ in range(R)]),
-                         np.array([draw(pos) for _ in range(T)]))
+    attn = np.array([[draw(pos) for _ in range(L)] for _ in range(T)])
+    expert = np.array([[draw(pos) for _ in range(L)] for _ in range(T)])
+    head = np.array([draw(pos) for _ in range(T)])
     n_ev = draw(st.integers(0, 12))
     ev_row = np.sort(np.array([draw(st.integers(0, R - 1)) for _ in range(n_ev)], np.int64))
-    ev_key = np.array([draw(st.integers(0, L * E - 1)) for _ in range(n_ev)], np.int64)
+    ev_key = np.array([draw(st.integers(0, L * E - 1)) for _ in range(n_ev)], np.int32)
     ev_src = np.array([draw(st.sampled_from([1, 2])) for _ in range(n_ev)], np.int8)
-    links = Links(draw(st.floats(1e-12, 1e-8)), draw(pos), draw(st.floats(1e-12, 1e-8)), draw(pos))
-    bpe = draw(st.integers(1, 10**6))
-    return rows, times, SimpleNamespace(row=ev_row, key=ev_key, src=ev_src), bpe, links
+    costs = (draw(st.floats(1e-9, 1e-3)), draw(st.floats(1e-9, 1e-3)))
+    return rows, np.array(keys, np.int32), np.array(ptr, np.int64), L * E, (attn, expert, head), \
+        (ev_row, ev_key, ev_src), costs
+
+
+@settings(max_examples=60, deadline=None)
+@given(timeline_case(), st.integers(1, 5))
+def test_jitted_timeline_equals_the_reference_piece_by_piece(case, piece_steps: int) -> None:
+    rows, keys, ptr, n_keys, (attn, expert, head), (ev_row, ev_key, ev_src), (h2d, ssd) = case
+    T, L = attn.shape
+    want_step, want_stall = timeline_reference(rows, attn, expert, head,
+                                               list(zip(ev_row.tolist(), ev_key.tolist(), ev_src.tolist(),
+                                                        strict=True)), h2d, ssd)
+    clock = Clock.start(n_keys)
+    step, stall = np.zeros(T), np.zeros((T, L))
+    for a in range(0, T, piece_steps):  # the clocks carry over from piece to piece
+        b = min(a + piece_steps, T)
+        sel = (ev_row >= a * L) & (ev_row < b * L)
+        timeline_events(ptr[a * L:b * L + 1] - ptr[a * L], keys[ptr[a * L]:ptr[b * L]], L, attn[a:b], expert[a:b],
+                        head[a:b], ev_row[sel] - a * L, ev_key[sel], ev_src[sel], h2d, ssd, clock.clock, clock.ready,
+                        step[a:b], stall[a:b])
+    np.testing.assert_array_equal(step, want_step)
+    np.testing.assert_array_equal(stall, want_stall)
+    assert clock.clock[3] == pytest.approx(len(ev_row) * h2d, rel=1e-9)
+    assert (stall >= 0).all()
 
 
 @settings(max_examples=60, deadline=None)
 @given(timeline_case())
-def test_jitted_timeline_equals_the_reference(case) -> None:
-    rows, times, ev, bpe, links = case
-    want_step, want_stall = timeline_reference(rows, times, ev, bpe, links)
-    T = rows.num_rows // rows.num_layers
-    step, stall, busy = np.zeros(T), np.zeros(rows.num_rows), np.zeros(2)
-    total = timeline(rows.row_ptr, rows.keys, rows.num_layers, rows.num_keys, times.attn, times.expert, times.head,
-                     ev.row, ev.key, ev.src, float(bpe), links.h2d_s_per_byte, links.h2d_latency_s,
-                     links.ssd_s_per_byte, links.ssd_latency_s, step, stall, busy)
-    np.testing.assert_array_equal(step, want_step)
-    np.testing.assert_array_equal(stall, want_stall)
-    assert total == pytest.approx(float(want_step.sum()), rel=1e-9)
-    h2d_cost = links.h2d_latency_s + bpe * links.h2d_s_per_byte
-    assert busy[0] == pytest.approx(len(ev.row) * h2d_cost, rel=1e-9)
-    assert (stall >= 0).all()
+def test_the_miss_count_timeline_equals_the_event_timeline_for_demand_misses(case) -> None:
+    # Demand misses from DRAM only: each row's misses are its own keys not seen before (no eviction).
+    rows, keys, ptr, n_keys, (attn, expert, head), _, (h2d, ssd) = case
+    T, L = attn.shape
+    seen: set[int] = set()
+    ev, misses = [], np.zeros((T, L), np.int64)
+    for t in range(T):
+        for layer in range(L):
+            for k in rows[t][layer]:
+                if k not in seen:
+                    seen.add(k)
+                    ev.append((t * L + layer, k))
+                    misses[t, layer] += 1
+    ev_row = np.array([r for r, _ in ev], np.int64)
+    ev_key = np.array([k for _, k in ev], np.int32)
+    a, b = Clock.start(n_keys), Clock.start(n_keys)
+    step_a, stall_a, step_b, stall_b = np.zeros(T), np.zeros((T, L)), np.zeros(T), np.zeros((T, L))
+    timeline_events(ptr, keys, L, attn, expert, head, ev_row, ev_key, np.ones(len(ev), np.int8), h2d, ssd, a.clock,
+                    a.ready, step_a, stall_a)
+    timeline_misses(misses, attn, expert, head, h2d, b.clock, step_b, stall_b)
+    np.testing.assert_array_equal(step_a, step_b)
+    np.testing.assert_array_equal(stall_a, stall_b)
+    np.testing.assert_array_equal(a.clock, b.clock)
 
 
-def test_run_timeline_matches_the_reference_on_a_synthetic_trace() -> None:
-    # Prefetches, an SSD behind a DRAM cache and queueing on both links, through the real pipeline.
+def test_engine_timeline_matches_the_reference_on_a_synthetic_trace() -> None:
+    # Prefetches, an SSD behind a DRAM cache and queueing on both links, through the real pipeline
+    # in small pieces.
     tr = generate_preset("olmoe-1b-7b", seed=1, num_requests=2)
     mp, hp = load_model_profile("olmoe-1b-7b"), load_hardware_profile("rtx-4090")
-    dec = decode_only(tr)
-    rows = demand_rows(dec)
-    plan = make_plan("affinity", dec)
-    hier = simulate_hierarchy(dec, HierarchyConfig(l1=Level(experts=200), l2=Level(experts=600)), plan=plan,
-                              bytes_per_expert=mp.expert_bytes("bf16"), rows=rows)
-    times = compute_times(rows, np.ones(dec.num_steps, np.int64), mp, hp, "bf16")
-    links = Links.from_hardware(hp, need_ssd=True)
-    step, stall, _, _ = run_timeline(rows, times, hier, mp.expert_bytes("bf16"), links)
-    want_step, want_stall = timeline_reference(rows, times, hier.events, mp.expert_bytes("bf16"), links)
-    np.testing.assert_array_equal(step, want_step)
-    np.testing.assert_array_equal(stall, want_stall)
+    setup = setup_cache(tr.num_layers, tr.num_experts, "lru", 200)
+    bpe = mp.expert_bytes("bf16")
+    timing = engine.Timing(ComputeModel.from_profiles(mp, hp, "bf16"), Links.from_hardware(hp, need_ssd=True), bpe)
+    run = engine.run(tr, setup, decode_only=True, lower=engine.LowerLevels(l2_capacity=600),
+                     prefetcher=start("affinity", tr.num_layers, tr.num_experts, tr.meta.top_k), timing=timing,
+                     record=True, chunk_steps=7)
+    assert run.records is not None and run.records.step_time is not None
+    dec = np.asarray(tr.experts)[np.asarray(tr.phase) == 1]
+    E, L = tr.num_experts, tr.num_layers
+    rows = [[[layer * E + int(e) for e in dec[t, layer] if e >= 0] for layer in range(L)] for t in range(len(dec))]
+    widths = (dec >= 0).sum(axis=2)
+    attn, expert, head = timing.compute.times(widths, np.ones(len(dec), np.int64))
+    ev = run.records.events
+    h2d, ssd = timing.links.costs(bpe)
+    want_step, _ = timeline_reference(rows, attn, expert, head,
+                                      list(zip(ev["row"].tolist(), ev["key"].tolist(), ev["src"].tolist(), strict=True)),
+                                      h2d, ssd)
+    np.testing.assert_array_equal(run.records.step_time, want_step)
+    assert run.counts["ssd_reads"] > 0 and run.counts["prefetch_issued"] > 0
 
 
 # ---- the validation against published results ------------------------------------------------

@@ -84,6 +84,10 @@ def _compact_window(ring, last, head, tail):
 
 @njit
 def access(state, key, now, next_use, guard, stamp):
+    """One request. A guarded key passed over while looking for a victim keeps its place in the
+    recency order: it need not be requested again in this row (the hierarchy guards a prefetched
+    expert, untouched, until its target row), so its current entry is slid up against the victim's
+    instead of being dropped (a dropped entry would leave a resident key that is never evicted)."""
     ring, last, resident, st = state
     mask = ring.shape[0] - 1
     if st[1] - st[0] >= ring.shape[0]:
@@ -98,19 +102,25 @@ def access(state, key, now, next_use, guard, stamp):
     st[2] += 1
     if st[2] <= st[3]:
         return MISS
-    head = st[0]
+    q = st[0]
     while True:
-        if head == p:  # only the new entry is left: every other resident is guarded
+        if q >= p:  # only the new entry is left: every other resident is guarded
             raise ValueError("lru: every resident is guarded (capacity smaller than the row width)")
-        v = ring[head & mask]
-        q = head
-        head += 1
-        # A current entry of a guarded key is dropped: that key is served later in this row and
-        # gets a new entry then.
+        v = ring[q & mask]
         if last[v] == q and guard[v] != stamp:
             break
-    st[0] = head
+        q += 1
+    # Slide the guarded current entries in [head, q) up against q (never past an unread entry).
+    w = q
+    for s in range(q - 1, st[0] - 1, -1):
+        k = ring[s & mask]
+        if last[k] == s:
+            ring[w & mask] = k
+            last[k] = w
+            w -= 1
+    st[0] = w + 1
     resident[v] = 0
+    last[v] = -1  # its slot may now hold a slid entry: no position of the log is v's any more
     st[2] -= 1
     return v
 

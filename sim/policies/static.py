@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import HIT, MISS, replay_kernel
+from moesim.sim.kernel import BYPASS, HIT, replay_kernel
 
 NAME = "static"
 PARAMS: dict[str, Any] = {"keys": None}
@@ -50,9 +50,14 @@ def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: in
     return (member,)
 
 
+def preloaded(state: tuple) -> np.ndarray:
+    """The keys the cache holds from the start (this cache's key space)."""
+    return np.flatnonzero(state[0])
+
+
 @njit
 def access(state, key, now, next_use, guard, stamp):
-    return HIT if state[0][key] else MISS
+    return HIT if state[0][key] else BYPASS
 
 
 @njit

@@ -172,6 +172,18 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit
+def more_victims(state, out):
+    """The victims of the last :func:`access` after the first one it returned (the rest of its batch):
+    written into ``out``, their number returned."""
+    batch, cnt = state[3], state[5]
+    n = max(cnt[BATCH_LEN] - 1, 0)
+    for j in range(n):
+        out[j] = batch[j + 1]
+    cnt[BATCH_LEN] = 0  # reported once
+    return n
+
+
+@njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """:func:`access` and :func:`_batch_evict` written out in the shared row loop (:mod:`sim.kernel`),
     the counters in locals: the same operations in the same order, so the same hits, evictions and

@@ -21,46 +21,51 @@ from typing import Any
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
-from moesim.sim.hierarchy import demand_rows
-from moesim.sim.prefetch._plan import PrefetchPlan, plan_from_lists
+from moesim.sim.prefetch._plan import PieceRouting, PrefetchPlan, plan_from_lists, routing_rows
 from moesim.traces.trace import Trace
 
 NAME = "affinity"
 PARAMS: dict[str, Any] = {"top_n": None, "wrap": False}
 
 
-def _knobs(trace: Trace, params: Mapping[str, Any]) -> tuple[int, bool]:
+def _knobs(num_experts: int, top_k: int, params: Mapping[str, Any]) -> tuple[int, bool]:
     n, wrap = params["top_n"], params["wrap"]
     if n is None:
-        n = trace.meta.top_k
+        n = top_k
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"prefetcher 'affinity': knob 'top_n' must be an integer >= 1 or None, got {n!r}")
     if not isinstance(wrap, bool):
         raise ConfigError(f"prefetcher 'affinity': knob 'wrap' must be a boolean, got {wrap!r}")
-    return int(min(n, trace.num_experts)), wrap
+    return int(min(n, num_experts)), wrap
 
 
 @njit
-def _affinity_plan(keys, row_ptr, num_layers, num_experts, top_n, wrap, out_ptr, out_keys, out_tgt):
+def _affinity_piece(keys, row_ptr, row0, num_layers, num_experts, top_n, wrap, total_rows, epoch_end, counts,
+                    prev, prev_n, out_ptr, out_keys, out_tgt):
+    """The plan of one piece; ``counts`` and the row before the piece (``prev[:prev_n[0]]``, shared
+    keys; ``prev_n[0] < 0`` before the first row) carry over to the next piece."""
     L = num_layers
     E = num_experts
     R = row_ptr.shape[0] - 1
-    counts = np.zeros((L, E, E), np.int64)
     score = np.zeros(E, np.int64)
     n = 0
     out_ptr[0] = 0
-    for r in range(R):
+    for rl in range(R):
+        r = row0 + rl
         layer = r % L
-        if r >= 1 and (layer > 0 or wrap):
-            prev = (r - 1) % L
-            for i in range(row_ptr[r - 1], row_ptr[r]):
-                a = keys[i] - prev * E
-                for j in range(row_ptr[r], row_ptr[r + 1]):
-                    counts[prev, a, keys[j] - layer * E] += 1
-        if r + 1 < R and (layer < L - 1 or wrap):
+        if r >= 1 and (layer > 0 or wrap) and (rl > 0 or prev_n[0] >= 0):
+            p_layer = (r - 1) % L
+            if rl > 0:
+                a_keys = keys[row_ptr[rl - 1]:row_ptr[rl]]
+            else:
+                a_keys = prev[:prev_n[0]]
+            for a in a_keys:
+                for j in range(row_ptr[rl], row_ptr[rl + 1]):
+                    counts[p_layer, a - p_layer * E, keys[j] - layer * E] += 1
+        if r + 1 < total_rows and r + 1 < epoch_end and (layer < L - 1 or wrap):
             nxt_layer = (r + 1) % L
             score[:] = 0
-            for i in range(row_ptr[r], row_ptr[r + 1]):
+            for i in range(row_ptr[rl], row_ptr[rl + 1]):
                 a = keys[i] - layer * E
                 for b in range(E):
                     score[b] += counts[layer, a, b]
@@ -75,25 +80,42 @@ def _affinity_plan(keys, row_ptr, num_layers, num_experts, top_n, wrap, out_ptr,
                 out_tgt[n] = r + 1
                 n += 1
                 score[best] = 0
-        out_ptr[r + 1] = n
+        out_ptr[rl + 1] = n
+    if R > 0:
+        m = row_ptr[R] - row_ptr[R - 1]
+        prev[:m] = keys[row_ptr[R - 1]:row_ptr[R]]
+        prev_n[0] = m
     return n
 
 
-def plan(trace: Trace, params: Mapping[str, Any], seed: int) -> PrefetchPlan:
-    top_n, wrap = _knobs(trace, params)
-    rows = demand_rows(trace)
-    R = rows.num_rows
-    out_ptr = np.zeros(R + 1, np.int64)
-    out_keys = np.zeros(R * top_n, np.int32)
-    out_tgt = np.zeros(R * top_n, np.int64)
-    n = _affinity_plan(rows.keys, rows.row_ptr, rows.num_layers, rows.num_experts, top_n, wrap, out_ptr,
-                       out_keys, out_tgt)
-    return PrefetchPlan(out_ptr, out_keys[:n].copy(), out_tgt[:n].copy())
+class Session:
+    """The learned transition counts and the last row seen, from one piece to the next."""
+
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, params: Mapping[str, Any]) -> None:
+        self.top_n, self.wrap = _knobs(num_experts, top_k, params)
+        self.L, self.E = num_layers, num_experts
+        self.counts = np.zeros((num_layers, num_experts, num_experts), np.int64)
+        self.prev = np.zeros(num_experts, np.int32)
+        self.prev_n = np.array([-1], np.int64)
+
+    def plan_piece(self, piece: PieceRouting) -> PrefetchPlan:
+        R = piece.num_rows
+        out_ptr = np.zeros(R + 1, np.int64)
+        out_keys = np.zeros(R * self.top_n, np.int32)
+        out_tgt = np.zeros(R * self.top_n, np.int64)
+        n = _affinity_piece(piece.keys, piece.row_ptr, piece.row0, self.L, self.E, self.top_n, self.wrap,
+                            piece.total_rows, piece.epoch_end, self.counts, self.prev, self.prev_n, out_ptr,
+                            out_keys, out_tgt)
+        return PrefetchPlan(out_ptr, out_keys[:n].copy(), out_tgt[:n].copy())
+
+
+def start(num_layers: int, num_experts: int, top_k: int, params: Mapping[str, Any], seed: int) -> Session:
+    return Session(num_layers, num_experts, top_k, params)
 
 
 def reference(trace: Trace, params: Mapping[str, Any], seed: int) -> PrefetchPlan:
-    top_n, wrap = _knobs(trace, params)
-    rows = demand_rows(trace)
+    top_n, wrap = _knobs(trace.num_experts, trace.meta.top_k, params)
+    rows = routing_rows(trace)
     L, E, R = rows.num_layers, rows.num_experts, rows.num_rows
     row = [[int(k) - (r % L) * E for k in rows.keys[rows.row_ptr[r]:rows.row_ptr[r + 1]]] for r in range(R)]
     counts: dict[tuple[int, int, int], int] = {}

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 from moesim.sim.errors import ConfigError
-from moesim.sim.hierarchy import demand_rows
-from moesim.sim.prefetch._plan import PrefetchPlan, plan_from_lists
+from moesim.sim.prefetch._plan import PieceRouting, PrefetchPlan, plan_from_lists, routing_rows
 from moesim.traces.trace import Trace
 
 NAME = "oracle"
@@ -30,26 +29,38 @@ def _knobs(params: Mapping[str, Any]) -> tuple[int, int | None]:
     return int(d), None if n is None else int(n)
 
 
-def plan(trace: Trace, params: Mapping[str, Any], seed: int) -> PrefetchPlan:
-    d, top_n = _knobs(params)
-    rows = demand_rows(trace)
-    R = rows.num_rows
-    counts = np.diff(rows.row_ptr)
-    # Position of every access inside its row, to apply top_n.
-    acc_row = np.repeat(np.arange(R, dtype=np.int64), counts)
-    slot = np.arange(len(rows.keys), dtype=np.int64) - rows.row_ptr[acc_row]
-    keep = (acc_row >= d) & ((slot < top_n) if top_n is not None else True)
-    issued = np.zeros(R, np.int64)
-    if R > d:
-        np.add.at(issued, acc_row[keep] - d, 1)
-    row_ptr = np.zeros(R + 1, np.int64)
-    np.cumsum(issued, out=row_ptr[1:])
-    return PrefetchPlan(row_ptr, rows.keys[keep].astype(np.int32), acc_row[keep])
+class Session:
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.lookahead, self.top_n = _knobs(params)
+
+    def plan_piece(self, piece: PieceRouting) -> PrefetchPlan:
+        d, top_n = self.lookahead, self.top_n
+        R = piece.num_rows
+        # The piece's rows, then the d rows after it (from the next pieces of the same epoch).
+        more_keys, more_ptr = piece.ahead(d)
+        keys = np.concatenate([piece.keys, more_keys]).astype(np.int32)
+        row_ptr = np.concatenate([piece.row_ptr, more_ptr[1:] + piece.row_ptr[-1]])
+        n_rows = row_ptr.shape[0] - 1
+        counts = np.diff(row_ptr)
+        acc_row = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+        slot = np.arange(len(keys), dtype=np.int64) - row_ptr[acc_row]
+        limit = min(piece.total_rows, piece.epoch_end) - piece.row0  # no target at or past it
+        keep = (acc_row >= d) & (acc_row - d < R) & (acc_row < limit)
+        if top_n is not None:
+            keep &= slot < top_n
+        issued = np.bincount(acc_row[keep] - d, minlength=R).astype(np.int64) if R else np.zeros(0, np.int64)
+        out_ptr = np.zeros(R + 1, np.int64)
+        np.cumsum(issued, out=out_ptr[1:])
+        return PrefetchPlan(out_ptr, keys[keep].astype(np.int32), acc_row[keep] + piece.row0)
+
+
+def start(num_layers: int, num_experts: int, top_k: int, params: Mapping[str, Any], seed: int) -> Session:
+    return Session(params)
 
 
 def reference(trace: Trace, params: Mapping[str, Any], seed: int) -> PrefetchPlan:
     d, top_n = _knobs(params)
-    rows = demand_rows(trace)
+    rows = routing_rows(trace)
     out = []
     for r in range(rows.num_rows):
         t = r + d

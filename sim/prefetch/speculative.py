@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
-from moesim.sim.prefetch._plan import PrefetchPlan, plan_from_lists
+from moesim.sim.prefetch._plan import PieceRouting, PrefetchPlan, plan_from_lists
 from moesim.traces.trace import PAD, Trace
 
 NAME = "speculative"
@@ -89,21 +89,13 @@ def _simulate(experts, u, accuracy, num_experts, out):
 
 def predictions(trace: Trace, params: Mapping[str, Any], seed: int) -> np.ndarray:
     """``[T, L, K']`` predicted experts per row: ``trace.predicted`` or a simulated predictor's."""
-    acc, sim, _ = _knobs(params)
+    _, sim, _ = _knobs(params)
     if trace.predicted is not None and not sim:
         return np.asarray(trace.predicted)
-    experts = np.asarray(trace.experts)
-    T, L, K = experts.shape
-    rng = np.random.default_rng(seed)
-    out = np.empty((T, L, K), np.int16)
-    for start in range(0, T, _CHUNK_STEPS):
-        stop = min(start + _CHUNK_STEPS, T)
-        u = rng.random((stop - start, L, K, 2))
-        _simulate(np.ascontiguousarray(experts[start:stop]), u, acc, trace.num_experts, out[start:stop])
-    return out
+    return Session(trace.num_experts, params, seed).simulate(np.asarray(trace.experts))
 
 
-def _plan_from_predictions(pred: np.ndarray, num_experts: int, top_n: int | None) -> PrefetchPlan:
+def _plan_from_predictions(pred: np.ndarray, num_experts: int, top_n: int | None, row0: int) -> PrefetchPlan:
     T, L, _ = pred.shape
     p = pred[:, 1:, :] if top_n is None else pred[:, 1:, :top_n]
     mask = p >= 0
@@ -113,13 +105,38 @@ def _plan_from_predictions(pred: np.ndarray, num_experts: int, top_n: int | None
     np.cumsum(issued.reshape(-1), out=row_ptr[1:])
     layer = np.arange(1, L, dtype=np.int64)[None, :, None]
     keys = (p.astype(np.int64) + layer * num_experts)[mask].astype(np.int32)
-    target = np.broadcast_to(np.arange(T, dtype=np.int64)[:, None, None] * L + layer, p.shape)[mask]
+    target = np.broadcast_to(np.arange(T, dtype=np.int64)[:, None, None] * L + layer, p.shape)[mask] + row0
     return PrefetchPlan(row_ptr, keys, np.ascontiguousarray(target, np.int64))
 
 
-def plan(trace: Trace, params: Mapping[str, Any], seed: int) -> PrefetchPlan:
-    _, _, top_n = _knobs(params)
-    return _plan_from_predictions(predictions(trace, params, seed), trace.num_experts, top_n)
+class Session:
+    """The simulated predictor's random stream carries over from piece to piece, so the draws are
+    those of one pass over the whole trace whatever the pieces."""
+
+    def __init__(self, num_experts: int, params: Mapping[str, Any], seed: int) -> None:
+        self.accuracy, self.simulated, self.top_n = _knobs(params)
+        self.E = num_experts
+        self.rng = np.random.default_rng(seed)
+
+    def simulate(self, experts: np.ndarray) -> np.ndarray:
+        T, L, K = experts.shape
+        out = np.empty((T, L, K), np.int16)
+        for start in range(0, T, _CHUNK_STEPS):
+            stop = min(start + _CHUNK_STEPS, T)
+            u = self.rng.random((stop - start, L, K, 2))
+            _simulate(np.ascontiguousarray(experts[start:stop]), u, self.accuracy, self.E, out[start:stop])
+        return out
+
+    def plan_piece(self, piece: PieceRouting) -> PrefetchPlan:
+        if piece.predicted is not None and not self.simulated:
+            pred = piece.predicted
+        else:
+            pred = self.simulate(piece.experts)
+        return _plan_from_predictions(pred, self.E, self.top_n, piece.row0)
+
+
+def start(num_layers: int, num_experts: int, top_k: int, params: Mapping[str, Any], seed: int) -> Session:
+    return Session(num_experts, params, seed)
 
 
 def reference(trace: Trace, params: Mapping[str, Any], seed: int) -> PrefetchPlan:

@@ -1,8 +1,8 @@
-"""Plain-Python twin of :func:`sim.hierarchy.simulate_hierarchy`, for the tests.
+"""Plain-Python twin of the hierarchy (:func:`moesim.sim.offload.simulate_hierarchy`), for the tests.
 
 It re-implements the L1 policies it supports (``lru``, ``fifo``, ``opt``) as small step-by-step
-classes, and L2 with ordered dicts, following the rules in :mod:`sim.hierarchy`'s docstring
-rather than its code.
+classes, and L2 with ordered dicts, following the rules in :mod:`moesim.sim.hierarchy`'s docstring
+rather than its code, over a whole in-memory trace (no pieces, no pinned experts, no cold restart).
 """
 
 from __future__ import annotations
@@ -11,24 +11,12 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+from moesim.sim.cache_setup import resolve_capacity
 from moesim.sim.errors import ConfigError
-from moesim.sim.hierarchy import (
-    COUNTERS,
-    KIND_DEMAND,
-    KIND_PREFETCH,
-    SRC_DRAM,
-    SRC_L1,
-    SRC_SSD,
-    DemandRows,
-    HierarchyConfig,
-    HierarchyResult,
-    TransferEvents,
-    check_capacities,
-    demand_rows,
-    prefetch_next_use,
-)
+from moesim.sim.hierarchy import COUNTERS, KIND_DEMAND, KIND_PREFETCH, SRC_DRAM, SRC_L1, SRC_SSD
 from moesim.sim.kernel import NEVER
-from moesim.sim.prefetch import PrefetchPlan, empty_plan
+from moesim.sim.levels import HierarchyConfig
+from moesim.sim.prefetch import PrefetchPlan, RoutingRows, empty_plan, routing_rows
 from moesim.sim.rows import next_use_reference
 from moesim.traces.trace import Trace
 
@@ -86,18 +74,32 @@ class _Opt:
 _POLICIES = {"lru": _Lru, "fifo": _Fifo, "opt": _Opt}
 
 
+def prefetch_next_use(rows: RoutingRows, plan: PrefetchPlan) -> np.ndarray:
+    """For each plan entry, the first row after its issuing row that requests its key (``NEVER`` if none)."""
+    out = np.full(len(plan), NEVER, np.int64)
+    for j in range(len(plan)):
+        issue = int(np.searchsorted(plan.row_ptr, j, side="right")) - 1
+        k = int(plan.keys[j])
+        for s in range(issue + 1, rows.num_rows):
+            if k in rows.keys[rows.row_ptr[s]:rows.row_ptr[s + 1]].tolist():
+                out[j] = s
+                break
+    return out
+
+
 def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: PrefetchPlan | None = None,
-                        bytes_per_expert: int | None = None, warmup_steps: int = 0) -> HierarchyResult:
-    """Same inputs and result as :func:`sim.hierarchy.simulate_hierarchy` (L1 policy lru, fifo or opt)."""
+                        bytes_per_expert: int | None = None, warmup_steps: int = 0) -> dict[str, Any]:
+    """The counters, the hit of every demand access (time-major), the events (row, key, src, kind),
+    for L1 policy lru, fifo or opt: what the engine's hierarchy path gives."""
     if config.l1.policy not in _POLICIES:
         raise ConfigError(f"the reference hierarchy supports L1 policies {sorted(_POLICIES)}, not "
                           f"{config.l1.policy!r}")
-    rows: DemandRows = demand_rows(trace)
+    rows = routing_rows(trace)
     L, E = rows.num_layers, rows.num_experts
     per_layer = config.l1.organisation == "per_layer"
-    l1_cap = config.l1.capacity(bytes_per_expert)
-    l2_cap = None if config.l2 is None else config.l2.capacity(bytes_per_expert)
-    check_capacities(config, rows, l1_cap, l2_cap)
+    l1_total, l2_cap = config.capacities(bytes_per_expert)
+    _, layer_caps = resolve_capacity(L, l1_total, None, None, config.l1.organisation, None)
+    caps = list(layer_caps) if per_layer else [l1_total]
     plan = empty_plan(rows.num_rows) if plan is None else plan
     plan.check(rows.num_rows, rows.num_keys)
     next_use = next_use_reference(rows.keys, rows.row_ptr, np.arange(rows.num_rows))
@@ -105,7 +107,7 @@ def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: Prefetch
     if config.l1.policy != "opt":
         next_use = np.full(len(rows.keys), NEVER, np.int64)
         pf_next = np.full(len(plan), NEVER, np.int64)
-    caches = [_POLICIES[config.l1.policy](l1_cap) for _ in range(L if per_layer else 1)]
+    caches = [_POLICIES[config.l1.policy](c) for c in caps]
     part = (lambda k: k // E) if per_layer else (lambda k: 0)
     budget = float("inf") if config.prefetch_budget is None else config.prefetch_budget
     count_from = min(warmup_steps * L, rows.num_rows)
@@ -130,6 +132,8 @@ def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: Prefetch
     def bump(name: str, counted: bool) -> None:
         if counted:
             cnt[name] += 1
+        elif name == "l1_evictions":
+            cnt["l1_evictions_warmup"] += 1
 
     def evict_l2(counted: bool) -> None:
         victim = next(k for k in queue if not (config.inclusive and k in l1))
@@ -181,11 +185,11 @@ def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: Prefetch
     def has_room(p: int, r: int, target: int, guard: set[int]) -> bool:
         # A victim must exist now outside the guarded keys; and if a row of cache p comes before
         # the target, that row must fit beside every prefetch in flight in p.
-        if sum(1 for g in guard if part(g) == p) + 1 > l1_cap:
+        if sum(1 for g in guard if part(g) == p) + 1 > caps[p]:
             return False
         next_row = (r + ((p - r % L) % L or L)) if per_layer else r + 1
         in_flight = sum(1 for o in outstanding if part(o) == p)
-        return target <= next_row or in_flight + 1 + rows.width <= l1_cap
+        return target <= next_row or in_flight + 1 + rows.width <= caps[p]
 
     for r in range(rows.num_rows):
         counted = r >= count_from
@@ -254,11 +258,10 @@ def reference_hierarchy(trace: Trace, config: HierarchyConfig, *, plan: Prefetch
             if res is not None:
                 evict_l1(res + p * E if per_layer else res, counted)
 
-    ev = np.array(events, np.int64).reshape(-1, 4)
-    te = TransferEvents(ev[:, 0].copy(), ev[:, 1].astype(np.int32), ev[:, 2].astype(np.int8),
-                        ev[:, 3].astype(np.int8), np.array(useful, np.uint8))
     counts = {k: v for k, v in cnt.items() if k != "inconsistent"}
-    return HierarchyResult(config, l1_cap, l2_cap, counts, hit, src, te, rows, count_from)
+    ev = np.array(events, np.int64).reshape(-1, 4)
+    return {"counts": counts, "hit": hit, "src": src,
+            "events": {"row": ev[:, 0], "key": ev[:, 1], "src": ev[:, 2], "kind": ev[:, 3]}}
 
 
-__all__ = ["reference_hierarchy"]
+__all__ = ["prefetch_next_use", "reference_hierarchy"]
