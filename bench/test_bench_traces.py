@@ -136,3 +136,69 @@ def test_out_of_core_replay_keeps_memory_bounded(benchmark: Any, big_trace: Trac
     elif trace_bytes >= 256 * 2**20:
         # The heap must not hold the trace: at most a few chunks' worth of working arrays.
         assert grew < trace_bytes / 4, (grew, trace_bytes)
+
+
+def _run_app_measured(trace: Path, run_dir: Path) -> dict[str, Any]:
+    """One ``moesim`` run on a trace file (affinity prefetch, the hierarchy path), in its own process,
+    its anonymous memory polled from /proc every 5 ms: (seconds, peak anonymous MiB, metrics)."""
+    import threading
+    import time
+
+    args = [sys.executable, "-m", "moesim.sim", "trace=file", f"trace.path={trace}", "prefetch=affinity",
+            "cache.l1_experts=256", "quant.error_rows=0", f"hydra.run.dir={run_dir}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("RssAnon:"):
+                            peak[0] = max(peak[0], int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.005)
+
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    _, err = proc.communicate(timeout=3600)
+    seconds = time.perf_counter() - t0
+    w.join()
+    assert proc.returncode == 0, err[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok", metrics.get("error")
+    return {"seconds": seconds, "peak_anon_mb": peak[0] / 1024, "metrics": metrics}
+
+
+@pytest.mark.benchmark(group="scale")
+def test_app_on_a_large_trace_file_stays_bounded_and_linear(benchmark: Any, tmp_path: Path,
+                                                            request: pytest.FixtureRequest) -> None:
+    """The Hydra app with the affinity prefetcher (every prefetch, the hierarchy and the timeline
+    streamed piece by piece) on a trace of ``MOESIM_BENCH_APP_MB`` MiB of expert ids (default
+    2048) and on one ten times smaller: peak anonymous memory and the time ratio (linear: ~10x)."""
+    opt = request.config.getoption
+    disabled = bool(opt("benchmark_disable", False)) and not bool(opt("benchmark_enable", False))
+    big_mb = 4.0 if disabled else float(os.environ.get("MOESIM_BENCH_APP_MB", "2048"))
+    small = _tiled_trace(tmp_path / "small.safetensors", int(big_mb / 10 * 2**20))
+    big = _tiled_trace(tmp_path / "big.safetensors", int(big_mb * 2**20))
+    _run_app_measured(Path(small.file), tmp_path / "warm")  # compiled code cached before timing
+    runs: dict[str, dict[str, Any]] = {}
+
+    def both() -> None:
+        runs["small"] = _run_app_measured(Path(small.file), tmp_path / "small")
+        runs["big"] = _run_app_measured(Path(big.file), tmp_path / "big")
+
+    benchmark.pedantic(both, rounds=1, iterations=1)
+    s, b = runs["small"], runs["big"]
+    file_bytes = os.path.getsize(big.file)
+    benchmark.extra_info.update(
+        big_file_mb=file_bytes / 2**20, small_file_mb=os.path.getsize(small.file) / 2**20,
+        big_seconds=b["seconds"], small_seconds=s["seconds"], time_ratio=b["seconds"] / s["seconds"],
+        size_ratio=big.num_steps / small.num_steps, big_peak_anon_mb=b["peak_anon_mb"],
+        small_peak_anon_mb=s["peak_anon_mb"], accesses=b["metrics"]["l1"]["accesses"],
+        accesses_per_s=b["metrics"]["l1"]["accesses"] / b["seconds"])
+    for r, tr in ((s, small), (b, big)):
+        assert r["metrics"]["l1"]["accesses"] + r["metrics"]["l1"]["warmup"]["accesses"] == \
+            int((np.asarray(tr.experts) >= 0).sum())

@@ -151,8 +151,8 @@ def test_per_layer_caches_by_hand() -> None:
 
 def test_equal_split_gives_the_remainder_to_the_first_layers() -> None:
     tr = trace_of(np.zeros((1, 3, 1)), 4)
-    assert resolve_capacity(tr, 8, None, None, "per_layer", None) == (8, (3, 3, 2))
-    assert resolve_capacity(tr, 8, None, None, "shared", None) == (8, None)
+    assert resolve_capacity(tr.num_layers, 8, None, None, "per_layer", None) == (8, (3, 3, 2))
+    assert resolve_capacity(tr.num_layers, 8, None, None, "shared", None) == (8, None)
 
 
 def test_tie_break_changes_what_a_row_leaves_behind() -> None:
@@ -209,8 +209,8 @@ def test_pinned_experts_always_hit_and_take_no_policy_slot() -> None:
 
 def test_capacity_in_bytes_is_floored() -> None:
     tr = trace_of(np.zeros((1, 1, 1)), 40)
-    assert resolve_capacity(tr, None, 3.0, 0.1, "shared", None)[0] == 30  # 29.999... in floats
-    assert resolve_capacity(tr, None, 2.9, 1.0, "shared", None)[0] == 2
+    assert resolve_capacity(tr.num_layers, None, 3.0, 0.1, "shared", None)[0] == 30  # 29.999... in floats
+    assert resolve_capacity(tr.num_layers, None, 2.9, 1.0, "shared", None)[0] == 2
     res = replay(trace_of(CLOCK_TRACE, 2), "lru", capacity_bytes=2.5e9, bytes_per_expert=1e9)
     assert res.capacity == 2 and res.hits == 1
 

@@ -15,18 +15,42 @@ are helpers and are skipped. Every policy module provides:
     ``_num_layers`` and ``_num_experts`` (a shared cache's key is ``layer * _num_experts + e``).
     The engine calls it again at every request boundary when the cache starts cold per request.
 ``access(state, key, now, next_use, guard, stamp) -> int`` (``@njit``)
-    Serve one request; ``HIT``, ``MISS`` or the evicted key; see :mod:`sim.kernel` for the row
-    guard. A policy inserts on every miss unless its docstring says otherwise (``static``).
+    Serve one request; see the contract below.
 ``replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out) -> int`` (``@njit``)
     Serve a block of rows (usually ``replay_kernel(access, ...)``), write 1/0 per access into
     ``hits_out`` and return the evictions. The state carries over between calls, so a trace is
-    replayed in chunks.
+    replayed in chunks. It must give exactly what ``access`` gives key by key (a property test
+    runs the engine both ways for every registered policy).
 ``reference(keys, row_ptr, row_time, next_use, capacity, num_keys, params, seed) -> (hits, evictions)``
     A plain-Python implementation with the same semantics, used by the tests.
 
 Optional attributes: ``NEEDS_NEXT_USE = True`` if ``access`` reads ``next_use`` (the engine then
 computes it; otherwise ``replay`` gets an empty array and the loop passes ``NEVER``);
-``PRELOADS = True`` if the cache starts full (then it may beat OPT, which starts empty).
+``PRELOADS = True`` if the cache starts full (then it may beat OPT, which starts empty), with
+``preloaded(state) -> keys`` saying what it holds; ``more_victims(state, out) -> int`` (``@njit``)
+for a policy that may evict several keys for one request (see below).
+
+**The contract of** ``access`` (what the engine's hierarchy relies on, :mod:`sim.hierarchy`):
+
+* It returns ``HIT`` (the key was resident and stays), ``MISS`` (the key is now resident, nothing
+  left), the key it evicted (``>= 0``; the key is now resident), or ``BYPASS`` (the key is served
+  without being cached and nothing changes: a policy that never inserts, such as ``static``).
+  Whether it hits depends only on what the cache holds; a policy inserts on every miss unless it
+  returns ``BYPASS``.
+* A policy that evicts more than one key for one request (``watermark``'s batches) returns the
+  first and hands the others to ``more_victims``, which the engine calls right after; every key
+  reported left the cache, and nothing leaves it unreported.
+* Keys with ``guard[key] == stamp`` are *guarded*: never a victim. Before a row is served its keys
+  are guarded; in the hierarchy, so is every prefetched key whose target row has not come yet,
+  and such a key is **not** requested again in the row. So a guarded key passed over while
+  looking for a victim must keep its place and its state exactly (LRU slides it, it does not drop
+  it), and the policy must still find a victim among the unguarded residents if one exists.
+* ``now`` is the row's time in the layer clock (``t * L + l``) and grows from call to call;
+  ``next_use`` is the time the key is requested next (``NEVER`` when unknown or never).
+
+The engine checks the first point on every access it makes in the hierarchy (a disagreement about
+what the cache holds is an error naming the policy), and a parametrised test runs every registered
+policy through the hierarchy with random prefetches.
 
 Array dtypes the engine passes (numba compiles one version per dtype combination): ``keys``
 int32, ``row_ptr`` / ``row_time`` / ``next_use`` int64, ``hits_out`` uint8.
