@@ -235,9 +235,14 @@ def run(trace: Trace, setup: CacheSetup, *, decode_only: bool = False, lower: Lo
     chunk_steps = default_chunk_steps(L, K) if chunk_steps is None else int(chunk_steps)
     stream = plan_stream(trace, chunk_steps, warmup_steps=setup.warmup_steps, cold_start=setup.cold_start,
                          decode_only=decode_only)
-    widest = _widest(stream, setup.layout.pinned)
-    _check_widths(setup, widest)
     general = path == "hierarchy" or _uses_hierarchy(setup, lower, prefetcher)
+    # The widest row: to refuse a cache that cannot hold one, and for the hierarchy's room rule. A
+    # pass over the trace, skipped when no row can be wider than the cache (most replays).
+    if general or min(setup.policy_slots) < K:
+        widest = _widest(stream, setup.layout.pinned)
+        _check_widths(setup, widest)
+    else:
+        widest = np.full(L, K, np.int64)
     lower = lower or LowerLevels()
     with (scratch_dir(scratch) if needs_next_use(setup.policy) or timing is not None
           else contextlib.nullcontext("")) as tmp:
@@ -320,7 +325,7 @@ class _Runner:
         step_hits = np.zeros((Tp, self.L), np.int64)
         mask = (self.rec.hit_mask[piece.step0:piece.step0 + Tp] if self.rec is not None
                 else np.zeros((0, 0, 0), np.bool_))
-        step_acc = row_widths(chunk)
+        step_acc = row_widths(chunk) if not self.fused else np.zeros_like(step_hits)
         pinned = 0
         if self.any_pinned:
             pinned_hits(chunk, self.E, self.layout.pinned, step_hits, mask, self.record)
@@ -339,9 +344,8 @@ class _Runner:
 
     def _serve_fast(self, p: int, piece: Piece, chunk: np.ndarray, step_hits: np.ndarray, mask: np.ndarray,
                     step_acc: np.ndarray) -> int:
-        if self.fused:
-            acc = np.zeros_like(step_hits)
-            return int(self.policy.replay_steps(self.states[0], chunk, self.E, step_hits, acc))
+        if self.fused:  # also counts the accesses of each row into step_acc
+            return int(self.policy.replay_steps(self.states[0], chunk, self.E, step_hits, step_acc))
         block = build_rows(chunk, piece.step0, self.layout)
         evictions = 0
         n_keys = self.layout.keys_per_instance

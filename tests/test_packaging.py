@@ -267,8 +267,15 @@ def test_wheel_installs_beside_hub_kernels_and_its_scripts_run(transformers_inst
     import kernels as hub
 
     wheels = tmp_path / "wheels"
+    # Built from a copy of the tracked layout: setuptools writes build/ and *.egg-info beside the source.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (*ROOMS, "conf"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-          str(REPO)], cwd=tmp_path)
+          str(src)], cwd=tmp_path)
     (wheel,) = wheels.glob("moesim-*.whl")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
