@@ -204,7 +204,7 @@ def test_mixtral_single_path_and_blank_lines(tmp_path: Path) -> None:
     ({"experts": [1]}, "gating_probs"),  # lengths differ
     ({"gating_probs": [0.5, -0.1]}, "gating_probs"),
     ({"gating_probs": [0.5, "nan"]}, "gating_probs"),
-    ({"token_idx": "x"}, "row"),
+    ({"token_idx": "x"}, "token_idx"),
     ({"dataset": None, "problem_id": None}, "row"),
 ])
 def test_mixtral_bad_row_names_file_field_line(tmp_path: Path, change: dict, field: str) -> None:

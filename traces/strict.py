@@ -105,10 +105,15 @@ def _constant(name: str) -> NoReturn:
 
 def loads(text: str | bytes, *, file: str | None, field: str | None = None, index: Any = None,
           error: type[TraceError] = ImportFormatError) -> Any:
-    """``json.loads`` without its extensions (NaN, Infinity, duplicate keys), every failure located."""
+    """``json.loads`` without its extensions (NaN, Infinity, duplicate keys), every failure located.
+
+    ``index`` locates a value inside a file (a JSONL line); without it, a syntax error is located by
+    the line of the document (field ``line``)."""
     try:
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
     except json.JSONDecodeError as exc:
+        if index is None and field in (None, "json"):
+            field, index = "line", exc.lineno
         fail(f"not JSON ({exc.msg} at column {exc.colno})", file=file, field=field, index=index, error=error)
     except RecursionError:
         fail("JSON nested too deeply", file=file, field=field, index=index, error=error)
@@ -218,6 +223,12 @@ def _int_to_float(v: int) -> float:
         return float(v)
     except OverflowError:
         return math.inf
+
+
+def json_str(value: Any, *, file: str | None, field: str, index: Any = None) -> str:
+    if type(value) is not str:
+        fail(f"must be a JSON string, got {_got(value)}", file=file, field=field, index=index)
+    return value
 
 
 def json_object(value: Any, *, file: str | None, field: str, index: Any = None,
