@@ -95,12 +95,19 @@ def resolve_capacity(trace: Trace, capacity: int | None, capacity_bytes: float |
         if not capacity_bytes >= 0 or not math.isfinite(capacity_bytes):
             raise ConfigError(f"capacity_bytes must be a finite number >= 0, got {capacity_bytes!r}")
         # floor, forgiving the last-bit rounding of a quotient that is an integer in exact arithmetic
-        capacity = math.floor(capacity_bytes / bytes_per_expert * (1 + 1e-12))
+        experts = capacity_bytes / bytes_per_expert * (1 + 1e-12)
+        if not math.isfinite(experts):  # 1e300 / 1e-300: math.floor would raise OverflowError
+            raise ConfigError(f"capacity_bytes={capacity_bytes:g} / bytes_per_expert={bytes_per_expert:g} is "
+                              "not a finite number of experts")
+        capacity = math.floor(experts)
         if capacity < 1:
             raise ConfigError(f"capacity_bytes={capacity_bytes:g} holds no expert of {bytes_per_expert:g} bytes")
     capacity = _as_int(capacity, "capacity")
     if capacity < 1:
         raise ConfigError(f"capacity must be >= 1 expert, got {capacity}")
+    if capacity >= 1 << 62:  # the jitted loops count slots in int64
+        raise ConfigError(f"capacity {capacity:.3g} experts is beyond any cache (the trace has "
+                          f"{L * trace.num_experts} keys)")
     if organisation == "shared":
         return capacity, None
     if capacity < L:

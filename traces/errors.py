@@ -74,5 +74,5 @@ def internal_error(exc: BaseException) -> str:
     without the traceback a user cannot act on."""
     if isinstance(exc, MemoryError):
         return "out of memory (the input is larger than this machine can hold)"
-    return (f"unexpected {type(exc).__name__}: {one_line(exc)} (this is a bug in moesim: please report it "
-            "with the command line)")
+    return (f"unexpected {type(exc).__name__}: {one_line(exc)} (if the inputs are valid, this is a bug in "
+            "moesim: please report it with the command line)")
