@@ -10,6 +10,7 @@ trace under the final name.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -166,11 +167,12 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
             raise _corrupt(f"{end - begin} bytes do not hold shape {shape} of {dtype} ({nbytes} bytes)",
                            name, key)
         spans.append((begin, end, key))
+    spans.sort()
+    for (b0, e0, k0), (b1, e1, k1) in itertools.pairwise(spans):
+        if b1 < e0:  # checked before the gaps: an overlap always leaves a gap somewhere else too
+            raise _corrupt(f"data [{b1}, {e1}) overlaps tensor '{k0}' at [{b0}, {e0})", name, k1)
     covered = 0
-    for begin, end, key in sorted(spans):
-        if begin < covered:
-            other = next(k for b, e, k in spans if k != key and b < end and begin < e)
-            raise _corrupt(f"data [{begin}, {end}) overlaps tensor '{other}'", name, key)
+    for begin, end, key in spans:
         if begin > covered:
             raise _corrupt(f"data bytes [{covered}, {begin}) belong to no tensor", name, key)
         covered = end
