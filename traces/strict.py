@@ -35,6 +35,7 @@ _NPY_READ_BLOCK = 1 << 20
 # Booleans are not numbers here; object, structured, complex and date kinds never hold routing, and
 # object arrays would need pickle.
 _NUMERIC_KINDS = "iuf"
+_KIND_WORDS = {"i": "integers", "u": "integers", "f": "floats", "b": "booleans", "U": "text"}
 
 _INT_CELL = re.compile(r"-?[0-9]+")
 _FLOAT_CELL = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
@@ -331,7 +332,8 @@ def read_npy(fh: Any, available: int, *, file: str, field: str, kinds: str = _NU
     checked against ``available`` before the array is allocated, and only ``kinds`` are accepted."""
     shape, fortran, dtype, header = _npy_header(fh, file=file, field=field)
     if dtype.kind not in kinds or dtype.hasobject:
-        fail(f"dtype {dtype} is not allowed here (allowed kinds: {kinds})", file=file, field=field)
+        allowed = ", ".join(dict.fromkeys(_KIND_WORDS[k] for k in kinds))
+        fail(f"dtype {dtype} is not allowed here (only {allowed})", file=file, field=field)
     count = math.prod(shape)  # Python integers: no overflow, unlike np.prod
     nbytes = count * dtype.itemsize
     if nbytes != available - header:
