@@ -143,9 +143,13 @@ def main() -> None:
             sys.exit(2)
         raise
     failed = sorted(set(_FAILED) | set(_failed_in_sweeps(started)))
+    for job in failed:  # one line per failed job: its folder and its error
+        try:
+            error = json.loads((Path(job) / "status.json").read_text()).get("error", "failed")
+        except (OSError, ValueError):
+            error = "failed (status.json unreadable)"
+        print(f"moesim-analyze: error: {job}: {' | '.join(str(error).splitlines())}", file=sys.stderr)
     if failed:
-        print(f"moesim-analyze: {len(failed)} job(s) failed; see status.json in: {', '.join(failed)}",
-              file=sys.stderr)
         sys.exit(1)
 
 
