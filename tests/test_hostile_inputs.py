@@ -387,7 +387,7 @@ def test_equivalent_spellings_load_and_replay_the_same(tmp_path: Path, ext: str,
     assert result_of(trace) == base_result()
 
 
-# ---- memory bombs under a hard address-space limit -------------------------------------------------
+# ---- memory and work bombs under hard address-space and CPU-time limits ---------------------------
 
 BOMB_LIMIT = 1536 << 20  # bytes of address space for the whole interpreter, numba included
 
@@ -442,6 +442,18 @@ def _bombs(folder: Path) -> list[str]:
     p = folder / "bomb.npy"
     p.write_bytes(npy)
     out.append(f"ids={p}")
+    # Work bombs: a million nested brackets, an integer of a million digits, 20000 tiny npz members.
+    p = folder / "deep.jsonl"
+    p.write_text('{"meta": ' + "[" * 1_000_000 + "]" * 1_000_000 + "}\n")
+    out.append(f"trace={p}")
+    p = folder / "digits.jsonl"
+    p.write_text(lines[0] + '\n{"step": ' + "7" * 1_000_000 + "}\n")
+    out.append(f"trace={p}")
+    p = folder / "members.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        for i in range(20_000):
+            zf.writestr(f"m{i}.npy", b"")
+    out.append(f"trace={p}")
     # A real zip bomb: 64 MiB of zeros deflate to about 64 KB, declared honestly in the archive.
     p = folder / "zeros.npz"
     with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -451,7 +463,7 @@ def _bombs(folder: Path) -> list[str]:
     return out
 
 
-def test_memory_bombs_are_refused_within_a_hard_memory_limit(tmp_path: Path) -> None:
+def test_bombs_are_refused_within_hard_memory_and_cpu_limits(tmp_path: Path) -> None:
     bombs = _bombs(tmp_path)
     done = subprocess.run([sys.executable, "-c", BOMB_SCRIPT.format(limit=BOMB_LIMIT), *bombs],
                           capture_output=True, text=True, timeout=600)
