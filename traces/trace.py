@@ -331,7 +331,7 @@ def validate_meta(meta: TraceMeta, file: str | None) -> None:
     if meta.num_experts > np.iinfo(EXPERT_DTYPE).max:
         raise MissingMetadataError(f"num_experts={meta.num_experts} exceeds the int16 id range",
                                    file=file, field="num_experts")
-    if meta.num_layers * meta.num_experts > MAX_KEYS:
+    if int(meta.num_layers) * int(meta.num_experts) > MAX_KEYS:  # Python integers: numpy's would wrap
         raise MissingMetadataError(f"num_layers={meta.num_layers} x num_experts={meta.num_experts} exceeds the "
                                    f"{MAX_KEYS} cache keys any model needs", file=file, field="num_layers")
     if meta.top_k > meta.num_experts:
