@@ -155,6 +155,29 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
 
 
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st_ = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st_.st_mode) else f"file of {st_.st_size} bytes"))
+        real_fsync(fd)
+
+    def replace(src: str, dst: object) -> None:
+        events.append(("replace", Path(str(dst)).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(io.os, "replace", replace)
+    io.atomic_write_text(tmp_path / "t.txt", "hello")
+    assert events == [("fsync", "file of 5 bytes"), ("replace", "t.txt"), ("fsync", "folder")]
+
+
 # ---- memory-mapped reads -----------------------------------------------------------------------
 
 def test_load_memory_maps_and_iter_chunks_walks_the_file(tmp_path: Path) -> None:
