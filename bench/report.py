@@ -3,6 +3,7 @@
 Writes ``DIR/report/results.csv`` (+ ``results.parquet``), the plots of :mod:`bench.plots` (PNG and
 SVG), ``frontier.csv`` and ``report.md`` that embeds the plots, lists the winners and the failed
 jobs. Called by the Hydra callback at the end of every multirun; safe to run again at any time.
+Exit status: 0 written, 1 the report could not be written, 2 bad usage (no such folder).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from moesim.bench import plots
 from moesim.bench.aggregate import collect, swept_columns, to_csv_text, write_table
+from moesim.traces.errors import internal_error, one_line
 from moesim.traces.io import atomic_write_text
 
 
@@ -75,12 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="moesim-report", description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", help="a multirun folder (holds one sub-folder per job)")
     ap.add_argument("--out", default=None, help="where to write (default: SWEEP_DIR/report)")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or bad usage (2): a status, not an exception
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         res = build_report(args.sweep_dir, args.out)
-    except FileNotFoundError as exc:
-        print(f"moesim-report: {exc}", file=sys.stderr)
+    except FileNotFoundError as exc:  # the folder argument names no folder: bad usage
+        print(f"moesim-report: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except (OSError, ValueError) as exc:  # a report file that cannot be written
+        print(f"moesim-report: error: {args.sweep_dir}: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. a plot that fails on odd values: still one line, and a failure status
+        print(f"moesim-report: error: {args.sweep_dir}: {internal_error(exc)}", file=sys.stderr)
+        return 1
     n_ok = sum(r.get("status") == "ok" for r in res["rows"])
     print(f"{len(res['rows'])} jobs ({n_ok} ok); report: {res['report']}")
     return 0

@@ -476,14 +476,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    tables = analyze_checkpoint(args.checkpoint, rules=args.rules, formats=args.formats, sample_rows=args.sample_rows,
-                                seed=args.seed, out_dir=args.out, strict=not args.lenient, rank=args.rank,
-                                quiet=args.quiet, eps=args.eps)
-    if not args.no_plots and tables["quant_error"]:
-        from moesim.kernels.analysis_plots import plot_all
+    """Exit status: 0 analysed, 1 the checkpoint or an output failed, 2 bad usage. Errors are one line."""
+    from moesim.traces.errors import internal_error, one_line
 
-        plot_all(tables, Path(args.out) / "plots")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or bad usage (2): a status, not an exception
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        tables = analyze_checkpoint(args.checkpoint, rules=args.rules, formats=args.formats,
+                                    sample_rows=args.sample_rows, seed=args.seed, out_dir=args.out,
+                                    strict=not args.lenient, rank=args.rank, quiet=args.quiet, eps=args.eps)
+        if not args.no_plots and tables["quant_error"]:
+            from moesim.kernels.analysis_plots import plot_all
+
+            plot_all(tables, Path(args.out) / "plots")
+    except (ValueError, OSError) as exc:  # CheckpointError and FormatError are ValueErrors
+        print(f"moesim.kernels.analysis: error: {args.checkpoint}: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. a safetensors file the library cannot parse: still one line
+        print(f"moesim.kernels.analysis: error: {args.checkpoint}: {internal_error(exc)}", file=sys.stderr)
+        return 1
     n_mat = len(tables["matrix_stats"])
     n_unmatched = sum(1 for r in tables["inventory"] if r["status"] == "unmatched")
     print(f"{n_mat} expert matrices, {n_unmatched} unmatched tensors, {len(tables['warnings'])} warnings -> {args.out}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, Optional
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from moesim.traces.io import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -78,17 +81,76 @@ def run_analysis(cfg: Any, out_dir: Path, base_dir: Path | None = None) -> dict[
             "warnings": len(tables["warnings"])}
 
 
+# Jobs of this invocation that failed; the basic launcher runs jobs in this process. Out-of-process
+# launchers (joblib, submitit) cannot append here, so :func:`main` also reads the status.json files
+# of the sweep folder that :class:`SweepFolder` notes in this (the parent) process.
+_FAILED: list[str] = []
+_SWEEPS: list[Path] = []
+
+
+class SweepFolder(Callback):
+    """Notes the multirun's folder in the launching process (registered in ``conf/analysis.yaml``)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _SWEEPS.append(Path(str(config.hydra.sweep.dir)))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analysis")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         status = run_analysis(cfg, out_dir, Path(hydra.utils.get_original_cwd()))
-    except Exception as exc:
+    except Exception as exc:  # recorded with its traceback in status.json; the log gets one line
         status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        log.error("analysis failed: %s", status["error"])
+        log.error("analysis failed: %s (details: %s)", " | ".join(str(exc).splitlines()) or type(exc).__name__,
+                  out_dir / "status.json")
+        _FAILED.append(str(out_dir))
     status["config"] = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(out_dir / "status.json", json.dumps(status, indent=1) + "\n")
+    try:
+        atomic_write_text(out_dir / "status.json", json.dumps(status, indent=1) + "\n")
+    except OSError as exc:
+        log.error("cannot write %s: %s", out_dir / "status.json", exc)
+        _FAILED.append(str(out_dir))
     log.info("analysis %s -> %s", status["status"], out_dir)
+    return status
+
+
+def _failed_in_sweeps(started: float) -> list[str]:
+    """Failed jobs of the multirun that just ran, from its folder's status.json files."""
+    failed = []
+    for sweep in _SWEEPS:
+        for path in sweep.glob("*/status.json"):
+            try:
+                if path.stat().st_mtime >= started and json.loads(path.read_text()).get("status") != "ok":
+                    failed.append(str(path.parent))
+            except (OSError, ValueError):
+                failed.append(str(path.parent))
+    return failed
+
+
+def main() -> None:
+    """``moesim-analyze``. Exit status: 0 every job succeeded, 1 a job failed (after the others ran),
+    2 bad usage (an unknown key, a value of the wrong type: Hydra's message, no job run)."""
+    _FAILED.clear()
+    _SWEEPS.clear()
+    started = time.time() - 1.0  # file systems with coarse timestamps
+    try:
+        _app()
+    except SystemExit as exc:
+        # Every job's own failure is caught in _app, so Hydra stops with status 1 only when it could
+        # not compose the configuration or start the launcher: bad usage.
+        if exc.code not in (0, None):
+            sys.exit(2)
+        raise
+    failed = sorted(set(_FAILED) | set(_failed_in_sweeps(started)))
+    for job in failed:  # one line per failed job: its folder and its error
+        try:
+            error = json.loads((Path(job) / "status.json").read_text()).get("error", "failed")
+        except (OSError, ValueError):
+            error = "failed (status.json unreadable)"
+        print(f"moesim-analyze: error: {job}: {' | '.join(str(error).splitlines())}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

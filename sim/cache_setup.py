@@ -87,6 +87,8 @@ def resolve_capacity(num_layers: int, capacity: int | None, capacity_bytes: floa
     capacity = as_int(capacity, "capacity")
     if capacity < 1:
         raise ConfigError(f"capacity must be >= 1 expert, got {capacity}")
+    if capacity >= 1 << 62:  # the jitted loops count slots in int64
+        raise ConfigError(f"capacity {capacity:.3g} experts is beyond any cache")
     if organisation == "shared":
         return capacity, None
     if capacity < L:

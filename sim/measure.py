@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from moesim.sim.profiles import GB, GIB, HardwareProfile, profile_from_mapping
+from moesim.traces.errors import internal_error, one_line
 from moesim.traces.io import atomic_write_text
 
 DISK_BLOCK = 1 << 20  # bytes per sequential read call
@@ -246,7 +247,8 @@ def to_yaml(data: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moesim.sim.measure", description=__doc__.split("\n")[0])
+    """Exit status: 0 written, 1 a measurement or the output failed, 2 bad usage. Errors are one line."""
+    parser = argparse.ArgumentParser(prog="moesim-measure", description=__doc__.split("\n")[0])
     parser.add_argument("--name", default=platform.node() or "this-machine", help="profile name")
     parser.add_argument("--out", type=Path, help="YAML file to write (default: print to stdout)")
     parser.add_argument("--size-mib", type=int, default=512, help="bytes per copy and disk test file, MiB")
@@ -254,17 +256,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--matmul-n", type=int, default=2048, help="matrix size of the FLOP/s test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even if CUDA is available")
-    args = parser.parse_args(argv)
-    if args.size_mib < 1 or args.matmul_n < 1 or args.repeats < 1:
-        parser.error("--size-mib, --matmul-n and --repeats must be positive")
-    data = measure(args.name, size_bytes=args.size_mib << 20, disk_dir=args.disk_dir, matmul_n=args.matmul_n,
-                   repeats=args.repeats, use_gpu=False if args.cpu_only else None)
-    text = to_yaml(data)
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    try:
+        args = parser.parse_args(argv)
+        if args.size_mib < 1 or args.matmul_n < 1 or args.repeats < 1:
+            parser.error("--size-mib, --matmul-n and --repeats must be positive")
+        # Two copy buffers and three float32 matrices must fit in half of this machine's memory.
+        need = 2 * (args.size_mib << 20) + 3 * 4 * args.matmul_n ** 2
+        if need > dram_gib() * GIB / 2:
+            parser.error(f"--size-mib {args.size_mib} and --matmul-n {args.matmul_n} need {need / GIB:.1f} GiB, "
+                         f"more than half of this machine's {dram_gib()} GiB")
+        if not os.path.isdir(args.disk_dir):
+            parser.error(f"--disk-dir {args.disk_dir}: not a folder")
+    except SystemExit as exc:  # --help (0) or bad usage (2): a status, not an exception
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        data = measure(args.name, size_bytes=args.size_mib << 20, disk_dir=args.disk_dir, matmul_n=args.matmul_n,
+                       repeats=args.repeats, use_gpu=False if args.cpu_only else None)
+        text = to_yaml(data)
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            atomic_write_text(args.out, text)
+            print(f"wrote {args.out}", file=sys.stderr)
+    except (OSError, ValueError) as exc:  # the disk folder, the output file, or a profile out of range
+        print(f"moesim-measure: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("moesim-measure: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # e.g. a CUDA failure: still one line, and a failure status
+        print(f"moesim-measure: error: {internal_error(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,12 +10,16 @@ Example::
 
 Pinned experts and a static cache's contents are chosen from ``--profile`` (another trace: choosing
 them from the replayed trace would score the cache on the future it was tuned on).
+
+Exit status: 0 replayed, 1 a trace or output file that cannot be read or written, 2 bad usage (an
+unknown option, policy or parameter, a cache size that cannot be built). Errors are one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -24,26 +28,28 @@ from moesim.sim.errors import ConfigError
 from moesim.sim.pinning import choose_pinned
 from moesim.sim.policies import list_policies
 from moesim.sim.replay import replay, resolve_capacity
-from moesim.traces.errors import TraceError
+from moesim.traces.errors import TraceError, internal_error, one_line
 from moesim.traces.io import atomic_write_text, load_any
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(f"--param expects key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--param expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw  # a bare string
+    except (RecursionError, ValueError):  # nested too deeply, or an integer of thousands of digits
+        raise argparse.ArgumentTypeError(f"--param {key.strip()}: value is not usable JSON") from None
     return key.strip(), value
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not all(re.fullmatch(r"-?[0-9]{1,18}", x) for x in parts):  # int() would take "1_0" and "+1"
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return [int(x) for x in parts]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,15 +110,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or bad usage (2): a status, not an exception
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         out = run(args)
-    except (ConfigError, TraceError) as exc:
-        print(f"moesim-replay: error: {exc}", file=sys.stderr)
+        text = json.dumps(out, indent=2)
+        if args.output:
+            atomic_write_text(args.output, text + "\n")
+    except ConfigError as exc:
+        print(f"moesim-replay: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    text = json.dumps(out, indent=2)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
+    except (TraceError, OSError) as exc:
+        print(f"moesim-replay: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("moesim-replay: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # no check anticipated it: still one line, and a failure status
+        print(f"moesim-replay: error: {args.trace}: {internal_error(exc)}", file=sys.stderr)
+        return 1
     print(text)
     return 0
 

@@ -273,3 +273,84 @@ def test_pad_only_trace_through_stats(tmp_path: Path) -> None:
     assert main(["stats", str(path), "--out", str(tmp_path / "s")]) == 0
     rows = read_table(next((tmp_path / "s").glob("stats.*")))
     assert rows[-1]["accesses"] == 0
+
+
+# ---- hostile inputs: exit 1 (bad input) or 2 (bad usage), one stderr line naming the file ------------
+
+def _hostile_files(tmp_path: Path) -> dict[str, Path]:
+    good = io.save_jsonl(small_trace(), tmp_path / "good.jsonl")
+    lines = good.read_text().splitlines()
+    files = {}
+    head = json.loads(lines[0])
+    head["predicted_width"] = 100_000_000  # 8 KB that would claim gigabytes per step
+    files["bomb.jsonl"] = "\n".join([json.dumps({**head, "fields": [*head["fields"], "predicted"]}), *lines[1:]])
+    row = json.loads(lines[1])
+    row["experts"] = [1.9, 2]
+    files["float-id.jsonl"] = "\n".join([lines[0], json.dumps(row), *lines[2:]])
+    files["not-utf8.jsonl"] = good.read_bytes().replace(b"cli-toy", b"cli-\xfftoy")
+    files["deep.jsonl"] = '{"meta": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+    csv_lines = io.save_csv(small_trace(), tmp_path / "good.csv").read_text().splitlines()
+    cols = csv_lines[1].split(",")
+    j = cols.index("experts")
+    files["no-experts.csv"] = "\n".join([csv_lines[0]] + [",".join(c for i, c in enumerate(x.split(",")) if i != j)
+                                                         for x in csv_lines[1:]])
+    files["garbage.safetensors"] = b"\xff" * 64
+    files["garbage.npz"] = b"PK\x03\x04" + b"\0" * 60
+    out = {}
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        out[name] = path
+    out["missing.jsonl"] = tmp_path / "missing.jsonl"
+    out["folder.safetensors"] = tmp_path / "folder.safetensors"
+    out["folder.safetensors"].mkdir()
+    return out
+
+
+@pytest.mark.parametrize("name", ["bomb.jsonl", "float-id.jsonl", "not-utf8.jsonl", "deep.jsonl", "no-experts.csv",
+                                  "garbage.safetensors", "garbage.npz", "missing.jsonl", "folder.safetensors"])
+@pytest.mark.parametrize("command", ["info", "validate", "convert", "stats"])
+def test_hostile_files_through_every_reading_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     name: str, command: str) -> None:
+    path = _hostile_files(tmp_path)[name]
+    argv = {"info": ["info", str(path)], "validate": ["validate", str(path)],
+            "convert": ["convert", str(path), str(tmp_path / "out.safetensors")],
+            "stats": ["stats", str(path), "--out", str(tmp_path / "stats")]}[command]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.safetensors").exists() and not (tmp_path / "stats").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["stats", "t.safetensors", "--out", "o", "--window", "0"],
+    ["stats", "t.safetensors", "--out", "o", "--window", "-3"],
+    ["stats", "t.safetensors", "--out", "o", "--window", "1_000"],
+    ["info", "t.safetensors", "--window", "ten"],
+    ["generate", "default", "--out", "g.safetensors", "--requests", "0"],
+    ["generate", "default", "--out", "g.safetensors", "--seed", "-1"],
+    ["demo", "--out", "d", "--requests", "1.5"],
+    ["frobnicate"],
+    ["validate"],
+    ["import", "olmoe", "--out", "x.safetensors"],
+])
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_import_and_write_failures_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 trace_file: Path) -> None:
+    bad = tmp_path / "olmoe.npz"
+    np.savez(bad, layer_index=np.zeros(3, np.float32))
+    assert main(["import", "olmoe", str(bad), "--out", str(tmp_path / "o.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["convert", str(trace_file), str(blocker / "sub" / "t.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(blocker) in err and "Traceback" not in err
+    assert main(["stats", str(trace_file), "--out", str(blocker)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(blocker) in err

@@ -275,3 +275,104 @@ def test_router_logit_errors():
         import_router_logits([x, y], rule="mixtral", top_k=2)
     with pytest.raises(ImportFormatError, match="no routing rule known"):
         import_router_logits([x], rule="llama", top_k=2)
+
+
+# ---- hostile inputs: one located ImportFormatError each, never a coercion ------------------------
+
+def _write(tmp_path, name, content):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        np.save(path, content, allow_pickle=True)
+    return path
+
+
+def struct_header(text: str) -> bytes:
+    """The length and text of a hand-made ``.npy`` header (version 1.0)."""
+    import struct
+
+    h = text.encode() + b"\n"
+    return struct.pack("<H", len(h)) + h
+
+
+GENERIC_HOSTILE = [
+    ("ids.json", json.dumps([[[0, True]]]), "boolean"),
+    ("ids.json", json.dumps([[["1", 0]]]), 'string "1"'),
+    ("ids.json", json.dumps([[[1.9, 0]]]), "float 1.9"),
+    ("ids.json", json.dumps([[[1.0, 0]]]), "float 1.0"),
+    ("ids.json", json.dumps([[[[[0]]]]]), "nested deeper"),
+    ("ids.json", json.dumps([[[0, 1], 2]]), "depth"),
+    ("ids.json", json.dumps([[[2 ** 70, 0]]]), "outside"),
+    ("ids.json", json.dumps({"layer_0": [[0, None]], "layer_1": [[0, 1]]}), "null"),
+    ("ids.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("ids.json", "[[[0, NaN]]]", "NaN"),
+    ("ids.json", b"[[[0, 1]]] \xff", "not UTF-8"),
+    ("ids.json", "[[[0, 1]], [[1, 2]]] trailing", "not JSON"),
+    ("ids.csv", "1,2\n3,1.5\n", "not an integer"),
+    ("ids.csv", "1,2\n3,nan\n", "not an integer"),
+    ("ids.csv", "1,2\n3,inf\n", "not an integer"),
+    ("ids.csv", "1,2\n3,1e2\n", "not an integer"),
+    ("ids.csv", "1,2\n3, +1\n", "not an integer"),
+    ("ids.csv", "1,2\n3,1_0\n", "not an integer"),
+    ("ids.csv", "layer,token,experts\n0,0,1 2\n0,0.5,1 2\n", "not an integer"),
+    ("ids.csv", "layer,token,experts\nzero,0,1 2\n", "not an integer"),
+    ("ids.csv", "layer,token,experts\n0,0,1 2,9\n", "cells for"),
+    ("ids.csv", "layer,token\n0,0\n", "no column holds the ids"),
+    ("ids.csv", "layer,token,experts\n0,0,1 2\n0,0,2 1\n", "appears twice"),
+    ("ids.csv", "layer,token,experts\n5,0,1 2\n", "not 0.."),
+    ("ids.csv", b"1,2\n\xfe,1\n", "not UTF-8"),
+    ("ids.npy", np.array([[[True, False]]]), "integers"),
+    ("ids.npy", np.array([[["1", "2"]]]), "not allowed"),
+    ("ids.npy", np.array([[[None, 1]]], dtype=object), "not allowed"),
+    ("ids.npy", np.array([[[1 + 2j, 0]]]), "not allowed"),
+    ("ids.npy", np.array([[[np.nan, 0.0]]]), "not an integer"),
+    ("ids.npy", np.array([[[2.0 ** 70, 0.0]]]), "not an integer"),
+    ("ids.npy", np.array([[[2 ** 64 - 1, 0]]], dtype=np.uint64), "does not fit int64"),
+    ("ids.npy", b"\x93NUMPY\x01\x00" + struct_header("{'descr': '<i8', 'fortran_order': False, 'shape': (1000000000, 2), }"),
+     "needs 16000000000 bytes"),
+    ("ids.npy", b"not an npy at all", "bad magic"),
+    ("ids.h5", "whatever", "unknown extension"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "words"), GENERIC_HOSTILE,
+                         ids=[f"{n}:{i}" for i, (n, _, _) in enumerate(GENERIC_HOSTILE)])
+def test_generic_hostile_files(tmp_path, name, content, words):
+    path = _write(tmp_path, name, content)
+    with pytest.raises(ImportFormatError) as exc:
+        import_expert_ids(path)
+    msg = str(exc.value)
+    assert msg.startswith(str(path)) and words in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (json.dumps([[[0.5, "0.5"]]]), "string"),
+    (json.dumps([[[0.5, True]]]), "boolean"),
+    ("[[[0.5, Infinity]]]", "Infinity"),
+    ("[[[0.5, 1e400]]]", "finite"),
+])
+def test_generic_hostile_weights(tmp_path, content, words):
+    np.save(tmp_path / "ids.npy", np.array([[[0, 1]]]))
+    path = _write(tmp_path, "w.json", content)
+    with pytest.raises(ImportFormatError) as exc:
+        import_expert_ids(tmp_path / "ids.npy", weights=path)
+    assert str(exc.value).startswith(str(path)) and words in str(exc.value)
+
+
+def test_generic_missing_files_and_bad_arguments(tmp_path):
+    with pytest.raises(ImportFormatError, match=r"nope\.npy: no such file"):
+        import_expert_ids(tmp_path / "nope.npy")
+    with pytest.raises(ImportFormatError, match="not a regular file"):
+        import_expert_ids([tmp_path, tmp_path])
+    np.save(tmp_path / "ids.npy", IDS)
+    for kw in ({"num_experts": 4.5}, {"num_experts": True}, {"top_k": 0}, {"num_experts": -1}):
+        with pytest.raises(ImportFormatError):
+            import_expert_ids(tmp_path / "ids.npy", **kw)
+    np.save(tmp_path / "big.npy", np.array([[[40000, 0]]]))
+    with pytest.raises(ImportFormatError, match="int16"):
+        import_expert_ids(tmp_path / "big.npy")
+    with pytest.raises(ImportFormatError, match="must hold numbers"):
+        import_router_logits([np.array([["a", "b"]])], rule="softmax_topk", top_k=1)

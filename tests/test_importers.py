@@ -204,7 +204,7 @@ def test_mixtral_single_path_and_blank_lines(tmp_path: Path) -> None:
     ({"experts": [1]}, "gating_probs"),  # lengths differ
     ({"gating_probs": [0.5, -0.1]}, "gating_probs"),
     ({"gating_probs": [0.5, "nan"]}, "gating_probs"),
-    ({"token_idx": "x"}, "row"),
+    ({"token_idx": "x"}, "token_idx"),
     ({"dataset": None, "problem_id": None}, "row"),
 ])
 def test_mixtral_bad_row_names_file_field_line(tmp_path: Path, change: dict, field: str) -> None:
@@ -289,3 +289,108 @@ def test_real_mixtral_trace() -> None:
     assert 500 < tr.num_steps < 600
     assert_rows_are_full_and_distinct(tr.experts, 2)
     np.testing.assert_allclose(np.asarray(tr.gate_weights).sum(axis=-1), 1.0, atol=1e-5)
+
+
+# ---- hostile inputs: one located ImportFormatError each, never a coercion ------------------------
+
+def _olmoe_with(change) -> object:
+    def build(tmp_path: Path) -> Path:
+        ev = olmoe_events(shuffle=False)
+        change(ev)
+        return write_npz(tmp_path, ev)
+    return build
+
+
+OLMOE_HOSTILE = [
+    ("float layer index", _olmoe_with(lambda ev: ev.__setitem__("layer_index", ev["layer_index"] + 0.9)),
+     "layer_index", "not an integer dtype"),
+    ("boolean domain", _olmoe_with(lambda ev: ev.__setitem__("domain_id", ev["domain_id"] > 0)), "domain_id",
+     "dtype bool is not allowed here (only integers, floats)"),
+    ("float expert ids", _olmoe_with(lambda ev: ev.__setitem__("requested_expert_ids",
+                                                               ev["requested_expert_ids"] + 0.5)),
+     "requested_expert_ids", "not an integer dtype"),
+    ("integer router weights", _olmoe_with(lambda ev: ev.__setitem__("router_weights",
+                                                                     np.ones_like(ev["requested_expert_ids"]))),
+     "router_weights", "not a float dtype"),
+    ("object array", _olmoe_with(lambda ev: ev.__setitem__("sequence_id", np.array([None] * 9, dtype=object))),
+     "sequence_id", "not allowed"),
+    ("domain beyond the four domains", _olmoe_with(lambda ev: ev["domain_id"].__setitem__(0, 99)), "domain_id",
+     "outside"),
+    ("negative layer", _olmoe_with(lambda ev: ev["layer_index"].__setitem__(0, -1)), "layer_index", "outside"),
+    ("layer of a billion", _olmoe_with(lambda ev: ev.__setitem__(
+        "layer_index", np.where(np.arange(9) == 0, 10 ** 9, ev["layer_index"]).astype(np.int64))), "layer_index",
+     "outside"),
+    ("token index beyond int32", _olmoe_with(lambda ev: ev.__setitem__(
+        "generated_token_index", np.full(9, 2 ** 40, np.int64))), "generated_token_index", "outside"),
+    ("top-k wider than the experts", _olmoe_with(lambda ev: (
+        ev.__setitem__("requested_expert_ids", np.tile(np.arange(7, dtype=np.int16), (9, 1))),
+        ev.__setitem__("router_weights", np.ones((9, 7), np.float32)))), "requested_expert_ids", "top_k"),
+]
+
+
+@pytest.mark.parametrize(("build", "field", "words"), [c[1:] for c in OLMOE_HOSTILE],
+                         ids=[c[0] for c in OLMOE_HOSTILE])
+def test_olmoe_hostile_inputs(tmp_path: Path, build, field: str, words: str) -> None:
+    path = build(tmp_path)
+    with pytest.raises(ImportFormatError) as exc:
+        import_olmoe_npz(path, num_experts=6)
+    assert str(exc.value).startswith(str(path)) and exc.value.field == field and words in str(exc.value)
+
+
+def test_olmoe_missing_file_and_folder(tmp_path: Path) -> None:
+    for path, words in ((tmp_path / "nope.npz", "no such file"), (tmp_path, "not a regular file")):
+        with pytest.raises(ImportFormatError, match=words):
+            import_olmoe_npz(path)
+
+
+MIXTRAL_HOSTILE = [
+    ({"problem_id": 1.9}, "problem_id", "float 1.9"),
+    ({"problem_id": True}, "problem_id", "boolean"),
+    ({"problem_id": "0"}, "problem_id", "string"),
+    ({"layer": 1.0}, "layer", "JSON integer"),
+    ({"token_idx": -1}, "token_idx", "below 0"),
+    ({"dataset": 5}, "dataset", "JSON string"),
+    ({"experts": [True, 2]}, "experts", "boolean"),
+    ({"experts": ["1", 2]}, "experts", "string"),
+    ({"experts": [1.5, 2]}, "experts", "float"),
+    ({"experts": "1 2"}, "experts", "JSON list"),
+    ({"experts": list(range(9))}, "experts", "exceed"),
+    ({"gating_probs": ["0.5", 0.5]}, "gating_probs", "string"),
+    ({"gating_probs": [True, 0.5]}, "gating_probs", "boolean"),
+    ({"gating_probs": 0.5}, "gating_probs", "JSON list"),
+    ({"token_idx": 0}, "token_idx", "twice"),  # row 5 repeats token 0 of its request and layer
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), MIXTRAL_HOSTILE, ids=[str(c[0]) for c in MIXTRAL_HOSTILE])
+def test_mixtral_hostile_rows(tmp_path: Path, change: dict, field: str, words: str) -> None:
+    rows = mixtral_rows("gsm8k", 0, 3, 2)
+    rows[4].update(change)
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ImportFormatError) as exc:
+        import_mixtral_jsonl(path, num_layers=2)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: field '{field}' at [5]") and words in msg, msg
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (b'{"dataset": "g\xff"}\n', "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+    (b'{"dataset": "g", "problem_id": NaN}\n', "NaN"),
+    (b"[1, 2]\n", "JSON object"),
+])
+def test_mixtral_hostile_lines(tmp_path: Path, text: bytes, words: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(text)
+    with pytest.raises(ImportFormatError) as exc:
+        import_mixtral_jsonl(path, num_layers=2)
+    assert str(exc.value).startswith(f"{path}: field 'line' at [1]") and words in str(exc.value)
+
+
+def test_mixtral_missing_file_and_bad_counts(tmp_path: Path) -> None:
+    with pytest.raises(ImportFormatError, match=r"nope\.jsonl: no such file"):
+        import_mixtral_jsonl(tmp_path / "nope.jsonl")
+    path = write_jsonl(tmp_path / "ok.jsonl", mixtral_rows("g", 0, 1, 2))
+    for kw in ({"num_layers": 0}, {"num_layers": 2.5}, {"num_experts": 10 ** 6}, {"num_layers": 10 ** 9}):
+        with pytest.raises(ImportFormatError):
+            import_mixtral_jsonl(path, **kw)

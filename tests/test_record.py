@@ -582,7 +582,7 @@ def test_cli_refuses_hub_names_and_bad_arguments(tf, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("[1, 2]\n[1, \"a\"]\n")
     _model(tf, "mixtral").save_pretrained(str(tmp_path / "m"))
-    assert main([f"model={tmp_path / 'm'}", f"prompts={bad}", f"out={tmp_path / 'o.safetensors'}"]) == 2
+    assert main([f"model={tmp_path / 'm'}", f"prompts={bad}", f"out={tmp_path / 'o.safetensors'}"]) == 1
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "at [2]" in err
     assert not (tmp_path / "o.safetensors").exists()

@@ -341,7 +341,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path: Path, capsys: pytest.C
     assert cli_main([str(tmp_path / "t.safetensors"), "--policy", "lru", "--capacity", "2",
                      "--param", "foo=1"]) == 2
     assert "has no parameter(s) ['foo']" in capsys.readouterr().err
-    assert cli_main([str(tmp_path / "missing.safetensors"), "--policy", "lru", "--capacity", "2"]) == 2
+    assert cli_main([str(tmp_path / "missing.safetensors"), "--policy", "lru", "--capacity", "2"]) == 1
     assert "missing.safetensors" in capsys.readouterr().err
 
 

@@ -155,6 +155,29 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
 
 
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st_ = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st_.st_mode) else f"file of {st_.st_size} bytes"))
+        real_fsync(fd)
+
+    def replace(src: str, dst: object) -> None:
+        events.append(("replace", Path(str(dst)).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(io.os, "replace", replace)
+    io.atomic_write_text(tmp_path / "t.txt", "hello")
+    assert events == [("fsync", "file of 5 bytes"), ("replace", "t.txt"), ("fsync", "folder")]
+
+
 # ---- memory-mapped reads -----------------------------------------------------------------------
 
 def test_load_memory_maps_and_iter_chunks_walks_the_file(tmp_path: Path) -> None:
@@ -614,3 +637,399 @@ def test_row_forms_read_rows_without_inner_pads(tmp_path: Path) -> None:
     path = tmp_path / "old.jsonl"
     path.write_text(json.dumps(head) + "\n" + json.dumps({"step": 0, "layer": 0, "experts": [4, 2]}) + "\n")
     np.testing.assert_array_equal(io.load_jsonl(path).experts, [[[4, 2, -1]]])
+
+
+# ---- hostile files: every reader refuses them with one located TraceError -------------------------
+#
+# Each case starts from a valid file of ``full_trace()`` and breaks one thing. The reader must refuse
+# it with a TraceError that names the file and the expected field, and says why (``words``): never
+# another exception, never a silent coercion (1.9 -> 1, true -> 1, "5" -> 5), never an allocation
+# the file does not pay for.
+
+def _jsonl_lines(tmp_path: Path) -> list[str]:
+    return io.save_jsonl(full_trace(), tmp_path / "base.jsonl").read_text().splitlines()
+
+
+def _edit_json_line(line: str, path: tuple, value: object) -> str:
+    obj = json.loads(line)
+    node = obj
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return json.dumps(obj)
+
+
+_DELETE = object()
+
+
+def jsonl_case(line: int, path: tuple, value: object):
+    """A JSONL file whose line ``line`` (0 = head) has the value at ``path`` replaced (or deleted)."""
+    def build(tmp_path: Path) -> Path:
+        lines = _jsonl_lines(tmp_path)
+        lines[line] = _edit_json_line(lines[line], path, value)
+        out = tmp_path / "bad.jsonl"
+        out.write_text("\n".join(lines) + "\n")
+        return out
+    return build
+
+
+def jsonl_rows_case(lines: tuple[int, ...], path: tuple, value: object):
+    """Like :func:`jsonl_case` on several lines at once (e.g. every layer of one step)."""
+    def build(tmp_path: Path) -> Path:
+        text = _jsonl_lines(tmp_path)
+        for i in lines:
+            text[i] = _edit_json_line(text[i], path, value)
+        out = tmp_path / "bad.jsonl"
+        out.write_text("\n".join(text) + "\n")
+        return out
+    return build
+
+
+def jsonl_text(line: int, text: str | bytes):
+    """A JSONL file whose line ``line`` is replaced by raw text or bytes."""
+    def build(tmp_path: Path) -> Path:
+        lines = [x.encode() for x in _jsonl_lines(tmp_path)]
+        lines[line] = text if isinstance(text, bytes) else text.encode()
+        out = tmp_path / "bad.jsonl"
+        out.write_bytes(b"\n".join(lines) + b"\n")
+        return out
+    return build
+
+
+def meta_case(key: str, value: object):
+    return jsonl_case(0, ("meta", key), value)
+
+
+def csv_case(edit):
+    """A CSV file of ``full_trace()`` whose lines ``edit`` rewrites (a list of strings, in place)."""
+    def build(tmp_path: Path) -> Path:
+        lines = io.save_csv(full_trace(), tmp_path / "base.csv").read_text().splitlines()
+        edit(lines)
+        out = tmp_path / "bad.csv"
+        out.write_text("\n".join(lines) + "\n")
+        return out
+    return build
+
+
+def csv_cell(column: str, value: str, row: int = 2):
+    """Line ``row`` (2 = the first data row) with one column's cell replaced."""
+    def edit(lines: list[str]) -> None:
+        cols = lines[1].split(",")
+        cells = lines[row].split(",")
+        cells[cols.index(column)] = value
+        lines[row] = ",".join(cells)
+    return csv_case(edit)
+
+
+def csv_drop_column(column: str):
+    def edit(lines: list[str]) -> None:
+        j = lines[1].split(",").index(column)
+        for i in range(1, len(lines)):
+            cells = lines[i].split(",")
+            del cells[j]
+            lines[i] = ",".join(cells)
+    return csv_case(edit)
+
+
+def _st_parts(tmp_path: Path) -> tuple[dict, bytes]:
+    raw = io.save(full_trace(), tmp_path / "base.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def st_write(tmp_path: Path, header: bytes, data: bytes) -> Path:
+    out = tmp_path / "bad.safetensors"
+    out.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return out
+
+
+def st_case(edit, data_edit=None):
+    """A safetensors file of ``full_trace()`` whose header dict ``edit`` changes in place."""
+    def build(tmp_path: Path) -> Path:
+        header, data = _st_parts(tmp_path)
+        edit(header)
+        return st_write(tmp_path, json.dumps(header).encode(), data_edit(data) if data_edit else data)
+    return build
+
+
+def st_entry(name: str, key: str, value: object):
+    def edit(h: dict) -> None:
+        h[name][key] = value
+    return st_case(edit)
+
+
+def st_raw_header(text: bytes):
+    def build(tmp_path: Path) -> Path:
+        _, data = _st_parts(tmp_path)
+        return st_write(tmp_path, text, data)
+    return build
+
+
+def _swap_offsets(h: dict) -> None:
+    h["experts"]["data_offsets"], h["gate_weights"]["data_offsets"] = (h["gate_weights"]["data_offsets"],
+                                                                       h["experts"]["data_offsets"])
+
+
+def _overlap(h: dict) -> None:
+    b, _ = h["experts"]["data_offsets"]
+    nb = h["request_id"]["data_offsets"][1] - h["request_id"]["data_offsets"][0]
+    h["request_id"]["data_offsets"] = [b, b + nb]  # request_id would read the experts' bytes
+
+
+def npz_case(arrays_edit, compress: bool = False):
+    """An npz of ``full_trace()`` whose member dict ``arrays_edit`` changes in place."""
+    def build(tmp_path: Path) -> Path:
+        t = full_trace()
+        arrays = {"experts": np.asarray(t.experts), **{k: np.asarray(v) for k, v in t.optional_fields().items()},
+                  "__meta__": np.array(json.dumps(t.meta.to_strings()))}
+        arrays_edit(arrays)
+        out = tmp_path / "bad.npz"
+        (np.savez_compressed if compress else np.savez)(out, **arrays)
+        return out
+    return build
+
+
+def npz_raw_member(name: str, payload: bytes, declared: int | None = None):
+    """An npz whose member ``name`` holds ``payload`` (a hand-made .npy), optionally with a lying size."""
+    def build(tmp_path: Path) -> Path:
+        import zipfile
+
+        good = npz_case(lambda a: a.pop(name, None))(tmp_path)
+        out = tmp_path / "bad2.npz"
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info, src.read(info))
+            dst.writestr(f"{name}.npy", payload)
+        if declared is not None:  # rewrite the central directory's uncompressed size of the member
+            data = bytearray(out.read_bytes())
+            cd = data.rfind(b"PK\x01\x02" + data[data.rfind(b"PK\x01\x02") + 4:][:0])
+            while True:
+                fname_len = struct.unpack("<H", data[cd + 28:cd + 30])[0]
+                if data[cd + 46:cd + 46 + fname_len] == f"{name}.npy".encode():
+                    data[cd + 24:cd + 28] = struct.pack("<I", declared)
+                    break
+                cd = data.rfind(b"PK\x01\x02", 0, cd)
+            out.write_bytes(bytes(data))
+        return out
+    return build
+
+
+def npy_bytes(header: str, data: bytes = b"", version: tuple[int, int] = (1, 0)) -> bytes:
+    h = header.encode("latin1")
+    h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY" + bytes(version) + struct.pack("<H", len(h)) + h + data
+
+
+HOSTILE = [
+    # -- JSONL head line --
+    ("jsonl width is a float", jsonl_case(0, ("width",), 4.7), "width", "JSON integer"),
+    ("jsonl width is a boolean", jsonl_case(0, ("width",), True), "width", "boolean"),
+    ("jsonl width is a string", jsonl_case(0, ("width",), "3"), "width", "string"),
+    ("jsonl width of a billion", jsonl_case(0, ("width",), 10 ** 9), "width", "outside"),
+    ("jsonl width below top_k", jsonl_case(0, ("width",), 2), "width", "outside"),
+    ("jsonl predicted_width of 1e8", jsonl_case(0, ("predicted_width",), 100_000_000), "predicted_width",
+     "outside"),
+    ("jsonl predicted_width is a float", jsonl_case(0, ("predicted_width",), 2.0), "predicted_width",
+     "JSON integer"),
+    ("jsonl predicted_width without predicted", jsonl_case(0, ("predicted_width",), None), "fields",
+     "predicted_width"),
+    ("jsonl unknown field listed", jsonl_case(0, ("fields", 0), "router_logits"), "fields", "not one of"),
+    ("jsonl fields is a string", jsonl_case(0, ("fields",), "gate_weights"), "fields", "JSON list"),
+    ("jsonl field listed twice", jsonl_case(0, ("fields",), ["gate_weights", "gate_weights", "predicted"]),
+     "fields", "twice"),
+    ("jsonl fields disagree with rows", jsonl_case(0, ("fields",), ["predicted"]), "domain", "lists fields"),
+    ("jsonl unknown head key", jsonl_case(0, ("colour",), "red"), "meta", "unknown key"),
+    ("jsonl meta is a list", jsonl_case(0, ("meta",), [1, 2]), "meta", "JSON object"),
+    ("jsonl meta is missing", jsonl_case(0, ("meta",), _DELETE), "meta", "first line"),
+    ("jsonl head is a list", jsonl_text(0, "[1, 2]"), "meta", "JSON object"),
+    ("jsonl head is not JSON", jsonl_text(0, "{meta"), "meta", "not JSON"),
+    ("jsonl head nested 100000 deep", jsonl_text(0, '{"meta": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+     "meta", "nested too deeply"),
+    ("jsonl empty first line", jsonl_text(0, ""), "meta", "first line"),
+    ("jsonl num_layers is a JSON integer", meta_case("num_layers", 3), "num_layers", "strings"),
+    ("jsonl num_layers is a float string", meta_case("num_layers", "3.0"), "num_layers", "not an integer"),
+    ("jsonl num_layers with a space", meta_case("num_layers", " 3"), "num_layers", "not an integer"),
+    ("jsonl num_layers with a plus", meta_case("num_layers", "+3"), "num_layers", "not an integer"),
+    ("jsonl num_layers with an underscore", meta_case("num_layers", "0_3"), "num_layers", "not an integer"),
+    ("jsonl num_layers in Arabic digits", meta_case("num_layers", "\u0663"), "num_layers", "not an integer"),
+    ("jsonl num_layers of a billion", meta_case("num_layers", "1000000000"), "num_layers", "cache keys"),
+    ("jsonl num_experts beyond int16", meta_case("num_experts", "40000"), "num_experts", "int16"),
+    ("jsonl top_k of zero", meta_case("top_k", "0"), "top_k", "positive"),
+    ("jsonl model is a number", meta_case("model", 7), "model", "strings"),
+    ("jsonl another format", meta_case("format", "other.trace"), "format", "is not"),
+    ("jsonl a newer format version", meta_case("format_version", "2"), "format_version", "version"),
+    ("jsonl extra is a list", meta_case("extra", "[1]"), "extra", "JSON object"),
+    ("jsonl extra is not JSON", meta_case("extra", "{oops"), "extra", "not JSON"),
+    ("jsonl extra holds NaN", meta_case("extra", '{"a": NaN}'), "extra", "NaN"),
+    ("jsonl extra nested 50000 deep", meta_case("extra", "[" * 50_000 + "]" * 50_000), "extra",
+     "nested too deeply"),
+    # -- JSONL rows --
+    ("jsonl step is a float", jsonl_case(1, ("step",), 0.0), "step", "JSON integer"),
+    ("jsonl step is a boolean", jsonl_case(1, ("step",), False), "step", "boolean"),
+    ("jsonl step is a string", jsonl_case(1, ("step",), "0"), "step", "string"),
+    ("jsonl layer 3.7", jsonl_case(2, ("layer",), 3.7), "layer", "JSON integer"),
+    ("jsonl negative layer", jsonl_case(2, ("layer",), -1), "layer", "below 0"),
+    ("jsonl expert id 1.9", jsonl_case(1, ("experts",), [1.9, 2, 0]), "experts", "float 1.9"),
+    ("jsonl expert id true", jsonl_case(1, ("experts",), [True, 2, 0]), "experts", "boolean"),
+    ("jsonl expert id as a string", jsonl_case(1, ("experts",), ["5", 2, 0]), "experts", 'string "5"'),
+    ("jsonl experts is a scalar", jsonl_case(1, ("experts",), 5), "experts", "JSON list"),
+    ("jsonl experts wider than the trace", jsonl_case(1, ("experts",), [0, 1, 2, 3]), "experts", "exceed"),
+    ("jsonl expert id beyond int16", jsonl_case(1, ("experts",), [70000]), "experts", "outside"),
+    ("jsonl expert id of 2**70", jsonl_case(1, ("experts",), [2 ** 70]), "experts", "outside"),
+    ("jsonl gates is a string", jsonl_case(1, ("gates",), "0.5"), "gates", "JSON list"),
+    ("jsonl gate as a string", jsonl_case(1, ("gates",), ["0.5", 0.5, 0.5]), "gates", "string"),
+    ("jsonl gate true", jsonl_case(1, ("gates",), [True, 0.5, 0.5]), "gates", "boolean"),
+    ("jsonl gate of 1e400", jsonl_text(1, '{"step": 0, "layer": 0, "experts": [0], "gates": [1e400]}'),
+     "gates", "finite"),
+    ("jsonl gate NaN", jsonl_text(1, '{"step": 0, "layer": 0, "experts": [0], "gates": [NaN]}'), "line",
+     "NaN"),
+    ("jsonl fewer gates than experts", jsonl_case(1, ("gates",), [0.5]), "gates", "one gate per slot"),
+    ("jsonl missing gates on one row", jsonl_case(2, ("gates",), _DELETE), "gates", "missing"),
+    ("jsonl missing experts", jsonl_case(1, ("experts",), _DELETE), "experts", "no 'experts'"),
+    ("jsonl unknown row key", jsonl_case(1, ("gate",), [1.0]), "gate", "unknown field"),
+    ("jsonl duplicate key", jsonl_text(1, '{"step": 0, "layer": 0, "step": 0, "experts": [0]}'), "line",
+     "twice"),
+    ("jsonl row is a list", jsonl_text(1, "[0, 0, [1, 2]]"), "line", "JSON object"),
+    ("jsonl row is a number", jsonl_text(1, "7"), "line", "JSON object"),
+    ("jsonl an integer of 5000 digits", jsonl_text(1, '{"step": ' + "9" * 5000 + "}"), "line", "not valid JSON"),
+    ("jsonl request_id beyond int64", jsonl_case(1, ("request_id",), 2 ** 63), "request_id", "outside"),
+    ("jsonl request_id changes inside a step", jsonl_case(2, ("request_id",), 8), "request_id", "differs"),
+    ("jsonl phase of 3", jsonl_rows_case((1, 2, 3), ("phase",), 3), "phase", "phase must be"),
+    ("jsonl predicted wider than predicted_width", jsonl_case(2, ("predicted",), [0, 1, 2]), "predicted",
+     "exceed"),
+    ("jsonl row out of order", jsonl_case(1, ("layer",), 1), "layer", "out of order"),
+    ("jsonl step repeated", jsonl_case(4, ("step",), 0), "step", "out of order"),
+    ("jsonl not UTF-8", jsonl_text(1, b'{"step": 0, "layer": 0, "experts": [0], "x": "\xff"}'), "line",
+     "not UTF-8"),
+    ("jsonl trailing garbage", jsonl_text(1, '{"step": 0, "layer": 0, "experts": [0]} x'), "line", "not JSON"),
+    # -- CSV --
+    ("csv without an experts column", csv_drop_column("experts"), "experts", "column 'experts' is missing"),
+    ("csv without a step column", csv_drop_column("step"), "step", "missing"),
+    ("csv unknown column", csv_case(lambda ls: ls.__setitem__(1, ls[1].replace("domain", "dom"))), "columns",
+     "unknown column"),
+    ("csv column twice", csv_case(lambda ls: ls.__setitem__(1, ls[1].replace("domain", "phase"))), "columns",
+     "twice"),
+    ("csv an extra cell", csv_case(lambda ls: ls.__setitem__(2, ls[2] + ",9")), "row", "cells for"),
+    ("csv a missing cell", csv_case(lambda ls: ls.__setitem__(2, ls[2].rsplit(",", 1)[0])), "row", "cells for"),
+    ("csv step 0.0", csv_cell("step", "0.0"), "step", "not an integer"),
+    ("csv step with a space", csv_cell("step", " 0"), "step", "not an integer"),
+    ("csv step with a plus", csv_cell("step", "+0"), "step", "not an integer"),
+    ("csv layer 1e0", csv_cell("layer", "1e0"), "layer", "not an integer"),
+    ("csv expert id 1_0", csv_cell("experts", "1_0 1 2"), "experts", "not an integer"),
+    ("csv expert id 1.9", csv_cell("experts", "1.9 1 2"), "experts", "not an integer"),
+    ("csv experts with a double space", csv_cell("experts", "0  1"), "experts", "not an integer"),
+    ("csv gate nan", csv_cell("gates", "nan 0.5 0.5"), "gates", "not a number"),
+    ("csv gate inf", csv_cell("gates", "inf 0.5 0.5"), "gates", "not a number"),
+    ("csv gate 1e999", csv_cell("gates", "1e999 0.5 0.5"), "gates", "finite"),
+    ("csv gate in hex", csv_cell("gates", "0x1p-2 0.5 0.5"), "gates", "not a number"),
+    ("csv gate count differs", csv_cell("gates", "0.5"), "gates", "one gate per slot"),
+    ("csv request_id beyond int64", csv_cell("request_id", str(2 ** 64)), "request_id", "outside"),
+    ("csv request_id of 40 digits", csv_cell("request_id", "9" * 40), "request_id", "not an integer"),
+    ("csv header line is not JSON", csv_case(lambda ls: ls.__setitem__(0, "# moesim.trace {oops")), "header",
+     "not JSON"),
+    ("csv column names missing", csv_case(lambda ls: ls.__delitem__(slice(1, None))), "columns", "missing"),
+    ("csv unterminated quote", csv_case(lambda ls: ls.__setitem__(2, '"' + ls[2])), "row", "cells for"),
+    # -- safetensors header --
+    ("safetensors negative data_offsets", st_entry("request_id", "data_offsets", [-16, 0]), "request_id",
+     "non-negative"),
+    ("safetensors offsets overlap another tensor", st_case(_overlap), None, "overlaps"),
+    ("safetensors offsets swapped between tensors", st_case(_swap_offsets), None, "bytes"),
+    ("safetensors offsets beyond the file", st_entry("experts", "data_offsets", [0, 10 ** 6]), "experts",
+     "beyond"),
+    ("safetensors offsets as floats", st_entry("experts", "data_offsets", [0.0, 72.0]), "experts",
+     "pair of integers"),
+    ("safetensors offsets as booleans", st_entry("phase", "data_offsets", [False, True]), "phase",
+     "pair of integers"),
+    ("safetensors three offsets", st_entry("experts", "data_offsets", [0, 1, 2]), "experts", "pair of integers"),
+    ("safetensors shape whose product overflows int64", st_entry("experts", "shape", [2 ** 32, 2 ** 32, 4]),
+     "experts", "do not hold"),
+    ("safetensors negative shape", st_entry("experts", "shape", [-4, 3, 3]), "experts", "non-negative"),
+    ("safetensors shape of booleans", st_entry("experts", "shape", [True, 3, 3]), "experts", "non-negative"),
+    ("safetensors shape as a string", st_entry("experts", "shape", "4,3,3"), "experts", "non-negative"),
+    ("safetensors unknown dtype", st_entry("experts", "dtype", "BF16"), "experts", "is not one of"),
+    ("safetensors dtype is a number", st_entry("experts", "dtype", 16), "experts", "is not one of"),
+    ("safetensors entry with an extra key", st_entry("experts", "scale", 2), "experts", "exactly"),
+    ("safetensors entry is a list", st_case(lambda h: h.__setitem__("experts", [1, 2])), "experts", "exactly"),
+    ("safetensors bytes left over after the tensors", st_case(lambda h: None, lambda d: d + b"\0" * 8), None,
+     "belong to no tensor"),
+    ("safetensors metadata is a list", st_case(lambda h: h.__setitem__("__metadata__", [1])), "__metadata__",
+     "strings"),
+    ("safetensors metadata value is a number", st_case(lambda h: h["__metadata__"].__setitem__("top_k", 3)),
+     "__metadata__", "strings"),
+    ("safetensors duplicate tensor name", st_raw_header(b'{"experts": {}, "experts": {}}'), "header", "twice"),
+    ("safetensors header nested deeply", st_raw_header(b"[" * 100_000 + b"]" * 100_000), "header",
+     "nested too deeply"),
+    ("safetensors header not UTF-8", st_raw_header(b'{"\xff": 1}'), "header", "UTF-8"),
+    ("safetensors header holds NaN", st_raw_header(b'{"experts": NaN}'), "header", "NaN"),
+    ("safetensors header is a list", st_raw_header(b"[]"), None, "not a JSON object"),
+    ("safetensors experts of two dimensions", st_entry("experts", "shape", [12, 3]), "experts", "dimension"),
+    # -- npz --
+    ("npz object array", npz_case(lambda a: a.__setitem__("experts", np.array([None, 1], dtype=object))),
+     "experts", "not allowed"),
+    ("npz boolean experts", npz_case(lambda a: a.__setitem__("experts", np.ones((4, 3, 3), bool))), "experts",
+     "not allowed"),
+    ("npz string experts", npz_case(lambda a: a.__setitem__("experts", np.full((4, 3, 3), "1"))), "experts",
+     "not allowed"),
+    ("npz complex gates", npz_case(lambda a: a.__setitem__("gate_weights", np.zeros((4, 3, 3), complex))),
+     "gate_weights", "not allowed"),
+    ("npz experts 1.5", npz_case(lambda a: a.__setitem__("experts", np.full((4, 3, 3), 1.5))), "experts",
+     "integers"),
+    ("npz metadata is not a string", npz_case(lambda a: a.__setitem__("__meta__", np.arange(3))), "__meta__",
+     "not allowed"),
+    ("npz metadata is not JSON", npz_case(lambda a: a.__setitem__("__meta__", np.array("{oops"))), "__meta__",
+     "not JSON"),
+    ("npz metadata is a JSON list", npz_case(lambda a: a.__setitem__("__meta__", np.array("[1]"))), "__meta__",
+     "JSON object"),
+    ("npz unknown member", npz_case(lambda a: a.__setitem__("router_logits", np.zeros(3))), "router_logits",
+     "unknown"),
+    ("npy header claims 9 * 10**12 values", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (1000000000000, 3, 3), }")),
+     "experts", "needs 18000000000000 bytes"),
+    ("npy header that is an expression", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (10**12, 3, 3), }")), "experts",
+     "not a Python literal"),
+    ("npy header claims more than the member holds", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (100000, 3, 3), }", b"\0" * 72)),
+     "experts", "needs 1800000 bytes"),
+    ("npy negative shape", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (-4, 3, 3), }")), "experts",
+     "non-negative"),
+    ("npy structured dtype", npz_raw_member(
+        "experts", npy_bytes("{'descr': [('a', '<i2')], 'fortran_order': False, 'shape': (1,), }", b"\0\0")),
+     "experts", "structured"),
+    ("npy pickled object dtype", npz_raw_member(
+        "experts", npy_bytes("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", b"\0" * 8)), "experts",
+     "not allowed"),
+    ("npy header with extra keys", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (1,), 'x': 1}", b"\0\0")),
+     "experts", "exactly"),
+    ("npy bad magic", npz_raw_member("experts", b"NOTNUMPY" + b"\0" * 100), "experts", "bad magic"),
+    ("npy unknown version", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (1,), }", b"\0\0", (9, 0))),
+     "experts", "version"),
+    ("npz member declaring a zip bomb", npz_raw_member(
+        "experts", npy_bytes("{'descr': '<i2', 'fortran_order': False, 'shape': (4, 3, 3), }", b"\0" * 72),
+        declared=2 ** 31), "experts", "zip bomb"),
+]
+
+
+@pytest.mark.parametrize(("build", "field", "words"), [case[1:] for case in HOSTILE],
+                         ids=[case[0] for case in HOSTILE])
+def test_hostile_files_are_refused_with_a_located_error(tmp_path: Path, build, field: str | None,
+                                                        words: str) -> None:
+    path = build(tmp_path)
+    with pytest.raises(TraceError) as exc:
+        io.load_any(path)
+    msg = str(exc.value)
+    assert msg.startswith(str(path)), msg
+    if field is not None:
+        assert exc.value.field == field, msg
+    assert words in msg, msg
+    assert "\n" not in msg
+
+
+def test_the_hostile_cases_are_distinct() -> None:
+    assert len({case[0] for case in HOSTILE}) == len(HOSTILE) >= 120

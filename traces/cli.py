@@ -1,7 +1,8 @@
 """``moesim-trace``: inspect, validate, convert, import, generate and summarise routing traces.
 
 Every subcommand returns an exit status (0 success, 1 a bad trace or input, 2 bad usage) instead
-of raising, so ``main([...])`` is usable from tests and notebooks as well as from the shell.
+of raising, so ``main([...])`` is usable from tests and notebooks as well as from the shell. An
+error is one line on stderr that names the file (and, from the readers, the field and position).
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ import argparse
 import importlib
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from moesim.traces.errors import TraceError
+from moesim.traces.errors import TraceError, internal_error, one_line
 from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
 from moesim.traces.io import load_any, save_any
 from moesim.traces.plots import plot_all
 from moesim.traces.stats import WINDOW_DEFAULT, compute_stats, describe, summary_table, write_table
 from moesim.traces.trace import Trace
 
-# Errors a bad file or argument can raise; anything else is a bug and keeps its traceback.
+# Errors a bad file or argument can raise; anything else is a bug, still reported on one line.
 _INPUT_ERRORS = (TraceError, OSError, ValueError)
 DEMO_PRESET = "default"
 TRACE_NAME = "trace.safetensors"
@@ -92,7 +94,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             load_any(path)
         except _INPUT_ERRORS as exc:
-            print(f"{path}: invalid: {exc}", file=sys.stderr)
+            msg = one_line(exc)
+            print(f"{path}: invalid: {msg}" if path in msg else f"{path}: invalid: {path}: {msg}", file=sys.stderr)
             status = 1
         else:
             print(f"{path}: ok")
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def window(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--window", type=int, default=WINDOW_DEFAULT,
+        sp.add_argument("--window", type=_count(1), default=WINDOW_DEFAULT,
                         help=f"working-set window in tokens (default {WINDOW_DEFAULT})")
 
     sp = sub.add_parser("info", help="print metadata and summary statistics")
@@ -186,18 +189,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("generate", help="write a synthetic trace from a preset")
     sp.add_argument("preset")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=_count(0), default=0)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--requests", type=int, default=None, help="number of requests (preset default)")
+    sp.add_argument("--requests", type=_count(1), default=None, help="number of requests (preset default)")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("demo", help="generate the default trace and write its statistics and plots")
     sp.add_argument("--out", required=True, help="output folder")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--requests", type=int, default=None)
+    sp.add_argument("--seed", type=_count(0), default=0)
+    sp.add_argument("--requests", type=_count(1), default=None)
     window(sp)
     sp.set_defaults(func=cmd_demo)
     return p
+
+
+def _count(lo: int) -> Any:
+    """An argparse type: a plain decimal integer >= ``lo`` (a bad one is a usage error, status 2)."""
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"-?[0-9]{1,18}", text) or int(text) < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return int(text)
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The files a command reads (to name in an error whose message does not)."""
+    out: list[str] = []
+    for key in ("path", "src", "paths"):
+        value = getattr(args, key, None)
+        out.extend([value] if isinstance(value, str) else list(value or ()))
+    return out
+
+
+def _error_line(args: argparse.Namespace, exc: BaseException) -> str:
+    msg = one_line(exc) if isinstance(exc, _INPUT_ERRORS) else internal_error(exc)
+    files = _inputs(args)
+    if files and not any(f in msg for f in files):
+        msg = f"{', '.join(files)}: {msg}"
+    return f"moesim-trace {args.command}: error: {msg}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,11 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         return int(args.func(args))
-    except SynthUnavailableError as exc:
-        print(f"moesim-trace {args.command}: error: {exc}", file=sys.stderr)
+    except (SynthUnavailableError, *_INPUT_ERRORS) as exc:
+        print(_error_line(args, exc), file=sys.stderr)
         return 1
-    except _INPUT_ERRORS as exc:
-        print(f"moesim-trace {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"moesim-trace {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # no check anticipated it: still one line, and a failure status
+        print(_error_line(args, exc), file=sys.stderr)
         return 1
 
 

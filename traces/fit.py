@@ -26,12 +26,14 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from moesim.traces.errors import one_line
 from moesim.traces.fitstats import request_lengths, trace_stats
 from moesim.traces.io import atomic_write_text
 from moesim.traces.synth import (
@@ -365,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.write_presets:
         parser.print_help()
         return 0
-    for model, path in fit_presets_from_shared_data(args.out_dir, args.data_dir).items():
+    try:
+        written = fit_presets_from_shared_data(args.out_dir, args.data_dir)
+    except (OSError, ValueError) as exc:  # no data folder, or a real trace that does not read
+        print(f"{parser.prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    for model, path in written.items():
         print(f"{model}: {path}")
     return 0
 

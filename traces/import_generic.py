@@ -27,7 +27,7 @@ Every error names the file, the field (array member, layer, column) and the firs
 from __future__ import annotations
 
 import csv
-import json
+import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -35,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from moesim.traces import strict
 from moesim.traces.errors import ImportFormatError
 from moesim.traces.routing_rules import RoutingRule, RoutingRuleError, apply_rule, rule_from_name
-from moesim.traces.trace import EXPERT_DTYPE, GATE_DTYPE, PAD, Trace, TraceMeta, make_trace, now_iso
+from moesim.traces.trace import EXPERT_DTYPE, GATE_DTYPE, MAX_KEYS, PAD, Trace, TraceMeta, make_trace, now_iso
 
 IMPORTER_VERSION = "1"
-_LAYER_KEY = re.compile(r"^(?:.*?[^0-9])?(\d+)$")
+_LAYER_KEY = re.compile(r"^(?:.*?[^0-9])?([0-9]+)$")
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _ORDER_COLUMNS = ("token", "step", "token_idx", "token_index", "t")
 _IGNORED_COLUMNS = ("request_id", "position", "phase", "domain", "sequence_id")
 
@@ -54,49 +56,57 @@ def _is_path(x: Any) -> bool:
 
 
 def _pad_ragged(rows: Sequence[Any], file: str, field: str, dtype: Any, fill: Any) -> np.ndarray:
-    """A list of rows (lists of numbers) as a 2-D array, short rows padded with ``fill``."""
+    """A list of rows (lists of numbers already checked by :func:`_check_nested` or parsed from
+    cells) as a 2-D array, short rows padded with ``fill``."""
     width = 0
     for i, r in enumerate(rows):
         if not isinstance(r, (list, tuple)):
             raise ImportFormatError(f"row is {type(r).__name__}, expected a list of numbers", file=file,
                                     field=field, index=i)
         width = max(width, len(r))
-    out = np.full((len(rows), width), fill, dtype=dtype)
+    out = np.full((len(rows), width), fill, dtype=np.float64 if dtype == GATE_DTYPE else np.int64)
     for i, r in enumerate(rows):
-        try:
-            out[i, :len(r)] = np.asarray(r, dtype=np.float64) if dtype == GATE_DTYPE else _ints(r, file, field, i)
-        except (TypeError, ValueError):
-            raise ImportFormatError(f"row {r!r} holds a non-number", file=file, field=field, index=i) from None
+        out[i, :len(r)] = r
     return out
 
 
-def _ints(values: Sequence[Any], file: str, field: str, row: int) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.size and arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            j = int(np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))[0])
-            raise ImportFormatError(f"expert id {arr.flat[j]!r} is not an integer", file=file, field=field,
-                                    index=(row, j))
-    elif arr.size and arr.dtype.kind not in "iub":
-        raise ImportFormatError(f"expert ids must be integers, got {arr.dtype}", file=file, field=field,
-                                index=row)
-    return arr.astype(np.int64)
+def _check_nested(obj: Any, file: str, field: str, ints: bool) -> None:
+    """Nested JSON lists of at most three levels whose leaves are all at one depth and are JSON
+    integers (ids, within int64) or finite JSON numbers (weights, logits); nothing is coerced."""
+    stack: list[tuple[Any, tuple[int, ...]]] = [(obj, ())]
+    leaf_depth: int | None = None
+    while stack:
+        node, pos = stack.pop()
+        if type(node) is list:
+            if len(pos) == 3:
+                raise ImportFormatError("lists nested deeper than [tokens, layers, k]", file=file, field=field,
+                                        index=pos)
+            stack.extend((v, (*pos, j)) for j, v in enumerate(node))
+            continue
+        if leaf_depth is None:
+            leaf_depth = len(pos)
+        elif len(pos) != leaf_depth:
+            raise ImportFormatError(f"a number at depth {len(pos)} where others are at depth {leaf_depth}",
+                                    file=file, field=field, index=pos)
+        if ints:
+            strict.json_int(node, file=file, field=field, index=pos, lo=-(1 << 63), hi=(1 << 63) - 1)
+        else:
+            strict.json_number(node, file=file, field=field, index=pos)
 
 
 def _from_nested(obj: Any, file: str, field: str, dtype: Any, fill: Any) -> np.ndarray:
     """Nested JSON lists: rectangular -> array as is; ragged innermost rows -> padded."""
+    ints = dtype != GATE_DTYPE
+    _check_nested(obj, file, field, ints)
+    if type(obj) is not list or not obj:
+        raise ImportFormatError("expected nested lists of numbers", file=file, field=field)
     try:
-        arr = np.asarray(obj, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = None
-    if arr is not None:
-        if dtype != GATE_DTYPE:
-            return _check_integral(arr, file, field)
-        return arr
-    if isinstance(obj, list) and obj and all(isinstance(r, list) and (not r or not isinstance(r[0], list))
-                                             for r in obj):
+        return np.asarray(obj, dtype=np.int64 if ints else np.float64)
+    except ValueError:  # ragged: handled below
+        pass
+    if all(type(r) is list and (not r or type(r[0]) is not list) for r in obj):
         return _pad_ragged(obj, file, field, dtype, fill)
-    if isinstance(obj, list) and obj and all(isinstance(r, list) for r in obj):
+    if all(type(r) is list for r in obj):
         # [tokens][layers][k] with ragged k: pad every [layers][k] block to the widest k.
         blocks = [_pad_ragged(r, file, f"{field}[{i}]", dtype, fill) for i, r in enumerate(obj)]
         L = {b.shape[0] for b in blocks}
@@ -109,15 +119,27 @@ def _from_nested(obj: Any, file: str, field: str, dtype: Any, fill: Any) -> np.n
 
 
 def _check_integral(arr: np.ndarray, file: str, field: str) -> np.ndarray:
+    """Integer ids as int64. A float array is accepted only where every value is an exact integer
+    (many tools dump ids as floats; nothing is rounded); booleans and other kinds are refused."""
     if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2.0 ** 62)
         if bad.any():
             pos = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ImportFormatError(f"expert id {arr[pos]!r} is not an integer", file=file, field=field,
                                     index=pos)
-    elif arr.dtype.kind not in "iub":
+    elif arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        pos = tuple(int(i) for i in np.argwhere(arr > np.iinfo(np.int64).max)[0])
+        raise ImportFormatError(f"expert id {arr[pos]} does not fit int64", file=file, field=field, index=pos)
+    elif arr.dtype.kind not in "iu":
         raise ImportFormatError(f"expert ids must be integers, got dtype {arr.dtype}", file=file, field=field)
     return arr.astype(np.int64)
+
+
+def _check_numeric(arr: np.ndarray, file: str, field: str) -> np.ndarray:
+    """Weights or logits as float64; strings, booleans and objects are refused, not converted."""
+    if arr.dtype.kind not in "iuf":
+        raise ImportFormatError(f"must hold numbers, got dtype {arr.dtype}", file=file, field=field)
+    return arr.astype(np.float64)
 
 
 def _layer_members(names: Sequence[str]) -> list[tuple[int, str]] | None:
@@ -153,72 +175,81 @@ def _per_layer_mapping(members: Mapping[str, Any], file: str, key: str | None, l
     return [load(name) for _, name in layered], True
 
 
+def _csv_rows(path: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the non-blank rows of a UTF-8 CSV file."""
+    reader = csv.reader(text for _, text in strict.lines(path))
+    rows = []
+    while True:
+        try:
+            r = next(reader, None)
+        except csv.Error as exc:
+            raise ImportFormatError(f"not CSV ({exc})", file=path, field="row", index=reader.line_num) from None
+        if r is None:
+            return rows
+        if r and any(c.strip() for c in r):
+            rows.append((reader.line_num, r))
+
+
+def _cell(c: str, dtype: Any, path: str, field: str, lineno: int) -> int | float:
+    c = c.strip()
+    if dtype == GATE_DTYPE:
+        return strict.float_cell(c, file=path, field=field, index=lineno)
+    return strict.int_cell(c, file=path, field=field, index=lineno)
+
+
 def _read_csv(path: str, dtype: Any, fill: Any) -> tuple[np.ndarray | list[np.ndarray], bool]:
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    rows = _csv_rows(path)
     if not rows:
         raise ImportFormatError("no rows", file=path)
-    head = [c.strip().lower() for c in rows[0]]
+    head = [c.strip().lower() for c in rows[0][1]]
 
     def numeric(c: str) -> bool:
-        try:
-            float(c)
-            return True
-        except ValueError:
-            return c.strip() == ""
+        c = c.strip()
+        return c == "" or _NUMBER.fullmatch(c) is not None
 
-    has_header = not all(numeric(c) for c in rows[0])
+    has_header = not all(numeric(c) for c in rows[0][1])
     body = rows[1:] if has_header else rows
-    first = 2 if has_header else 1
     if has_header and "layer" in head:
-        return _read_long_csv(path, head, body, first, dtype, fill), True
-    parsed = []
-    for i, r in enumerate(body):
-        vals = [c.strip() for c in r if c.strip() != ""]
-        try:
-            parsed.append([float(v) if dtype == GATE_DTYPE else _int_cell(v) for v in vals])
-        except ValueError:
-            raise ImportFormatError(f"row {r!r} holds a non-number", file=path, field="row",
-                                    index=first + i) from None
+        return _read_long_csv(path, head, body, dtype, fill), True
+    if has_header and "experts" in head and len(head) == 1:
+        body = [(n, r[0].split()) for n, r in body]  # one space-separated column
+    parsed = [[_cell(c, dtype, path, "row", lineno) for c in r if c.strip() != ""] for lineno, r in body]
     return _pad_ragged(parsed, path, "row", dtype, fill), False
 
 
-def _int_cell(v: str) -> int:
-    f = float(v)
-    if f != int(f):
-        raise ValueError(v)
-    return int(f)
-
-
-def _read_long_csv(path: str, head: list[str], body: list[list[str]], first: int, dtype: Any,
+def _read_long_csv(path: str, head: list[str], body: list[tuple[int, list[str]]], dtype: Any,
                    fill: Any) -> list[np.ndarray]:
     li = head.index("layer")
     order = next((head.index(c) for c in _ORDER_COLUMNS if c in head), None)
     id_cols = [j for j, c in enumerate(head) if j not in (li, order) and c not in _IGNORED_COLUMNS]
+    if not id_cols:
+        raise ImportFormatError("no column holds the ids (a header with 'layer' needs id columns or an "
+                                "'experts' column)", file=path, field="columns", index=1)
     per_layer: dict[int, list[tuple[int, list[Any]]]] = {}
-    for i, r in enumerate(body):
-        lineno = first + i
-        try:
-            layer = int(r[li])
-            tok = int(r[order]) if order is not None else len(per_layer.get(layer, []))
-            if len(id_cols) == 1:
-                cells = r[id_cols[0]].split()
-            else:
-                cells = [r[j] for j in id_cols if j < len(r) and r[j].strip() != ""]
-            vals = [float(c) if dtype == GATE_DTYPE else _int_cell(c) for c in cells]
-        except (ValueError, IndexError):
-            raise ImportFormatError(f"row {r!r} is not 'layer[, token], ids...'", file=path, field="row",
-                                    index=lineno) from None
+    for lineno, r in body:
+        if len(r) != len(head):
+            raise ImportFormatError(f"{len(r)} cells for {len(head)} columns", file=path, field="row",
+                                    index=lineno)
+        layer = strict.int_cell(r[li].strip(), file=path, field="layer", index=lineno, lo=0, hi=MAX_KEYS)
+        if order is not None:
+            tok = strict.int_cell(r[order].strip(), file=path, field=head[order], index=lineno, lo=0)
+        else:
+            tok = len(per_layer.get(layer, []))
+        if len(id_cols) == 1:
+            cells = r[id_cols[0]].split()
+        else:
+            cells = [r[j] for j in id_cols if r[j].strip() != ""]
+        vals = [_cell(c, dtype, path, head[id_cols[0]] if len(id_cols) == 1 else "row", lineno) for c in cells]
         per_layer.setdefault(layer, []).append((tok, vals))
     layers = sorted(per_layer)
     if layers != list(range(len(layers))):
-        raise ImportFormatError(f"layers {layers} are not 0..{len(layers) - 1}", file=path, field="layer")
+        raise ImportFormatError(f"layers {layers[:10]} are not 0..{len(layers) - 1}", file=path, field="layer")
     out = []
     for layer in layers:
         rows = sorted(per_layer[layer], key=lambda x: x[0])
         toks = [t for t, _ in rows]
-        if len(set(toks)) != len(toks):
-            dup = next(t for t in toks if toks.count(t) > 1)
+        dup = next((a for a, b in itertools.pairwise(toks) if a == b), None)
+        if dup is not None:
             raise ImportFormatError(f"token {dup} appears twice in layer {layer}", file=path, field="token",
                                     index=dup)
         out.append(_pad_ragged([v for _, v in rows], path, f"layer {layer}", dtype, fill))
@@ -229,25 +260,14 @@ def _read_file(path: PathLike, key: str | None, dtype: Any, fill: Any) -> tuple[
     """(array or list of per-layer arrays, is_per_layer_list) from one file."""
     name = str(path)
     ext = Path(name).suffix.lower()
-    if not Path(name).exists():
-        raise ImportFormatError("no such file", file=name)
+    strict.check_file(name)
     if ext == ".npy":
-        try:
-            return np.load(name, allow_pickle=False), False
-        except (OSError, ValueError) as exc:
-            raise ImportFormatError(f"cannot read npy ({exc})", file=name) from None
+        return strict.load_npy(name, field="array"), False
     if ext == ".npz":
-        try:
-            data = np.load(name, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ImportFormatError(f"cannot read npz ({exc})", file=name) from None
-        with data:
-            return _per_layer_mapping({n: None for n in data.files}, name, key, lambda n: data[n])
+        with strict.NpzMembers(name) as members:
+            return _per_layer_mapping({n: None for n in members.names}, name, key, members.read)
     if ext == ".json":
-        try:
-            obj = json.loads(Path(name).read_text())
-        except json.JSONDecodeError as exc:
-            raise ImportFormatError(f"not JSON ({exc.msg})", file=name, field="line", index=exc.lineno) from None
+        obj = strict.loads(strict.read_text(name), file=name, field="json")
         if isinstance(obj, dict):
             return _per_layer_mapping(obj, name, key, lambda n: _from_nested(obj[n], name, n, dtype, fill))
         if key is not None:
@@ -330,6 +350,9 @@ def import_expert_ids(source: Any, *, num_experts: int | None = None, top_k: int
                       position: Any = None, phase: Any = None) -> Trace:
     """Expert ids per layer (see the module docstring) as a trace; ``num_experts`` defaults to the
     largest id + 1 and ``top_k`` to the widest row."""
+    for arg, value in (("num_experts", num_experts), ("top_k", top_k)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ImportFormatError(f"{arg} must be a positive integer, got {value!r}", field=arg)
     arrays, names = _as_layers(source, key=key, layer_axis=layer_axis, dtype=np.int64, fill=PAD,
                                what="experts")
     ints = []
@@ -350,9 +373,11 @@ def import_expert_ids(source: Any, *, num_experts: int | None = None, top_k: int
                                     field=f"experts layer {layer}", index=t)
     experts = _widen(ints, PAD, np.int64)
     inferred = num_experts is None
-    E = int(experts.max()) + 1 if inferred else int(num_experts)
+    E = int(experts.max(initial=PAD)) + 1 if inferred else num_experts
     E = max(E, 1)
-    K = int(top_k) if top_k is not None else int((experts != PAD).sum(axis=2).max(initial=1))
+    if E > np.iinfo(EXPERT_DTYPE).max:
+        raise ImportFormatError(f"expert id {E - 1} is beyond the int16 id range", file=names[0], field="experts")
+    K = top_k if top_k is not None else int((experts != PAD).sum(axis=2).max(initial=1))
     kw: dict[str, Any] = {}
     if weights is not None:
         warr, wnames = _as_layers(weights, key=weights_key, layer_axis=layer_axis, dtype=GATE_DTYPE, fill=0.0,
@@ -360,7 +385,8 @@ def import_expert_ids(source: Any, *, num_experts: int | None = None, top_k: int
         if len(warr) != experts.shape[1] or warr[0].shape[0] != experts.shape[0]:
             raise ImportFormatError(f"weights cover {len(warr)} layers x {warr[0].shape[0]} tokens, the ids "
                                     f"{experts.shape[1]} x {experts.shape[0]}", file=wnames[0], field="gate_weights")
-        g = _widen([np.asarray(w, dtype=np.float64) for w in warr], 0.0, np.float64)
+        g = _widen([_check_numeric(np.asarray(w), n, f"gate_weights layer {i}")
+                    for i, (w, n) in enumerate(zip(warr, wnames, strict=True))], 0.0, np.float64)
         if g.shape[2] > experts.shape[2]:
             raise ImportFormatError(f"weights are {g.shape[2]} wide, ids {experts.shape[2]}", file=wnames[0],
                                     field="gate_weights")
@@ -373,7 +399,7 @@ def import_expert_ids(source: Any, *, num_experts: int | None = None, top_k: int
         created_at=now_iso(),
         notes="num_experts inferred from the largest id" if inferred else "",
         extra={"files": [Path(f).name for f in files]})
-    return make_trace(experts.astype(EXPERT_DTYPE), meta, request_id=request_id, position=position, phase=phase,
+    return make_trace(experts, meta, request_id=request_id, position=position, phase=phase,
                       **kw)
 
 
@@ -419,7 +445,7 @@ def _logit_layers(source: Any, key: str | None, layer_axis: int) -> tuple[list[n
         source = _to_numpy(source)
     arrays, names = _as_layers(source, key=key, layer_axis=layer_axis, dtype=GATE_DTYPE, fill=-np.inf,
                                what="router_logits")
-    return [np.asarray(a, dtype=np.float64) for a in arrays], names
+    return [_check_numeric(np.asarray(a), n, "router_logits") for a, n in zip(arrays, names, strict=True)], names
 
 
 def _flat(a: np.ndarray, file: str, layer: int) -> np.ndarray:
@@ -429,7 +455,7 @@ def _flat(a: np.ndarray, file: str, layer: int) -> np.ndarray:
     if a.ndim != 2:
         raise ImportFormatError(f"layer {layer} logits have shape {a.shape}, expected [tokens, experts]",
                                 file=file, field="router_logits", index=layer)
-    return a.astype(np.float64)
+    return _check_numeric(a, file, f"router_logits layer {layer}")
 
 
 def import_router_logits(source: Any, *, rule: RoutingRule | str, top_k: int | None = None,
@@ -467,7 +493,7 @@ def import_router_logits(source: Any, *, rule: RoutingRule | str, top_k: int | N
                                     index=tuple(int(x) for x in bad[0]))
     biases: list[Any] = [None] * len(layers)
     if bias is not None:
-        b = np.asarray(_to_numpy(bias), dtype=np.float64)
+        b = _check_numeric(np.asarray(_to_numpy(bias)), "<memory>", "bias")
         if b.shape == (E,):
             biases = [b] * len(layers)
         elif b.shape == (len(layers), E):

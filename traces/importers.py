@@ -12,7 +12,6 @@ neither source recorded prefill.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
@@ -20,11 +19,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from moesim.traces import strict
 from moesim.traces.errors import ImportFormatError
-from moesim.traces.trace import DECODE, EXPERT_DTYPE, GATE_DTYPE, Trace, TraceMeta, make_trace, now_iso
+from moesim.traces.trace import (
+    DECODE,
+    EXPERT_DTYPE,
+    GATE_DTYPE,
+    MAX_KEYS,
+    Trace,
+    TraceMeta,
+    make_trace,
+    now_iso,
+)
 
 IMPORTER_VERSION = "1"
 OLMOE_DOMAINS = ["wikitext-103", "mbpp", "gsm8k", "arc-challenge"]
+_MIXTRAL_FIELDS = ("dataset", "problem_id", "layer", "token_idx", "experts", "gating_probs")
 _OLMOE_FIELDS = ("sequence_id", "domain_id", "generated_token_index", "layer_index",
                  "requested_expert_ids", "router_weights")
 
@@ -33,20 +43,30 @@ def import_olmoe_npz(path: str | os.PathLike[str], *, num_experts: int = 64,
                      model: str = "OLMoE-1B-7B-0924") -> Trace:
     """Read the OLMoE per-event npz into a ``[tokens, 16, 8]`` trace (requests in file order)."""
     name = str(path)
-    try:
-        data = np.load(name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ImportFormatError(f"cannot read npz ({exc})", file=name) from None
-    with data:
-        missing = [f for f in _OLMOE_FIELDS if f not in data.files]
+    _check_counts(1, num_experts)
+    with strict.NpzMembers(name) as members:
+        missing = [f for f in _OLMOE_FIELDS if f not in members.names]
         if missing:
             raise ImportFormatError(f"missing arrays {missing}", file=name, field=missing[0])
-        seq = data["sequence_id"].astype(np.int64)
-        dom = data["domain_id"].astype(np.int16)
-        tok = data["generated_token_index"].astype(np.int64)
-        layer = data["layer_index"].astype(np.int64)
-        ids = data["requested_expert_ids"]
-        weights = data["router_weights"]
+        raw = {f: members.read(f) for f in _OLMOE_FIELDS}
+    for f in _OLMOE_FIELDS:
+        want = "f" if f == "router_weights" else "iu"
+        if raw[f].dtype.kind not in want:
+            raise ImportFormatError(f"dtype {raw[f].dtype} is not {'a float' if want == 'f' else 'an integer'} "
+                                    "dtype", file=name, field=f)
+    for f, lo, hi in (("sequence_id", -(1 << 62), 1 << 62), ("generated_token_index", 0, 1 << 31),
+                      ("layer_index", 0, 1 << 24), ("domain_id", 0, len(OLMOE_DOMAINS) - 1)):
+        arr = raw[f]
+        bad = np.flatnonzero((arr < lo) | (arr > hi)) if arr.size else np.zeros(0, np.int64)
+        if bad.size:
+            raise ImportFormatError(f"value {arr[bad[0]]} is outside [{lo}, {hi}]", file=name, field=f,
+                                    index=int(bad[0]))
+    seq = raw["sequence_id"].astype(np.int64)
+    dom = raw["domain_id"].astype(np.int16)
+    tok = raw["generated_token_index"].astype(np.int64)
+    layer = raw["layer_index"].astype(np.int64)
+    ids = raw["requested_expert_ids"]
+    weights = raw["router_weights"]
     if layer.size == 0:
         raise ImportFormatError("no events", file=name, field="layer_index")
     n = len(layer)
@@ -54,9 +74,10 @@ def import_olmoe_npz(path: str | os.PathLike[str], *, num_experts: int = 64,
         if arr.shape != (n,):
             raise ImportFormatError(f"shape {arr.shape} differs from layer_index ({n},)", file=name,
                                     field=field)
-    if ids.ndim != 2 or ids.shape[0] != n or weights.shape != ids.shape:
+    if ids.ndim != 2 or ids.shape[0] != n or weights.shape != ids.shape or not 1 <= ids.shape[1] <= num_experts:
         raise ImportFormatError(f"requested_expert_ids {ids.shape} and router_weights {weights.shape} "
-                                f"must both be [{n}, top_k]", file=name, field="requested_expert_ids")
+                                f"must both be [{n}, top_k] with 1 <= top_k <= {num_experts}", file=name,
+                                field="requested_expert_ids")
     # Checked in file order so the error names the event (row) of the file, not a trace index.
     _check_rows(ids, weights, num_experts, name, ("requested_expert_ids", "router_weights"))
     n_layers = int(layer.max()) + 1
@@ -87,6 +108,16 @@ def import_olmoe_npz(path: str | os.PathLike[str], *, num_experts: int = 64,
                       gate_weights=weights.reshape(T, n_layers, top_k).astype(GATE_DTYPE),
                       request_id=step_seq, position=tok[::n_layers], phase=np.full(T, DECODE, np.int8),
                       domain=dom[::n_layers], file=name)
+
+
+def _check_counts(num_layers: int, num_experts: int) -> None:
+    """The caller's layer and expert counts, checked before they size anything."""
+    for key, value in (("num_layers", num_layers), ("num_experts", num_experts)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImportFormatError(f"{key} must be a positive integer, got {value!r}", field=key)
+    if num_experts > np.iinfo(EXPERT_DTYPE).max or num_layers * num_experts > MAX_KEYS:
+        raise ImportFormatError(f"num_layers={num_layers} x num_experts={num_experts} is beyond any model",
+                                field="num_layers")
 
 
 def _check_rows(ids: np.ndarray, weights: np.ndarray, num_experts: int, file: str,
@@ -130,39 +161,40 @@ def import_mixtral_jsonl(paths: Sequence[str | os.PathLike[str]] | str | os.Path
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    _check_counts(num_layers, num_experts)
     per_request: dict[tuple[str, int], dict[int, dict[int, tuple[list[int], list[float]]]]] = {}
     domains: list[str] = []
     origin: dict[tuple[str, int], str] = {}  # the file that first named each request
     top_k = 0
     for path in sorted(str(p) for p in paths):
-        with open(path) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    key = (str(row["dataset"]), int(row["problem_id"]))
-                    layer, tok = int(row["layer"]), int(row["token_idx"])
-                    experts = [int(e) for e in row["experts"]]
-                    probs = [float(p) for p in row["gating_probs"]]
-                except json.JSONDecodeError as exc:
-                    raise ImportFormatError(f"not JSON ({exc.msg})", file=path, field="line",
-                                            index=lineno) from None
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ImportFormatError(f"bad or missing field ({exc!r})", file=path, field="row",
-                                            index=lineno) from None
-                if not 0 <= layer < num_layers:
-                    raise ImportFormatError(f"layer {layer} outside [0, {num_layers})", file=path,
-                                            field="layer", index=lineno)
-                if len(experts) != len(probs):
-                    raise ImportFormatError("experts and gating_probs differ in length", file=path,
-                                            field="gating_probs", index=lineno)
-                _check_row(experts, probs, num_experts, path, lineno)
-                top_k = max(top_k, len(experts))
-                if key[0] not in domains:
-                    domains.append(key[0])
-                origin.setdefault(key, path)
-                per_request.setdefault(key, defaultdict(dict))[layer][tok] = (experts, probs)
+        for lineno, line in strict.lines(path):
+            if not line.strip():
+                continue
+            row = strict.json_object(strict.loads(line, file=path, field="line", index=lineno), file=path,
+                                     field="line", index=lineno)
+            missing = [k for k in _MIXTRAL_FIELDS if k not in row]
+            if missing:
+                raise ImportFormatError(f"row has no {missing[0]!r}", file=path, field="row", index=lineno)
+            key = (strict.json_str(row["dataset"], file=path, field="dataset", index=lineno),
+                   strict.json_int(row["problem_id"], file=path, field="problem_id", index=lineno))
+            layer = strict.json_int(row["layer"], file=path, field="layer", index=lineno, lo=0, hi=num_layers - 1)
+            tok = strict.json_int(row["token_idx"], file=path, field="token_idx", index=lineno, lo=0)
+            experts = strict.json_int_list(row["experts"], file=path, field="experts", index=lineno,
+                                           max_len=num_experts)
+            probs = strict.json_number_list(row["gating_probs"], file=path, field="gating_probs", index=lineno)
+            if len(experts) != len(probs):
+                raise ImportFormatError("experts and gating_probs differ in length", file=path,
+                                        field="gating_probs", index=lineno)
+            _check_row(experts, probs, num_experts, path, lineno)
+            top_k = max(top_k, len(experts))
+            if key[0] not in domains:
+                domains.append(key[0])
+            origin.setdefault(key, path)
+            rows = per_request.setdefault(key, defaultdict(dict))[layer]
+            if tok in rows:  # keeping either silently would pick one of two routings
+                raise ImportFormatError(f"request {key[0]}/{key[1]} layer {layer} token {tok} appears twice",
+                                        file=path, field="token_idx", index=lineno)
+            rows[tok] = (experts, probs)
     experts_out, gates_out, req_out, pos_out, dom_out = [], [], [], [], []
     dropped = 0
     for rid, key in enumerate(sorted(per_request)):

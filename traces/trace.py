@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +52,11 @@ VALIDATE_CHUNK_STEPS = 1 << 16
 
 FORMAT_NAME = "moesim.trace"
 FORMAT_VERSION = "1"
+# A cache key is ``l * E + e`` and the simulators keep tables of every key; this many keys (a 128 MiB
+# int64 table) is far beyond any real model (DeepSeek-V3: 61 x 256) and stops a small file from
+# claiming billions of layers and so allocations it never pays for.
+MAX_KEYS = 1 << 24
+_COUNT = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -94,23 +100,41 @@ class TraceMeta:
 
     @classmethod
     def from_strings(cls, meta: Mapping[str, str] | None, *, file: str | None = None) -> TraceMeta:
-        meta = dict(meta or {})
+        """Parse the flat string metadata exactly: every value a string, the counts plain decimal
+        integers (no sign, spaces or '_'), ``extra`` a JSON object; anything else is refused."""
+        from moesim.traces.strict import loads
+
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, Mapping):
+            raise MissingMetadataError(f"metadata must be a mapping of strings, got {type(meta).__name__}",
+                                       file=file, field="__metadata__")
+        meta = dict(meta)
+        for key, value in meta.items():
+            if type(key) is not str or type(value) is not str:
+                raise MissingMetadataError(f"metadata values must be strings, got {type(value).__name__} "
+                                           f"{value!r:.40}", file=file, field=str(key))
         for key in cls.REQUIRED:
             if key not in meta or meta[key] == "":
                 raise MissingMetadataError(f"required metadata key '{key}' is missing", file=file,
                                            field=key)
+        fmt = meta.get("format", FORMAT_NAME)
+        if fmt != FORMAT_NAME:
+            raise MissingMetadataError(f"format {fmt!r} is not {FORMAT_NAME!r}", file=file, field="format")
+        version = meta.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise MissingMetadataError(f"format_version {version!r} is not {FORMAT_VERSION!r}, the version this "
+                                       "reader knows", file=file, field="format_version")
         ints = {}
         for key in ("num_layers", "num_experts", "top_k"):
-            try:
-                ints[key] = int(meta[key])
-            except ValueError:
-                raise MissingMetadataError(f"metadata '{key}' is not an integer: {meta[key]!r}",
-                                           file=file, field=key) from None
-        try:
-            extra = json.loads(meta.get("extra", "{}") or "{}")
-        except json.JSONDecodeError as exc:
-            raise MissingMetadataError(f"metadata 'extra' is not JSON: {exc}", file=file,
-                                       field="extra") from None
+            if not _COUNT.fullmatch(meta[key]):
+                raise MissingMetadataError(f"metadata '{key}' is not an integer: {meta[key]!r:.40}",
+                                           file=file, field=key)
+            ints[key] = int(meta[key])
+        extra = loads(meta.get("extra", "") or "{}", file=file, field="extra", error=MissingMetadataError)
+        if type(extra) is not dict:
+            raise MissingMetadataError(f"metadata 'extra' must be a JSON object, got {type(extra).__name__}",
+                                       file=file, field="extra")
         return cls(model=meta["model"], source=meta.get("source", "unknown"),
                    generator=meta.get("generator", ""), generator_version=meta.get("generator_version", ""),
                    created_at=meta.get("created_at", ""), notes=meta.get("notes", ""), extra=extra, **ints)
@@ -247,7 +271,7 @@ def _as_float_array(value: Any, name: str, file: str | None) -> np.ndarray:
 def validate_trace(trace: Trace, chunk_steps: int = VALIDATE_CHUNK_STEPS) -> None:
     """Check every rule of the format; raise the first violation with file, field and position."""
     file, meta = trace.file, trace.meta
-    _validate_meta(meta, file)
+    validate_meta(meta, file)
     e = trace.experts
     if e.ndim != 3:
         raise ShapeMismatchError(f"must be 3-D [steps, layers, width], got shape {e.shape}", file=file,
@@ -263,11 +287,19 @@ def validate_trace(trace: Trace, chunk_steps: int = VALIDATE_CHUNK_STEPS) -> Non
     if K < meta.top_k:
         raise ShapeMismatchError(f"width {K} is smaller than metadata top_k={meta.top_k}", file=file,
                                  field="experts")
+    # A row holds distinct experts, so a slot beyond num_experts could only ever be padding.
+    if K > meta.num_experts:
+        raise ShapeMismatchError(f"width {K} exceeds num_experts={meta.num_experts}", file=file,
+                                 field="experts")
     if trace.gate_weights is not None and trace.gate_weights.shape != e.shape:
         raise ShapeMismatchError(f"shape {trace.gate_weights.shape} differs from experts {e.shape}",
                                  file=file, field="gate_weights")
-    if trace.predicted is not None and (trace.predicted.ndim != 3 or trace.predicted.shape[:2] != (T, L)):
-        raise ShapeMismatchError(f"shape {trace.predicted.shape} must be [{T}, {L}, k]", file=file,
+    if trace.predicted is not None and (trace.predicted.ndim != 3 or trace.predicted.shape[:2] != (T, L)
+                                        or trace.predicted.shape[2] > meta.num_experts):
+        raise ShapeMismatchError(f"shape {trace.predicted.shape} must be [{T}, {L}, k] with k <= num_experts="
+                                 f"{meta.num_experts}", file=file, field="predicted")
+    if trace.predicted is not None and trace.predicted.dtype != EXPERT_DTYPE:
+        raise ShapeMismatchError(f"dtype must be int16, got {trace.predicted.dtype}", file=file,
                                  field="predicted")
     for name in STEP_FIELDS:
         arr = getattr(trace, name)
@@ -289,20 +321,33 @@ def validate_trace(trace: Trace, chunk_steps: int = VALIDATE_CHUNK_STEPS) -> Non
                                      file=file, field="phase", index=int(bad[0]))
 
 
-def _validate_meta(meta: TraceMeta, file: str | None) -> None:
+def validate_meta(meta: TraceMeta, file: str | None) -> None:
+    """The metadata's own rules (positive counts within the id and key ranges, string fields)."""
     for key in ("num_layers", "num_experts", "top_k"):
         value = getattr(meta, key)
-        if not isinstance(value, (int, np.integer)) or value < 1:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise MissingMetadataError(f"metadata '{key}' must be a positive integer, got {value!r}",
                                        file=file, field=key)
     if meta.num_experts > np.iinfo(EXPERT_DTYPE).max:
         raise MissingMetadataError(f"num_experts={meta.num_experts} exceeds the int16 id range",
                                    file=file, field="num_experts")
+    if int(meta.num_layers) * int(meta.num_experts) > MAX_KEYS:  # Python integers: numpy's would wrap
+        raise MissingMetadataError(f"num_layers={meta.num_layers} x num_experts={meta.num_experts} exceeds the "
+                                   f"{MAX_KEYS} cache keys any model needs", file=file, field="num_layers")
     if meta.top_k > meta.num_experts:
         raise MissingMetadataError(f"top_k={meta.top_k} exceeds num_experts={meta.num_experts}", file=file,
                                    field="top_k")
     if not meta.model:
         raise MissingMetadataError("metadata 'model' is empty", file=file, field="model")
+    for key in ("model", "source", "generator", "generator_version", "created_at", "notes"):
+        if type(getattr(meta, key)) is not str:
+            raise MissingMetadataError(f"metadata '{key}' must be a string, got {getattr(meta, key)!r:.40}",
+                                       file=file, field=key)
+    try:  # the metadata is stored as JSON: refuse now what could not be written later
+        json.dumps(dict(meta.extra), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MissingMetadataError(f"metadata 'extra' is not a JSON object ({exc})", file=file,
+                                   field="extra") from None
 
 
 def _validate_ids(ids: np.ndarray, name: str, num_experts: int, offset: int, file: str | None) -> None:
