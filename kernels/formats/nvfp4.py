@@ -220,8 +220,9 @@ class NVFP4Format:
             _decode_nb(codes2, scale2, ts, self.block, _E4M3_LUT, _E2M1_LUT, f32.reshape(rows, n))
         else:
             elem = mf.decode_ref(unpack_nibbles(codes2), mf.E2M1).reshape(rows, n // self.block, self.block)
-            d = (ts * mf.decode_ref(scale2, mf.E4M3))[..., None]
-            np.copyto(f32, (elem * d).reshape(f32.shape))
+            with np.errstate(over="ignore", invalid="ignore"):  # Inf / NaN products, as the kernel gives
+                d = (ts * mf.decode_ref(scale2, mf.E4M3))[..., None]
+                np.copyto(f32, (elem * d).reshape(f32.shape))
         return finish_decode(f32, dtype, target, out)
 
     # -- torch --
