@@ -12,9 +12,11 @@ every difference is one torchao documents in code and is pinned here exactly:
 MX, RCEIL rule: torchao on CPU takes ``ceil(log2(float32(amax / max_elem)))`` in float32, and a
 float32 log2 of a quotient just above a power of two ``2^k`` rounds to ``k`` exactly, so its scale
 is one lower than the exact round-up rule's (and the largest element saturates) for a quotient
-within ``n(k)`` ulps above ``2^k``: n = 22 for 64 <= |k| <= 127, 11 for 32..63, 5 for 16..31, 2 for
-8..15, 1 for 4..7, 0 below. Its scale byte 0 multiplies the elements by 1.0 instead of 2^127 (so
-they round to zero), and an Inf block gets byte 254. Each is modelled and pinned below.
+within ``n`` ulps above ``2^k``, where n is 22 when ``|log2 q|`` lies in [64, 128), 11 in [32, 64),
+5 in [16, 32), 2 in [8, 16), 1 in [4, 8) and 0 below (measured on torch 2.13's CPU log2, which
+rounds correctly; a subnormal quotient has coarser ulps and fewer). Its scale byte 0 multiplies the
+elements by 1.0 instead of 2^127 (so they round to zero), and an Inf block gets byte 254. Each is
+modelled and pinned below.
 
 Decoding: every scale byte x every element code, float32 and bfloat16, bit for bit (NaN where
 NaN). NVFP4: encode (tensor scale, E4M3 block scales, packed codes) and ``dequantize`` bit for bit

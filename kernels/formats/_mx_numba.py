@@ -5,7 +5,9 @@ Each kernel is a block routine (``_*_block``) looped over by a ``prange`` wrappe
 (:func:`kernels.minifloat.nb_encode_bits`); MXFP4 has its own encode, comparisons of the exact
 quotient against the E2M1 midpoints. The decode is one exact multiply per element (a table value
 times a power of two). No fastmath: ``nsz`` would lose -0.0 and ``nnan``/``ninf`` would break NaN
-blocks, and nothing else would be faster.
+blocks, and nothing else would be faster. Each decode also has a streaming twin (``*_stream``,
+parallel only) that writes every 16 bytes of output with one non-temporal store; :func:`decode_into`
+picks it for large, aligned outputs on x86-64 (:mod:`kernels.formats._stream`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from moesim.kernels.formats._stream import can_stream, store_fence, stream_store
+from moesim.kernels.formats._stream import can_stream, store_fence, stream_copy, stream_store
 from moesim.kernels.jit import njit
 from moesim.kernels.minifloat import nb_encode_bits
 from numba import prange
@@ -267,10 +269,14 @@ def decode_unpacked_stream(codes, scales, lut, scale_table, out):
 
 @njit(parallel=True)
 def decode_bf16_stream(data, packed, scales, lut, pairs, scale_table, out):
+    """Like :func:`_decode_bf16_chunk`, the bf16 bits of a block gathered in a 32-value scratch row
+    and streamed from there: building each 8-lane store from scalars instead took twice the time
+    (one thread, 64 MiB of weights to 32 MiB of bf16: 19.6 ms against 11.7 ms of CPU time)."""
     nb = scales.shape[0]
     for c in prange((nb + _CHUNK - 1) // _CHUNK):
         tmp = np.empty(32, np.float32)
         tb = tmp.view(np.uint32)
+        half = np.empty(32, np.uint16)
         for b in range(c * _CHUNK, min(nb, (c + 1) * _CHUNK)):
             s = scale_table[scales[b]]
             if packed:
@@ -281,12 +287,10 @@ def decode_bf16_stream(data, packed, scales, lut, pairs, scale_table, out):
             else:
                 for j in range(32):
                     tmp[j] = lut[data[b, j]] * s
+            for j in range(32):
+                half[j] = _bf16(np.int64(tb[j]))
             for g in range(0, 32, 8):
-                stream_store(out, b * 32 + g, (
-                    np.uint16(_bf16(np.int64(tb[g]))), np.uint16(_bf16(np.int64(tb[g + 1]))),
-                    np.uint16(_bf16(np.int64(tb[g + 2]))), np.uint16(_bf16(np.int64(tb[g + 3]))),
-                    np.uint16(_bf16(np.int64(tb[g + 4]))), np.uint16(_bf16(np.int64(tb[g + 5]))),
-                    np.uint16(_bf16(np.int64(tb[g + 6]))), np.uint16(_bf16(np.int64(tb[g + 7])))))
+                stream_copy(out, b * 32 + g, half, g)
         store_fence()
 
 

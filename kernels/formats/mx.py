@@ -38,9 +38,23 @@ Edge cases, all tested:
 * NaN bit patterns are not preserved: numpy paths give whatever NaN the arithmetic gives, bf16
   outputs use the canonical 0x7FC0.
 
+Checked against torchao (``prototype.mx_formats``, the version pinned in the dev extra) bit for bit:
+decoding for every scale byte and element code; encoding with its FLOOR rule everywhere except
+where torchao departs from the scale it stores: at scale byte 0 it divides the elements by 2^-126
+(float32's smallest normal) instead of 2^-127, and a block holding Inf (and no NaN) gets the byte
+``255 - emax_elem`` with saturated elements instead of NaN. Its RCEIL on CPU computes
+``ceil(log2(amax / max_element))`` with a float32 log2, which rounds to ``k`` for a quotient a few
+ulps above ``2^k`` (up to 22 ulps for |k| > 64), so there its scale is one lower than ``rceil``'s
+and the largest element saturates; its byte 0 multiplies by 1.0 instead of 2^127 and an Inf block
+gets byte 254. ``tests/test_torchao_reference.py`` pins each difference exactly.
+
 Inputs are rounded to float32 first (float16 / bfloat16 are exact in it). Decoded values are exact
 in float32 (an element times a power of two) except products at or above 2^128, which are +-Inf.
 bfloat16 output is the float32 result rounded to nearest-even (numpy: uint16 bit patterns).
+
+Decoding into a caller's buffer: ``decode(enc, out=buffer)`` (numpy array or CPU tensor) and
+``decode_torch(enc, out=tensor)``; large aligned outputs are written with streaming stores
+(:mod:`kernels.formats._stream`), so a decode into a reused buffer runs at memory speed.
 
 Encoded dict (numpy; the torch dicts lack "shape"): MXFP4 ``{"blocks": uint8 [..., G, 16],
 "scales": uint8 [..., G], "shape"}`` with element ``2j`` in the low nibble of byte ``j`` (the gpt-oss
