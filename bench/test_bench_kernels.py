@@ -48,6 +48,7 @@ SMALL_BYTES = 256 * 2**10
 THREADS = 2
 COPY_REPEATS = 15
 ALTERNATE_ROUNDS = 15
+SETTLE_S = 0.01
 FP4 = ELEMENTS["fp4_e2m1"]
 MXFP4 = get_format("mxfp4")
 
@@ -135,10 +136,19 @@ def _best_of(fn: Callable[[], object], rounds: int) -> float:
 
 
 def _alternate(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Fastest round of each function, the functions called in turn within every round."""
+    """Fastest round of each function, the functions called in turn within every round.
+
+    Each call starts after ``SETTLE_S`` of busy waiting: numba's OpenMP workers spin for a while
+    after a parallel loop, and on a 2-core machine they slowed the single-threaded copy timed next
+    by up to 40% (``OMP_WAIT_POLICY=passive`` removed it). A sleep instead of the busy wait let the
+    core slow down, and the compute-bound bfloat16 decode then took 1.8x as long.
+    """
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
+            settled = time.perf_counter() + SETTLE_S
+            while time.perf_counter() < settled:
+                pass
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
