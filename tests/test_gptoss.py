@@ -1,5 +1,6 @@
 """gpt-oss MXFP4 checkpoint layout: decoding bit-exact against the reference reader's arithmetic
-(written out again here, independently of kernels/), encode/decode round trips, the mlp1 row
+(written out again here, independently of kernels/, around torch's own ``ldexp``) for every scale
+byte and element code, decoding into a caller's buffer, encode/decode round trips, the mlp1 row
 interleave, numpy == torch, and the checkpoint tensor names."""
 
 from __future__ import annotations
@@ -47,12 +48,6 @@ def reader_decode(blocks: np.ndarray, scales: np.ndarray, dtype: torch.dtype = t
     out[:, 1::2] = lut[(b >> 4).to(torch.long)]
     out = ldexp(out, exp)
     return out.reshape(*prefix, groups * width * 2)
-
-
-def _torch_ldexp_mode() -> str:
-    """Which documented convention this torch's ``ldexp`` follows at 2^128."""
-    probe = torch.ldexp(torch.tensor([0.5]), torch.tensor([128], dtype=torch.int32))
-    return "exact" if math.isfinite(float(probe[0])) else "pow2"
 
 
 def _random_checkpoint(seed: int, shape: tuple[int, ...], with_ff: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -105,15 +100,40 @@ def test_decode_is_bit_exact_against_the_reader_bfloat16(backend: str) -> None:
     assert np.array_equal(_bf16_bits(got_t), want)
 
 
-def test_decode_of_scale_ff_follows_both_ldexp_conventions() -> None:
-    blocks, scales = _random_checkpoint(2, (4, 5), with_ff=True)
-    scales[1, :] = 0xFF  # one full row of 0xFF groups: every code meets the 2^128 factor
+def _every_byte_and_code() -> tuple[np.ndarray, np.ndarray]:
+    """256 groups, one per scale byte 0x00-0xFF, each holding every element code twice (4096 pairs x 2)."""
+    codes = np.tile(np.arange(16, dtype=np.uint8), 2)
+    blocks = np.tile((codes[0::2] | (codes[1::2] << 4)).astype(np.uint8), (256, 1))
+    return blocks, np.arange(256, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_decode_equals_torch_ldexp_for_every_scale_byte_and_code(backend: str) -> None:
+    blocks, scales = _every_byte_and_code()
+    want = reader_decode(blocks, scales).numpy()
+    want_bf = _bf16_bits(reader_decode(blocks, scales, dtype=torch.bfloat16))
+    assert not np.isnan(want).any()  # torch.ldexp never forms 2^128 on its own: no 0 * Inf
+    assert _same(decode_gptoss(blocks, scales, backend=backend), want)
+    assert np.array_equal(decode_gptoss(blocks, scales, dtype="bfloat16", backend=backend), want_bf)
+    tb, ts = torch.from_numpy(blocks), torch.from_numpy(scales)
+    assert _same(decode_gptoss_torch(tb, ts, dtype=torch.float32).numpy(), want)
+    assert np.array_equal(_bf16_bits(decode_gptoss_torch(tb, ts)), want_bf)
+    # byte 0xFF (codes 0-15, twice): +-0 stay +-0, +-0.5 is +-2^127, larger magnitudes overflow
+    ff = want.reshape(256, 32)[255]
+    assert ff.tolist() == 2 * ([0.0, 2.0**127] + [np.inf] * 6 + [-0.0, -(2.0**127)] + [-np.inf] * 6)
+    assert np.signbit(ff[[8, 24]]).all() and not np.signbit(ff[[0, 16]]).any()
+
+
+def test_pow2_mode_is_the_float32_power_arithmetic() -> None:
+    blocks, scales = _every_byte_and_code()
     pow2 = reader_decode(blocks, scales, ldexp=_pow2_ldexp).numpy()
     assert _same(decode_gptoss(blocks, scales, ldexp="pow2"), pow2)
     assert _same(decode_gptoss(blocks, scales, ldexp="pow2", backend="reference"), pow2)
-    # this torch's own ldexp follows one of the two conventions
-    mode = _torch_ldexp_mode()
-    assert _same(decode_gptoss(blocks, scales, ldexp=mode), reader_decode(blocks, scales).numpy())
+    tb, ts = torch.from_numpy(blocks), torch.from_numpy(scales)
+    assert _same(decode_gptoss_torch(tb, ts, dtype=torch.float32, ldexp="pow2").numpy(), pow2)
+    # the two agree on every byte but 0xFF
+    exact = decode_gptoss(blocks, scales)
+    assert _same(exact[:255], pow2[:255]) and not _same(exact[255:], pow2[255:])
 
 
 def test_scale_ff_by_hand() -> None:
@@ -125,6 +145,7 @@ def test_scale_ff_by_hand() -> None:
     assert np.isnan(pow2[:2]).all() and pow2[2:].tolist() == [np.inf, -np.inf, np.inf, -np.inf]
     exact = decode_gptoss(blocks, scales, ldexp="exact")[:6]
     assert exact.tolist() == [0.0, -0.0, 2.0**127, -(2.0**127), np.inf, -np.inf]
+    assert _same(decode_gptoss(blocks, scales), decode_gptoss(blocks, scales, ldexp="exact"))  # the default
     assert not np.signbit(exact[0]) and np.signbit(exact[1])
     # OCP decoding of the same group: all NaN
     assert np.isnan(get_format("mxfp4").decode({"blocks": blocks, "scales": scales})).all()
@@ -152,6 +173,34 @@ def test_decode_rejects_bad_layouts() -> None:
     with pytest.raises(FormatError, match="ldexp"):
         decode_gptoss_torch(torch.zeros(2, 16, dtype=torch.uint8), torch.zeros(2, dtype=torch.uint8),
                             ldexp="libm")
+
+
+def test_decode_into_a_reused_buffer() -> None:
+    # an engine's slot: one buffer per expert shape, decoded into again and again
+    blocks, scales = _random_checkpoint(6, (2, 4, 3), with_ff=True)
+    want = reader_decode(blocks, scales).numpy()
+    want_bf = _bf16_bits(reader_decode(blocks, scales, dtype=torch.bfloat16))
+    slot = np.full((2, 4, 96), np.nan, np.float32)
+    for backend in ("numba", "reference"):
+        assert decode_gptoss(blocks, scales, backend=backend, out=slot) is slot
+        assert _same(slot, want)
+        slot[:] = np.nan
+    bf_slot = np.zeros((2, 4, 96), np.uint16)
+    assert decode_gptoss(blocks, scales, dtype="bfloat16", out=bf_slot) is bf_slot
+    assert np.array_equal(bf_slot, want_bf)
+    t_slot = torch.zeros(2, 4, 96, dtype=torch.bfloat16)  # a torch host buffer, e.g. pinned for copies
+    assert decode_gptoss(blocks, scales, dtype=torch.bfloat16, out=t_slot) is t_slot
+    assert np.array_equal(_bf16_bits(t_slot), want_bf)
+    tb, ts = torch.from_numpy(blocks), torch.from_numpy(scales)
+    t_out = torch.empty(2, 4, 96, dtype=torch.bfloat16)
+    assert decode_gptoss_torch(tb, ts, out=t_out) is t_out
+    assert np.array_equal(_bf16_bits(t_out), want_bf)
+    t32 = torch.empty(2, 4, 96)
+    assert decode_gptoss_torch(tb, ts, dtype=torch.float32, out=t32) is t32 and _same(t32.numpy(), want)
+    with pytest.raises(FormatError, match=r"out has shape \(2, 4, 95\)"):
+        decode_gptoss(blocks, scales, out=np.empty((2, 4, 95), np.float32))
+    with pytest.raises(FormatError, match=r"out has dtype torch\.bfloat16"):
+        decode_gptoss_torch(tb, ts, dtype=torch.float32, out=t_out)
 
 
 # ---- numpy == torch --------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from moesim.kernels.formats import FormatError, get_format
+from moesim.kernels.formats import FormatError, _stream, get_format
 from moesim.kernels.formats import _mx_numba as nbk
 from moesim.kernels.formats._mx_common import ELEMENTS, element_lut
-from moesim.kernels.formats.mx import FORMATS, MXFormat
+from moesim.kernels.formats.mx import FORMATS, MXFormat, decode_mx
 
 MX_NAMES = sorted(FORMATS)
 BASE_NAMES = sorted(n for n in MX_NAMES if not n.endswith("-rceil"))
@@ -484,6 +484,52 @@ def test_cuda_matches_cpu_bit_for_bit() -> None:
         b = fmt.decode_torch(gpu).cpu()
         assert torch.equal(torch.isnan(a), torch.isnan(b))
         assert torch.equal(a.nan_to_num(0.0).view(torch.int32), b.nan_to_num(0.0).view(torch.int32))
+
+
+# ---- decode kernels with streaming stores ------------------------------------------------------------
+
+def _random_codes(element: str, nblocks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random codes (every byte value) and scale bytes (0xFF included) in the layout of ``element``."""
+    rng = np.random.default_rng(seed)
+    width = 16 if ELEMENTS[element].packed else 32
+    return (rng.integers(0, 256, (nblocks, width), dtype=np.uint8),
+            rng.integers(0, 256, nblocks, dtype=np.uint8))
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and np.array_equal(a.view(np.uint32) if a.dtype == np.float32 else a,
+                                                 b.view(np.uint32) if b.dtype == np.float32 else b)
+
+
+@pytest.mark.parametrize("element", ["fp4_e2m1", "fp8_e4m3", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_streaming_decode_equals_the_plain_kernels(monkeypatch: pytest.MonkeyPatch, element: str,
+                                                   dtype: str) -> None:
+    data, scales = _random_codes(element, 3000, seed=len(element))
+    want = decode_mx(data, scales, element, dtype=dtype, parallel=False)  # the serial kernel
+    assert not _stream.can_stream(want)  # below MIN_BYTES: the plain kernels ran
+    monkeypatch.setattr(_stream, "MIN_BYTES", 0)
+    assert _stream.can_stream(want) == _stream.AVAILABLE
+    got = decode_mx(data, scales, element, dtype=dtype)
+    assert _same_bits(got, want)
+    # into a caller's aligned buffer, and into one 4 bytes off alignment (the plain kernel then)
+    raw = np.empty(want.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 16
+    for offset in (start, start + 4):
+        buf = raw[offset: offset + want.nbytes].view(want.dtype)
+        buf[:] = 0
+        assert _stream.can_stream(buf) == (_stream.AVAILABLE and offset == start)
+        assert decode_mx(data, scales, element, dtype=dtype, out=buf) is buf
+        assert _same_bits(buf, want)
+
+
+def test_streaming_decode_at_its_real_threshold() -> None:
+    # an output of exactly MIN_BYTES streams without any patching
+    nblocks = _stream.MIN_BYTES // (32 * 4)
+    blocks, scales = _random_codes("fp4_e2m1", nblocks, seed=9)
+    got = decode_mx(blocks, scales, "fp4_e2m1")
+    assert _stream.can_stream(got) == _stream.AVAILABLE
+    assert _same_bits(got, decode_mx(blocks, scales, "fp4_e2m1", parallel=False))
 
 
 def test_unknown_format_lists_known_ones() -> None:

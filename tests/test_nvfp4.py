@@ -1,6 +1,7 @@
 """NVFP4: hand-derived element, block-scale and tensor-scale bits (ties, saturation, zero blocks,
-block scales that round to zero), the nearest-value and single-rounding properties, and
-numba == reference == torch bit for bit."""
+block scales raised to the 2^-6 floor), the nearest-value and decode-order properties, decoding
+into a caller's buffer, and numba == reference == torch bit for bit. The comparison with torchao's
+own NVFP4Tensor lives in test_torchao_reference.py."""
 
 from __future__ import annotations
 
@@ -90,30 +91,34 @@ def test_block_scale_rounds_to_nearest_even_e4m3_and_elements_saturate() -> None
     assert FMT.decode(enc)[0, :2].tolist() == [6.0, -6.0]
 
 
-def test_block_scales_that_round_to_zero_give_a_zero_block() -> None:
-    # s = amax / 6 with tensor scale 1; E4M3's smallest subnormal is 2^-9, half of it 2^-10
-    x = with_unit_tensor_scale([0.005, -0.004], [6 * 2.0**-10, 1e-3], [6 * 1.5 * 2.0**-10, 1e-3])
+def test_block_scales_below_the_smallest_normal_e4m3_take_the_floor() -> None:
+    # s = amax / 6 with tensor scale 1; s below 2^-6 is raised to 2^-6 (code 0x08), so r = 64
+    x = with_unit_tensor_scale([0.005, -0.004, 0.0039, -0.0, 2.0**-8, 3 * 2.0**-8],
+                               [6 * 2.0**-6, 2.0**-7], [6 * 2.0**-7, 2.0**-9])
     enc = assert_backends_agree(x)
-    assert enc["scale"][:3, 0].tolist() == [0x00, 0x00, 0x01]  # below half; exactly half (tie to 0); 1.5x half
+    assert enc["scale"][:3, 0].tolist() == [0x08, 0x08, 0x08]  # raised; exactly 2^-6; raised
     codes = unpack(enc["codes"])
-    assert not codes[:2].any()
+    # 0.005 * 64 = 0.32 -> 0.5; -0.256 -> -0.5; 0.2496 -> 0; -0.0 keeps its sign; 0.25 ties to 0; 0.75 ties to 1
+    assert codes[0, :6].tolist() == [1, 9, 0, 8, 0, 2]
+    assert codes[1, :2].tolist() == [7, 1]  # 6 * 2^-6 * 64 = 6; 2^-7 * 64 = 0.5
+    assert codes[2, :2].tolist() == [5, 0]  # raised from 2^-7: 6 * 2^-7 * 64 = 3; 2^-9 * 64 = 0.125 -> 0
     dec = FMT.decode(enc)
-    assert not dec[:2].any()
-    # third block: d = 2^-9; 6 * 1.5 * 2^-10 / d = 4.5 ties to 4 (code 6); 1e-3 / d = 0.512 -> 0.5 (code 1)
-    assert codes[2, :2].tolist() == [6, 1]
-    assert dec[2, :2].tolist() == [4 * 2.0**-9, 0.5 * 2.0**-9]
+    assert dec[0, :2].tolist() == [0.5 * 2.0**-6, -0.5 * 2.0**-6]
 
 
 def test_zero_blocks_and_the_all_zero_tensor() -> None:
     x = np.zeros((2, 32), np.float32)
+    x[0, 5] = -0.0
     enc = assert_backends_agree(x)
-    assert float(enc["tensor_scale"]) == 0.0 and not enc["scale"].any() and not enc["codes"].any()
+    assert float(enc["tensor_scale"]) == 0.0 and (enc["scale"] == 0x08).all()
+    assert unpack(enc["codes"])[0].tolist() == [0] * 5 + [8] + [0] * 26  # r = 0: signed zeros
     assert not FMT.decode(enc).any()
     x[1, 20] = -3.0
     enc = assert_backends_agree(x)
-    assert enc["scale"].tolist() == [[0, 0], [0, 0x7E]]
-    # -3 -> -6 * 448 * ts, with ts = 3 / 2688 rounded to float32: -3 up to that rounding
-    assert FMT.decode(enc)[1, 20] == np.float32(-2688.0) * enc["tensor_scale"]
+    assert enc["scale"].tolist() == [[0x08, 0x08], [0x08, 0x7E]]
+    # -3 -> -6 * (ts * 448), with ts = 3 / 2688 rounded to float32: -3 up to that rounding
+    ts = enc["tensor_scale"]
+    assert FMT.decode(enc)[1, 20] == np.float32(-6.0) * (ts * np.float32(448.0))
     assert abs(FMT.decode(enc)[1, 20] + 3.0) <= 2.0**-22
 
 
@@ -121,7 +126,17 @@ def test_tensor_scale_is_amax_over_2688() -> None:
     x = np.random.default_rng(5).standard_normal((8, 64)).astype(np.float32)
     enc = FMT.encode(x)
     assert enc["tensor_scale"] == np.float32(np.abs(x).max()) / np.float32(2688)
-    assert enc["scale"].max() <= 0x7E  # never the NaN code 0x7F
+    assert 0x08 <= enc["scale"].min() and enc["scale"].max() <= 0x7E  # normal E4M3, never NaN 0x7F
+
+
+def test_a_tensor_scale_whose_reciprocal_overflows_saturates_every_nonzero_element() -> None:
+    # amax 1e-37: ts ~ 3.7e-41 (subnormal), 1 / ts = inf, so r = inf and |x| * r saturates at 6
+    x = np.zeros((1, 16), np.float32)
+    x[0, :4] = [1e-37, -1e-38, 0.0, -0.0]
+    enc = assert_backends_agree(x)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float32(1.0) / enc["tensor_scale"])
+    assert unpack(enc["codes"])[0, :4].tolist() == [7, 15, 0, 0]  # 0 * inf is NaN, encoded +0
 
 
 # ---- properties ----------------------------------------------------------------------------------
@@ -147,25 +162,29 @@ def test_numba_reference_and_torch_agree_bit_for_bit(x: np.ndarray) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(weights())
-def test_codes_are_nearest_values_and_decode_rounds_once(x: np.ndarray) -> None:
+def test_codes_are_nearest_values_and_decode_scales_first(x: np.ndarray) -> None:
     enc = FMT.encode(x)
     ts = np.float32(enc["tensor_scale"])
     s_val = e4m3_value(enc["scale"])  # float64, exact
-    # block scale: a nearest E4M3 value to s = (amax / 6) / ts, or 448 when s is beyond it
+    # block scale: a nearest E4M3 value to s = (amax / 6) / ts clamped to [2^-6, 448]
     bamax = np.abs(x.reshape(*x.shape[:-1], -1, 16)).max(-1)
     s = (bamax / np.float32(6)) / ts if ts > 0 else np.zeros_like(bamax)
+    s = np.clip(s, np.float32(2.0**-6), np.float32(448))
     grid4 = e4m3_value(np.arange(0x7F))
     best = np.abs(s.astype(np.float64)[..., None] - grid4).min(-1)
-    assert np.all((np.abs(s - s_val) <= best) | ((s > 448) & (s_val == 448)))
-    # elements: a nearest E2M1 value to x / d (d = S * ts), zero where d == 0
-    d = np.repeat((s_val * ts).astype(np.float32), 16, axis=-1)
+    assert np.all(np.abs(s - s_val) <= best)
+    # elements: a nearest E2M1 value to x * r, r = (1 / ts) / S in float32 (0 for an all-zero tensor)
+    with np.errstate(over="ignore", invalid="ignore"):
+        inv_ts = np.float32(1) / ts if ts > 0 else np.float32(0)
+        r = np.repeat((inv_ts / s_val.astype(np.float32)).astype(np.float32), 16, axis=-1)
+        y = (x * r).astype(np.float64)
     codes = unpack(enc["codes"])
-    y = (x / np.where(d > 0, d, np.float32(1))).astype(np.float64)
-    dist = np.abs(y[..., None] - E2M1.astype(np.float64))
+    dist = np.abs(np.nan_to_num(y)[..., None] - E2M1.astype(np.float64))
     chosen = np.take_along_axis(dist, codes.astype(np.int64)[..., None], -1)[..., 0]
-    assert np.all(np.where(d > 0, chosen <= dist.min(-1), codes == 0))
-    # decode: e2m1 * S * ts computed exactly (float64 holds it) and rounded to float32 once
-    exact = E2M1[codes].astype(np.float64) * np.repeat(s_val, 16, axis=-1) * np.float64(ts)
+    assert np.all(chosen <= dist.min(-1))  # beyond 6 (or Inf) the nearest is 6; NaN (0 * Inf) is +0
+    # decode: ts * S rounded to float32 first, then times the element (exact values in float64)
+    d = (np.float64(ts) * s_val).astype(np.float32).astype(np.float64)
+    exact = E2M1[codes].astype(np.float64) * np.repeat(d, 16, axis=-1)
     assert np.array_equal(FMT.decode(enc), exact.astype(np.float32))
 
 

@@ -22,6 +22,8 @@ from moesim.kernels.formats.base import (
     FormatError,
     as_float32,
     check_last_dim,
+    check_out_torch,
+    decode_target,
     f32_to_bf16_bits,
     resolve_dtype,
 )
@@ -126,19 +128,44 @@ def unpack_nibbles_torch(packed: torch.Tensor) -> torch.Tensor:
 
 # ---- output dtype ------------------------------------------------------------------------------
 
-def finish_decode(out: np.ndarray, dtype: Any) -> Any:
+def start_decode(out: Any, shape: tuple[int, ...], dtype: Any, name: str,
+                 *inputs: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(the caller's buffer as a numpy view or None, the float32 array the decode writes): a float32
+    decode into ``out`` writes the buffer itself; anything else gets a new float32 array, which
+    :func:`finish_decode` rounds or copies into the buffer."""
+    target = None if out is None else decode_target(out, shape, dtype, name, *inputs)
+    if target is not None and target.dtype == np.float32:
+        return target, target
+    return target, np.empty(shape, np.float32)
+
+
+def finish_decode(f32: np.ndarray, dtype: Any, target: np.ndarray | None = None, out: Any = None) -> Any:
     """float32 as is; bfloat16 as uint16 bit patterns, or as a torch tensor when ``torch.bfloat16``
-    was asked for."""
-    if resolve_dtype(dtype) == FLOAT32:
+    was asked for. With a ``target`` (from :func:`start_decode`) the result lands there and the
+    caller's ``out`` is returned."""
+    kind = resolve_dtype(dtype)
+    if target is not None:
+        if target is not f32:
+            np.copyto(target, f32.reshape(target.shape) if kind == FLOAT32
+                      else f32_to_bf16_bits(f32).reshape(target.shape))
         return out
-    bits = f32_to_bf16_bits(out)
+    if kind == FLOAT32:
+        return f32
+    bits = f32_to_bf16_bits(f32)
     if dtype is torch.bfloat16:
         return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
     return bits
 
 
-def finish_decode_torch(out: torch.Tensor, dtype: Any) -> torch.Tensor:
-    return out if resolve_dtype(dtype) == FLOAT32 else out.to(torch.bfloat16)
+def finish_decode_torch(f32: torch.Tensor, dtype: Any, out: torch.Tensor | None = None,
+                        name: str = "decode") -> torch.Tensor:
+    """``f32`` as ``dtype`` (float32 or bfloat16, one rounding); copied into ``out`` when given."""
+    want = torch.float32 if resolve_dtype(dtype) == FLOAT32 else torch.bfloat16
+    if out is None:
+        return f32 if want == torch.float32 else f32.to(torch.bfloat16)
+    check_out_torch(out, tuple(f32.shape), want, f32.device, name)
+    out.copy_(f32)  # the float32 -> bfloat16 cast of copy_ is .to()'s rounding
+    return out
 
 
 # ---- float16 rounding with a direction ----------------------------------------------------------

@@ -5,7 +5,9 @@ Each kernel is a block routine (``_*_block``) looped over by a ``prange`` wrappe
 (:func:`kernels.minifloat.nb_encode_bits`); MXFP4 has its own encode, comparisons of the exact
 quotient against the E2M1 midpoints. The decode is one exact multiply per element (a table value
 times a power of two). No fastmath: ``nsz`` would lose -0.0 and ``nnan``/``ninf`` would break NaN
-blocks, and nothing else would be faster.
+blocks, and nothing else would be faster. Each decode also has a streaming twin (``*_stream``,
+parallel only) that writes every 16 bytes of output with one non-temporal store; :func:`decode_into`
+picks it for large, aligned outputs on x86-64 (:mod:`kernels.formats._stream`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from moesim.kernels.formats._stream import can_stream, store_fence, stream_copy, stream_store
 from moesim.kernels.jit import njit
 from moesim.kernels.minifloat import nb_encode_bits
 from numba import prange
@@ -232,6 +235,65 @@ def decode_bf16_ser(data, packed, scales, lut, pairs, scale_table, out):
         _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out)
 
 
+# ---- streaming decode (x86-64, large outputs): the same arithmetic, each 16 bytes of output written
+# ---- with one non-temporal store (:mod:`kernels.formats._stream`); ``out`` is 16-byte aligned, 1-d
+
+@njit(parallel=True)
+def decode_fp4_stream(blocks, scales, pairs, scale_table, out):
+    src = blocks.reshape(-1)
+    nb = scales.shape[0]
+    for c in prange((nb + _CHUNK - 1) // _CHUNK):
+        for b in range(c * _CHUNK, min(nb, (c + 1) * _CHUNK)):
+            s = scale_table[scales[b]]
+            for j in range(0, 16, 2):
+                p = src[b * 16 + j]
+                q = src[b * 16 + j + 1]
+                stream_store(out, b * 32 + 2 * j, (pairs[p, 0] * s, pairs[p, 1] * s, pairs[q, 0] * s,
+                                                   pairs[q, 1] * s))
+        store_fence()
+
+
+@njit(parallel=True)
+def decode_unpacked_stream(codes, scales, lut, scale_table, out):
+    src = codes.reshape(-1)
+    nb = scales.shape[0]
+    for c in prange((nb + _CHUNK - 1) // _CHUNK):
+        for b in range(c * _CHUNK, min(nb, (c + 1) * _CHUNK)):
+            s = scale_table[scales[b]]
+            for j in range(0, 32, 4):
+                i = b * 32 + j
+                stream_store(out, i, (lut[src[i]] * s, lut[src[i + 1]] * s, lut[src[i + 2]] * s,
+                                      lut[src[i + 3]] * s))
+        store_fence()
+
+
+@njit(parallel=True)
+def decode_bf16_stream(data, packed, scales, lut, pairs, scale_table, out):
+    """Like :func:`_decode_bf16_chunk`, the bf16 bits of a block gathered in a 32-value scratch row
+    and streamed from there: building each 8-lane store from scalars instead took twice the time
+    (one thread, 64 MiB of weights to 32 MiB of bf16: 19.6 ms against 11.7 ms of CPU time)."""
+    nb = scales.shape[0]
+    for c in prange((nb + _CHUNK - 1) // _CHUNK):
+        tmp = np.empty(32, np.float32)
+        tb = tmp.view(np.uint32)
+        half = np.empty(32, np.uint16)
+        for b in range(c * _CHUNK, min(nb, (c + 1) * _CHUNK)):
+            s = scale_table[scales[b]]
+            if packed:
+                for j in range(16):
+                    byte = data[b, j]
+                    tmp[2 * j] = pairs[byte, 0] * s
+                    tmp[2 * j + 1] = pairs[byte, 1] * s
+            else:
+                for j in range(32):
+                    tmp[j] = lut[data[b, j]] * s
+            for j in range(32):
+                half[j] = _bf16(np.int64(tb[j]))
+            for g in range(0, 32, 8):
+                stream_copy(out, b * 32 + g, half, g)
+        store_fence()
+
+
 _KERNELS = {
     "encode_unpacked": (encode_unpacked_ser, encode_unpacked_par),
     "encode_fp4": (encode_fp4_ser, encode_fp4_par),
@@ -241,8 +303,26 @@ _KERNELS = {
 }
 
 
+_STREAM_KERNELS = {
+    "decode_fp4": decode_fp4_stream,
+    "decode_unpacked": decode_unpacked_stream,
+    "decode_bf16": decode_bf16_stream,
+}
+
+
 def pick(name: str, nblocks: int, parallel: bool | None = None):
     """The serial or the parallel kernel ``name``: parallel from PARALLEL_MIN_BLOCKS blocks unless forced."""
     ser, par = _KERNELS[name]
     use_par = nblocks >= PARALLEL_MIN_BLOCKS if parallel is None else parallel
     return par if use_par else ser
+
+
+def decode_into(name: str, out: np.ndarray, parallel: bool | None, *args) -> None:
+    """Run decode kernel ``name`` on ``args`` into ``out`` (``[nblocks, 32]``, C-contiguous): the
+    streaming kernel where ``out`` is large and aligned enough (:func:`_stream.can_stream`) and the
+    call is not forced serial, else :func:`pick`'s."""
+    nblocks = out.shape[0]
+    if parallel is not False and can_stream(out):
+        _STREAM_KERNELS[name](*args, out.reshape(-1))
+    else:
+        pick(name, nblocks, parallel)(*args, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from moesim.kernels import minifloat as mf
 from moesim.kernels.formats._mx_common import BLOCK, MXElement
+from moesim.kernels.formats.base import check_out_torch
 
 
 def _pow2(exp: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,15 @@ def scale_factor(scales: torch.Tensor, nan_scale: float = float("nan")) -> torch
 
 
 def decode(enc: dict[str, torch.Tensor], el: MXElement, *, dtype: torch.dtype = torch.float32,
-           nan_scale: float = float("nan")) -> torch.Tensor:
+           nan_scale: float = float("nan"), out: torch.Tensor | None = None, fmt: str = "mx") -> torch.Tensor:
+    """codes and scales -> ``[..., G * 32]`` of ``dtype``; with ``out``, written there (the product
+    is formed in float32 and rounded once to ``out``'s dtype, as ``.to(dtype)`` would) and returned."""
     codes = unpack_fp4(enc["blocks"]) if el.packed else enc["codes"]
-    vals = element_values(codes, el) * scale_factor(enc["scales"], nan_scale).unsqueeze(-1)
-    return vals.reshape(*vals.shape[:-2], vals.shape[-2] * BLOCK).to(dtype)
+    vals = element_values(codes, el)
+    factor = scale_factor(enc["scales"], nan_scale).unsqueeze(-1)
+    shape = (*vals.shape[:-2], vals.shape[-2] * BLOCK)
+    if out is None:
+        return (vals * factor).reshape(shape).to(dtype)
+    check_out_torch(out, shape, dtype, codes.device, fmt)
+    torch.mul(vals, factor, out=out.view(vals.shape))
+    return out

@@ -48,6 +48,7 @@ from moesim.kernels.formats._blockutil import (
     pack_nibbles,
     pack_nibbles_torch,
     shape_tensor,
+    start_decode,
     unpack_nibbles,
     unpack_nibbles_torch,
 )
@@ -270,7 +271,8 @@ class AffineFormat:
             raise FormatError(f"{self.name}: field 'bias' has shape {tuple(bias_shape)}, expected {want}")
         return lead, n
 
-    def decode(self, enc: dict[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba") -> Any:
+    def decode(self, enc: dict[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba",
+               out: Any = None) -> Any:
         check_backend(backend, self.name)
         require(enc, self._keys(), self.name)
         codes = np.ascontiguousarray(enc["codes"], np.uint8)
@@ -282,20 +284,21 @@ class AffineFormat:
         codes2 = codes.reshape(rows, codes.shape[-1])
         scale2 = scale.reshape(rows, n // self.group)
         bias2 = np.zeros_like(scale2) if bias is None else bias.reshape(rows, n // self.group)
+        target, f32 = start_decode(out, (*lead, n), dtype, self.name, codes, enc["scale"],
+                                   *(() if self.symmetric else (enc["bias"],)))
         if backend == "numba":
-            out = np.empty((rows, n), np.float32)
-            _decode_nb(codes2, scale2, bias2, self.group, self.bits, self.symmetric, out)
+            _decode_nb(codes2, scale2, bias2, self.group, self.bits, self.symmetric, f32.reshape(rows, n))
         else:
             q = unpack_nibbles(codes2) if self.bits == 4 else codes2
             q = q.astype(np.float32)
             if self.symmetric:
                 q = q - np.float32(2 ** (self.bits - 1))
             qb = q.reshape(rows, n // self.group, self.group)
-            out = scale2[..., None] * qb
+            values = scale2[..., None] * qb
             if not self.symmetric:
-                out = out + bias2[..., None]
-            out = out.reshape(rows, n)
-        return finish_decode(out.reshape(*lead, n), dtype)
+                values = values + bias2[..., None]
+            np.copyto(f32, values.reshape(f32.shape))
+        return finish_decode(f32, dtype, target, out)
 
     # -- torch --
     def encode_torch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -326,7 +329,8 @@ class AffineFormat:
             codes = pack_nibbles_torch(codes)
         return {"codes": codes, **enc, "shape": shape_tensor((*lead, n))}
 
-    def decode_torch(self, enc: dict[str, torch.Tensor], *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def decode_torch(self, enc: dict[str, torch.Tensor], *, dtype: torch.dtype = torch.float32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         require(enc, self._keys(), self.name)
         codes = enc["codes"]
         scale = enc["scale"].to(torch.float32)
@@ -338,10 +342,10 @@ class AffineFormat:
         if self.symmetric:
             q = q - float(2 ** (self.bits - 1))  # exact: small integers
         qb = q.reshape(*lead, n // self.group, self.group)
-        out = scale.unsqueeze(-1) * qb
+        f32 = scale.unsqueeze(-1) * qb
         if bias is not None:
-            out = out + bias.unsqueeze(-1)
-        return finish_decode_torch(out.reshape(*lead, n), dtype)
+            f32 = f32 + bias.unsqueeze(-1)
+        return finish_decode_torch(f32.reshape(*lead, n), dtype, out, self.name)
 
 
 FORMATS: dict[str, AffineFormat] = {

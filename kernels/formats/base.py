@@ -9,6 +9,13 @@ Decoded dtypes: ``float32`` (an ``np.float32`` array), or ``bfloat16``. numpy ha
 the numpy paths return the bf16 *bit pattern* as ``np.uint16``, rounded to nearest-even from the
 float32 result (:func:`f32_to_bf16_bits`); the torch paths return a ``torch.bfloat16`` tensor
 (torch's float32 -> bfloat16 cast is the same rounding).
+
+Decoding into a caller's buffer: ``decode(enc, dtype=..., out=buffer)`` writes the result into
+``buffer`` and returns it, so an engine can reuse one slot per expert instead of allocating each
+call. The buffer has the decoded shape, is C-contiguous and writable, and holds the decoded dtype:
+a float32 numpy array or tensor for float32; a uint16 numpy array or a ``torch.bfloat16`` CPU
+tensor for bfloat16. ``decode_torch(enc, dtype=..., out=tensor)`` takes a tensor of ``dtype`` on
+the codes' device. :func:`decode_target` / :func:`check_out_torch` check a buffer.
 """
 
 from __future__ import annotations
@@ -41,11 +48,11 @@ class QuantFormat(Protocol):
     def encode(self, x: np.ndarray, *, backend: str = "numba") -> dict[str, np.ndarray]: ...
 
     def decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32,
-               backend: str = "numba") -> np.ndarray: ...
+               backend: str = "numba", out: Any = None) -> np.ndarray: ...
 
     def encode_torch(self, x: Any) -> dict[str, Any]: ...
 
-    def decode_torch(self, enc: Mapping[str, Any], *, dtype: Any = None) -> Any: ...
+    def decode_torch(self, enc: Mapping[str, Any], *, dtype: Any = None, out: Any = None) -> Any: ...
 
 
 # ---- argument checks ----------------------------------------------------------------------------
@@ -110,6 +117,71 @@ def shape_array(shape: tuple[int, ...]) -> np.ndarray:
 
 def shape_of(enc: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(s) for s in np.asarray(enc["shape"]).reshape(-1))
+
+
+# ---- decoding into a caller's buffer ------------------------------------------------------------
+
+def decode_target(out: Any, shape: tuple[int, ...], dtype: Any, fmt: str, *inputs: np.ndarray) -> np.ndarray:
+    """A numpy view of ``out``'s memory that a numpy-path decode to ``shape`` / ``dtype`` writes.
+
+    ``out`` is a numpy array (float32, or uint16 bfloat16 bit patterns) or a CPU tensor (float32 or
+    bfloat16). Anything else, another shape or dtype, a non-contiguous, read-only or
+    overlapping-the-inputs buffer is refused with a :class:`FormatError` that says which.
+    """
+    kind = resolve_dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    array = _as_numpy_buffer(out, fmt)
+    want = np.float32 if kind == FLOAT32 else np.uint16
+    if array.dtype != want:
+        spelled = "float32" if kind == FLOAT32 else "uint16 (bfloat16 bits) or torch.bfloat16"
+        raise FormatError(f"{fmt}: out has dtype {getattr(out, 'dtype', array.dtype)}; decoding to {kind} "
+                          f"needs a {spelled} buffer")
+    if tuple(array.shape) != shape:
+        raise FormatError(f"{fmt}: out has shape {tuple(array.shape)}; the decoded tensor has shape {shape}")
+    if not array.flags.c_contiguous:
+        raise FormatError(f"{fmt}: out (shape {shape}) is not C-contiguous; decode writes a contiguous buffer")
+    if not array.flags.writeable:
+        raise FormatError(f"{fmt}: out is read-only")
+    for source in inputs:
+        if np.may_share_memory(array, source):
+            raise FormatError(f"{fmt}: out overlaps the encoded input it would be decoded from")
+    return array
+
+
+def _as_numpy_buffer(out: Any, fmt: str) -> np.ndarray:
+    if isinstance(out, np.ndarray):
+        return out
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(out, torch.Tensor):
+        if out.device.type != "cpu":
+            raise FormatError(f"{fmt}: out is a tensor on {out.device}; the numpy decode writes host "
+                              "memory (use decode_torch for device tensors)")
+        if out.dtype == torch.bfloat16:
+            return out.detach().view(torch.int16).numpy().view(np.uint16)
+        if out.dtype == torch.float32:
+            return out.detach().numpy()
+        raise FormatError(f"{fmt}: out has dtype {out.dtype}; decode writes float32 or bfloat16")
+    raise FormatError(f"{fmt}: out must be a numpy array or a CPU tensor, got {type(out).__name__}")
+
+
+def check_out_torch(out: Any, shape: tuple[int, ...], dtype: Any, device: Any, fmt: str) -> None:
+    """Refuse a torch decode buffer of another type, shape, dtype or device, or a non-contiguous one."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise FormatError(f"{fmt}: out must be a torch.Tensor, got {type(out).__name__}")
+    shape = tuple(int(s) for s in shape)
+    if out.dtype != dtype:
+        raise FormatError(f"{fmt}: out has dtype {out.dtype}; decoding to {dtype} needs a {dtype} tensor")
+    if tuple(out.shape) != shape:
+        raise FormatError(f"{fmt}: out has shape {tuple(out.shape)}; the decoded tensor has shape {shape}")
+    if out.device != torch.device(device):
+        raise FormatError(f"{fmt}: out is on {out.device}; the codes are on {device}")
+    if not out.is_contiguous():
+        raise FormatError(f"{fmt}: out (shape {shape}) is not contiguous; decode writes a contiguous tensor")
 
 
 # ---- bfloat16 as bits ---------------------------------------------------------------------------

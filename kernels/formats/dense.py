@@ -18,6 +18,8 @@ from moesim.kernels.formats.base import (
     as_float32,
     bf16_bits_to_f32,
     check_backend,
+    check_out_torch,
+    decode_target,
     f32_to_bf16_bits,
     require,
     resolve_dtype,
@@ -47,18 +49,29 @@ class DenseFormat:
         return {"values": values, "shape": shape_array(x32.shape)}
 
     def decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32,
-               backend: str = "numba") -> np.ndarray:
+               backend: str = "numba", out: Any = None) -> Any:
         check_backend(backend, self.name)
         require(enc, ("values",), self.name)
         v = np.asarray(enc["values"])
         f32 = bf16_bits_to_f32(v) if self.name == "bf16" else v.astype(np.float32)
-        return f32_to_bf16_bits(f32) if resolve_dtype(dtype) == BFLOAT16 else f32
+        result = f32_to_bf16_bits(f32) if resolve_dtype(dtype) == BFLOAT16 else f32
+        if out is None:
+            return result
+        np.copyto(decode_target(out, result.shape, dtype, self.name, v), result)
+        return out
 
     def encode_torch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"values": x.to(_TORCH[self.name])}
 
-    def decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32) -> torch.Tensor:
-        return enc["values"].to(torch.float32).to(dtype)
+    def decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        values = enc["values"]
+        if out is None:
+            return values.to(torch.float32).to(dtype)
+        want = torch.float32 if resolve_dtype(dtype) != BFLOAT16 else torch.bfloat16
+        check_out_torch(out, tuple(values.shape), want, values.device, self.name)
+        out.copy_(values.to(torch.float32))
+        return out
 
 
 FORMATS = {f.name: f for f in (DenseFormat("fp32", 32), DenseFormat("fp16", 16), DenseFormat("bf16", 16))}

@@ -31,6 +31,7 @@ from moesim.kernels.formats._blockutil import (
     finish_decode,
     finish_decode_torch,
     shape_tensor,
+    start_decode,
 )
 from moesim.kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
 from moesim.kernels.jit import njit
@@ -150,7 +151,8 @@ class FP8Format:
             raise FormatError(f"{self.name}: field 'scale' has shape {tuple(scale_shape)}, expected {want} "
                               f"for codes of shape {tuple(codes_shape)}")
 
-    def decode(self, enc: dict[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba") -> Any:
+    def decode(self, enc: dict[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba",
+               out: Any = None) -> Any:
         check_backend(backend, self.name)
         require(enc, ("codes", "scale"), self.name)
         codes = np.ascontiguousarray(enc["codes"], np.uint8)
@@ -162,12 +164,12 @@ class FP8Format:
         rows, n = math.prod(codes.shape[:-1]), codes.shape[-1]
         codes2 = codes.reshape(rows, n)
         row_scale = np.broadcast_to(scale.reshape(-1), (rows,)) if rows else np.zeros(0, np.float32)
+        target, f32 = start_decode(out, codes.shape, dtype, self.name, codes, scale)
         if backend == "numba":
-            out = np.empty((rows, n), np.float32)
-            _decode_nb(codes2, np.ascontiguousarray(row_scale), mf.lut(self.spec), out)
+            _decode_nb(codes2, np.ascontiguousarray(row_scale), mf.lut(self.spec), f32.reshape(rows, n))
         else:
-            out = mf.decode_ref(codes2, self.spec) * row_scale[:, None]
-        return finish_decode(out.reshape(codes.shape), dtype)
+            np.copyto(f32, (mf.decode_ref(codes2, self.spec) * row_scale[:, None]).reshape(f32.shape))
+        return finish_decode(f32, dtype, target, out)
 
     # -- torch --
     def encode_torch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -185,12 +187,12 @@ class FP8Format:
         codes = torch.where(pos, mf.encode_torch(y, self.spec, saturate=True), 0).to(torch.uint8)
         return {"codes": codes, "scale": scale, "shape": shape_tensor(tuple(x32.shape))}
 
-    def decode_torch(self, enc: dict[str, torch.Tensor], *, dtype: Any = torch.float32) -> torch.Tensor:
+    def decode_torch(self, enc: dict[str, torch.Tensor], *, dtype: Any = torch.float32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         require(enc, ("codes", "scale"), self.name)
         codes, scale = enc["codes"], enc["scale"].to(torch.float32)
         self._check_enc(tuple(codes.shape), tuple(scale.shape))
-        out = mf.decode_torch(codes, self.spec) * scale
-        return finish_decode_torch(out, dtype)
+        return finish_decode_torch(mf.decode_torch(codes, self.spec) * scale, dtype, out, self.name)
 
 
 FORMATS: dict[str, FP8Format] = {

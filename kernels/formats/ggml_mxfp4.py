@@ -67,8 +67,9 @@ def from_ggml(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return blocks, np.ascontiguousarray(r[..., 0])
 
 
-def decode_ggml(raw: np.ndarray, *, dtype: Any = np.float32, backend: str = "numba") -> np.ndarray:
-    """ggml's own dequantization (``kvalue * half_scale``) of ``[..., G, 17]`` -> ``[..., G * 32]``."""
+def decode_ggml(raw: np.ndarray, *, dtype: Any = np.float32, backend: str = "numba", out: Any = None) -> Any:
+    """ggml's own dequantization (``kvalue * half_scale``) of ``[..., G, 17]`` -> ``[..., G * 32]``,
+    into ``out`` if given."""
     blocks, scales = from_ggml(raw)
     return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=HALF_SCALES,
-                     lut=KVALUES, fmt="ggml MXFP4")
+                     lut=KVALUES, fmt="ggml MXFP4", out=out)

@@ -9,19 +9,20 @@ Tensors ``block.{i}.mlp.mlp1_weight.blocks`` / ``.scales`` and ``block.{i}.mlp.m
   even rows are the gate, odd rows the up projection (the reader's swiglu takes ``x[..., ::2]`` as
   the gate and ``x[..., 1::2]`` as the linear part); :func:`deinterleave_rows` splits them.
 
-The reference reader decodes a group as ``torch.ldexp(lut[code], scale - 127)`` with the table in
-the output dtype (bfloat16 by default). For every scale byte but 0xFF that is exact (an E2M1 value
-times a power of two from 2^-127 to 2^127 is a float32, and rounding it to bfloat16 keeps it), so it
-equals OCP decoding. What 0xFF gives depends on how torch computes ldexp, selected by ``ldexp``:
-
-* ``"pow2"`` (default; torch as of the checkpoint's release): ``x * 2.0 ** e`` with the power in
-  float32, where ``2^128`` overflows to +Inf: nonzero codes give +-Inf and +-0 codes give NaN.
-* ``"exact"`` (later torch, whose ldexp is C's ``ldexp``): ``x * 2^128`` without the intermediate
-  overflow: +-0.5 gives +-2^127, larger magnitudes +-Inf, +-0 stays +-0.
+The reference reader (gpt-oss's ``torch/weights.py``, and transformers' ``convert_moe_packed_tensors``)
+decodes a group as ``torch.ldexp(lut[code], scale - 127)`` with the table in the output dtype
+(bfloat16 by default). For every scale byte but 0xFF that is exact (an E2M1 value times a power of
+two from 2^-127 to 2^127 is a float32, and a bfloat16 too), so it equals OCP decoding. At 0xFF
+torch's ldexp computes ``x * 2^128`` without forming 2^128 first: +-0 stays +-0, +-0.5 gives
++-2^127 and larger magnitudes +-Inf. :func:`decode_gptoss` reproduces that (``ldexp="exact"``, the
+default), checked against ``torch.ldexp`` itself for all 256 scale bytes x 16 codes, in float32 and
+bfloat16. ``ldexp="pow2"`` is the other arithmetic a reader could use, ``x * 2.0 ** e`` with the
+power in float32, where 2^128 overflows to +Inf: nonzero codes give +-Inf and +-0 codes NaN.
 
 OCP itself says 0xFF is NaN for the whole group (:mod:`kernels.formats.mx`); the encoder here never
 writes 0xFF for finite inputs. bfloat16 output is the float32 result rounded to nearest-even (numpy:
-uint16 bit patterns, torch: ``torch.bfloat16``); every NaN is the canonical one.
+uint16 bit patterns, torch: ``torch.bfloat16``); every NaN is the canonical one. Both decoders take
+``out=`` to decode into a caller's buffer (:func:`kernels.formats.base.decode_target`).
 """
 
 from __future__ import annotations
@@ -32,18 +33,18 @@ import numpy as np
 import torch
 from moesim.kernels.formats import _mx_torch as tk
 from moesim.kernels.formats._mx_common import ELEMENTS, element_lut, scale_values
-from moesim.kernels.formats.base import FormatError
+from moesim.kernels.formats.base import FormatError, check_out_torch
 from moesim.kernels.formats.mx import decode_mx, encode_mx
 
 FP4 = ELEMENTS["fp4_e2m1"]
 LDEXP_MODES = ("pow2", "exact")
 
-# "pow2": E2M1 values times float32 2^(s-127), 2^128 -> +Inf.
-_POW2_SCALES = scale_values(nan_scale=np.inf)
 # "exact": twice the E2M1 values times 2^(s-128), which reaches 2^127 at s = 0xFF without overflow
 # (the same products, exact, as ggml's half-scale convention).
 HALF_SCALES = np.ldexp(1.0, np.arange(256) - 128).astype(np.float32)
 _DOUBLE_LUT = (element_lut("fp4_e2m1").astype(np.float64) * 2.0).astype(np.float32)
+# "pow2": E2M1 values times float32 2^(s-127), 2^128 -> +Inf.
+_POW2_SCALES = scale_values(nan_scale=np.inf)
 
 
 def mlp_tensor_names(layer: int) -> dict[str, tuple[str, str]]:
@@ -66,33 +67,40 @@ def _check_mode(ldexp: str) -> None:
         raise FormatError(f"gpt-oss MXFP4: unknown ldexp mode {ldexp!r}; expected one of {LDEXP_MODES}")
 
 
-def decode_gptoss(blocks: np.ndarray, scales: np.ndarray, *, dtype: Any = np.float32, ldexp: str = "pow2",
-                  backend: str = "numba") -> np.ndarray:
+def decode_gptoss(blocks: np.ndarray, scales: np.ndarray, *, dtype: Any = np.float32, ldexp: str = "exact",
+                  backend: str = "numba", out: Any = None) -> Any:
     """``blocks [..., G, 16]``, ``scales [..., G]`` -> ``[..., G * 32]`` exactly as the reader computes
-    it (float32, or bfloat16 bit patterns as uint16)."""
+    it with ``torch.ldexp`` (float32, or bfloat16 bit patterns as uint16); into ``out`` if given."""
     _check(blocks, scales)
     _check_mode(ldexp)
     if ldexp == "pow2":
         return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=_POW2_SCALES,
-                         fmt="gpt-oss MXFP4")
+                         fmt="gpt-oss MXFP4", out=out)
     return decode_mx(blocks, scales, FP4, dtype=dtype, backend=backend, scale_table=HALF_SCALES,
-                     lut=_DOUBLE_LUT, fmt="gpt-oss MXFP4")
+                     lut=_DOUBLE_LUT, fmt="gpt-oss MXFP4", out=out)
 
 
 def decode_gptoss_torch(blocks: torch.Tensor, scales: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
-                        ldexp: str = "pow2") -> torch.Tensor:
-    """torch twin of :func:`decode_gptoss` (CPU or CUDA); element ``2j`` from the low nibble."""
+                        ldexp: str = "exact", out: torch.Tensor | None = None) -> torch.Tensor:
+    """torch twin of :func:`decode_gptoss` (CPU or CUDA); element ``2j`` from the low nibble. The
+    product is formed in float32 and rounded once to ``dtype`` (into ``out`` if given)."""
     _check(blocks, scales)
     _check_mode(ldexp)
     vals = tk.element_values(tk.unpack_fp4(blocks), FP4)
     s = scales.to(torch.int32)
     if ldexp == "pow2":
         factor = tk.scale_factor(scales, nan_scale=float("inf"))
-        out = vals * factor.unsqueeze(-1)
     else:  # twice the value times 2^(s-128): the 2^(s-128) factor is a float32 for every byte
+        vals = vals * 2.0
         half = torch.where(s == 0, 0x00200000, torch.where(s == 1, 0x00400000, (s - 1) << 23))
-        out = (vals * 2.0) * half.to(torch.int32).view(torch.float32).unsqueeze(-1)
-    return out.reshape(*out.shape[:-2], out.shape[-2] * 32).to(dtype)
+        factor = half.to(torch.int32).view(torch.float32)
+    factor = factor.unsqueeze(-1)
+    shape = (*vals.shape[:-2], vals.shape[-2] * 32)
+    if out is None:
+        return (vals * factor).reshape(shape).to(dtype)
+    check_out_torch(out, shape, dtype, blocks.device, "gpt-oss MXFP4")
+    torch.mul(vals, factor, out=out.view(vals.shape))
+    return out
 
 
 def encode_gptoss(w: np.ndarray, *, rule: str = "floor", backend: str = "numba") -> tuple[np.ndarray, np.ndarray]:

@@ -38,9 +38,23 @@ Edge cases, all tested:
 * NaN bit patterns are not preserved: numpy paths give whatever NaN the arithmetic gives, bf16
   outputs use the canonical 0x7FC0.
 
+Checked against torchao (``prototype.mx_formats``, the version pinned in the dev extra) bit for bit:
+decoding for every scale byte and element code; encoding with its FLOOR rule everywhere except
+where torchao departs from the scale it stores: at scale byte 0 it divides the elements by 2^-126
+(float32's smallest normal) instead of 2^-127, and a block holding Inf (and no NaN) gets the byte
+``255 - emax_elem`` with saturated elements instead of NaN. Its RCEIL on CPU computes
+``ceil(log2(amax / max_element))`` with a float32 log2, which rounds to ``k`` for a quotient a few
+ulps above ``2^k`` (up to 22 ulps for |k| > 64), so there its scale is one lower than ``rceil``'s
+and the largest element saturates; its byte 0 multiplies by 1.0 instead of 2^127 and an Inf block
+gets byte 254. ``tests/test_torchao_reference.py`` pins each difference exactly.
+
 Inputs are rounded to float32 first (float16 / bfloat16 are exact in it). Decoded values are exact
 in float32 (an element times a power of two) except products at or above 2^128, which are +-Inf.
 bfloat16 output is the float32 result rounded to nearest-even (numpy: uint16 bit patterns).
+
+Decoding into a caller's buffer: ``decode(enc, out=buffer)`` (numpy array or CPU tensor) and
+``decode_torch(enc, out=tensor)``; large aligned outputs are written with streaming stores
+(:mod:`kernels.formats._stream`), so a decode into a reused buffer runs at memory speed.
 
 Encoded dict (numpy; the torch dicts lack "shape"): MXFP4 ``{"blocks": uint8 [..., G, 16],
 "scales": uint8 [..., G], "shape"}`` with element ``2j`` in the low nibble of byte ``j`` (the gpt-oss
@@ -55,6 +69,7 @@ least ``emin + 22 >= 8`` significant bits, more than any element's mantissa widt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +94,7 @@ from moesim.kernels.formats.base import (
     as_float32,
     check_backend,
     check_last_dim,
+    decode_target,
     f32_to_bf16_bits,
     require,
     resolve_dtype,
@@ -119,11 +135,14 @@ def encode_mx(x: np.ndarray, element: str | MXElement, rule: str = "floor", *, b
 
 def decode_mx(data: np.ndarray, scales: np.ndarray, element: str | MXElement, *, dtype: Any = np.float32,
               backend: str = "numba", scale_table: np.ndarray = OCP_SCALES,
-              lut: np.ndarray | None = None, parallel: bool | None = None, fmt: str = "mx") -> np.ndarray:
-    """Inverse of :func:`encode_mx`: ``[..., G, 16 or 32]`` codes and ``[..., G]`` scales -> ``[..., G*32]``.
+              lut: np.ndarray | None = None, parallel: bool | None = None, fmt: str = "mx",
+              out: Any = None, shape: tuple[int, ...] | None = None) -> Any:
+    """Inverse of :func:`encode_mx`: ``[..., G, 16 or 32]`` codes and ``[..., G]`` scales -> ``[..., G*32]``
+    (or ``shape``, the same number of values).
 
     ``scale_table`` (float32 per scale byte) and ``lut`` (float32 per element byte) let checkpoint
     readers reproduce other conventions (gpt-oss's 0xFF, ggml's half scale) with the same kernels.
+    ``out``: a buffer to decode into (:func:`kernels.formats.base.decode_target`), returned.
     """
     el = ELEMENTS[element] if isinstance(element, str) else element
     check_backend(backend, fmt)
@@ -137,33 +156,38 @@ def decode_mx(data: np.ndarray, scales: np.ndarray, element: str | MXElement, *,
     lead = scales.shape[:-1]
     n = scales.shape[-1] * BLOCK if scales.ndim else BLOCK
     nb = scales.size
+    if shape is None:
+        shape = (*lead, n)
+    elif math.prod(shape) != nb * BLOCK:
+        raise FormatError(f"{fmt}: field 'shape' says {tuple(shape)} but the codes hold {nb * BLOCK} values")
     d2 = data.reshape(nb, width)
     s1 = scales.reshape(nb)
     table = np.ascontiguousarray(scale_table, dtype=np.float32)
+    kind = np.float32 if out_kind != BFLOAT16 else np.uint16
+    if out is None:
+        target = np.empty((nb, BLOCK), kind)
+    else:
+        target = decode_target(out, shape, dtype, fmt, data, scales).reshape(nb, BLOCK)
     if backend == "reference":
         codes = ref.unpack_fp4(d2) if el.packed else d2
         if lut is None:
-            out = ref.decode_blocks(codes, s1, el, table)
+            result = ref.decode_blocks(codes, s1, el, table)
         else:  # a caller's element table: value lookup, float32 product (exact, as the kernels do)
             with np.errstate(over="ignore", invalid="ignore"):
-                out = (np.asarray(lut, np.float64)[codes] * table[s1].astype(np.float64)[:, None]).astype(
+                result = (np.asarray(lut, np.float64)[codes] * table[s1].astype(np.float64)[:, None]).astype(
                     np.float32)
-        if out_kind == BFLOAT16:
-            out = f32_to_bf16_bits(out)
+        np.copyto(target, f32_to_bf16_bits(result) if out_kind == BFLOAT16 else result)
     else:
         values = np.ascontiguousarray(element_lut(el.name) if lut is None else lut, dtype=np.float32)
         pairs = pair_lut(el.name) if lut is None else np.ascontiguousarray(
             np.stack([values[np.arange(256) & 0xF], values[np.arange(256) >> 4]], axis=1))
         if out_kind == BFLOAT16:
-            out = np.empty((nb, BLOCK), np.uint16)
-            nbk.pick("decode_bf16", nb, parallel)(d2, el.packed, s1, values, pairs, table, out)
+            nbk.decode_into("decode_bf16", target, parallel, d2, el.packed, s1, values, pairs, table)
+        elif el.packed:
+            nbk.decode_into("decode_fp4", target, parallel, d2, s1, pairs, table)
         else:
-            out = np.empty((nb, BLOCK), np.float32)
-            if el.packed:
-                nbk.pick("decode_fp4", nb, parallel)(d2, s1, pairs, table, out)
-            else:
-                nbk.pick("decode_unpacked", nb, parallel)(d2, s1, values, table, out)
-    return out.reshape(*lead, n)
+            nbk.decode_into("decode_unpacked", target, parallel, d2, s1, values, table)
+    return out if out is not None else target.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -192,19 +216,19 @@ class MXFormat:
         return {self.data_key: data, "scales": scales, "shape": shape_array(x32.shape)}
 
     def decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32,
-               backend: str = "numba") -> np.ndarray:
+               backend: str = "numba", out: Any = None) -> Any:
         require(enc, (self.data_key, "scales"), self.name)
-        out = decode_mx(enc[self.data_key], enc["scales"], self.element, dtype=dtype, backend=backend,
-                        fmt=self.name)
-        return out.reshape(shape_of(enc)) if "shape" in enc else out
+        return decode_mx(enc[self.data_key], enc["scales"], self.element, dtype=dtype, backend=backend,
+                         fmt=self.name, out=out, shape=shape_of(enc) if "shape" in enc else None)
 
     def encode_torch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_last_dim(tuple(x.shape), BLOCK, self.name)
         return tk.encode(x, self.element, self.rule)
 
-    def decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32) -> torch.Tensor:
+    def decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         require(enc, (self.data_key, "scales"), self.name)
-        return tk.decode(dict(enc), self.element, dtype=dtype)
+        return tk.decode(dict(enc), self.element, dtype=dtype, out=out, fmt=self.name)
 
 
 def _formats() -> dict[str, MXFormat]:

@@ -34,6 +34,7 @@ from moesim.kernels.formats._blockutil import (
     finish_decode,
     finish_decode_torch,
     shape_tensor,
+    start_decode,
 )
 from moesim.kernels.formats.base import FormatError, check_backend, check_last_dim, require, shape_array
 from moesim.kernels.jit import njit
@@ -150,7 +151,8 @@ class NF4Format:
                               f"for codes of shape {tuple(codes_shape)} (blocks of {self.block})")
         return lead, n
 
-    def decode(self, enc: dict[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba") -> Any:
+    def decode(self, enc: dict[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba",
+               out: Any = None) -> Any:
         check_backend(backend, self.name)
         require(enc, ("codes", "absmax"), self.name)
         codes = np.ascontiguousarray(enc["codes"], np.uint8)
@@ -160,16 +162,16 @@ class NF4Format:
         rows = int(np.prod(lead, dtype=np.int64))
         codes2 = codes.reshape(rows, n // 2)
         absmax2 = absmax.reshape(rows, n // self.block)
+        target, f32 = start_decode(out, (*lead, n), dtype, self.name, codes, absmax)
         if backend == "numba":
-            out = np.empty((rows, n), np.float32)
-            _decode_nb(codes2, absmax2, self.block, CODEBOOK, out)
+            _decode_nb(codes2, absmax2, self.block, CODEBOOK, f32.reshape(rows, n))
         else:
             idx = np.empty((rows, n), np.uint8)
             idx[:, 0::2] = codes2 >> 4
             idx[:, 1::2] = codes2 & 0x0F
             vals = CODEBOOK[idx].reshape(rows, n // self.block, self.block)
-            out = (vals * absmax2[..., None]).reshape(rows, n)
-        return finish_decode(out.reshape(*lead, n), dtype)
+            np.copyto(f32, (vals * absmax2[..., None]).reshape(f32.shape))
+        return finish_decode(f32, dtype, target, out)
 
     # -- torch --
     def encode_torch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -184,15 +186,16 @@ class NF4Format:
         codes = (idx[..., 0::2] << 4) | idx[..., 1::2]
         return {"codes": codes, "absmax": absmax, "shape": shape_tensor((*lead, n))}
 
-    def decode_torch(self, enc: dict[str, torch.Tensor], *, dtype: Any = torch.float32) -> torch.Tensor:
+    def decode_torch(self, enc: dict[str, torch.Tensor], *, dtype: Any = torch.float32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         require(enc, ("codes", "absmax"), self.name)
         codes = enc["codes"]
         absmax = enc["absmax"].to(torch.float32)
         lead, n = self._check_enc(tuple(codes.shape), tuple(absmax.shape))
         idx = torch.stack((codes >> 4, codes & 0x0F), dim=-1).reshape(*lead, n).to(torch.int64)
         vals = torch.from_numpy(CODEBOOK).to(codes.device)[idx]
-        out = vals.reshape(*lead, n // self.block, self.block) * absmax.unsqueeze(-1)
-        return finish_decode_torch(out.reshape(*lead, n), dtype)
+        f32 = vals.reshape(*lead, n // self.block, self.block) * absmax.unsqueeze(-1)
+        return finish_decode_torch(f32.reshape(*lead, n), dtype, out, self.name)
 
 
 FORMATS: dict[str, NF4Format] = {"nf4": NF4Format()}
