@@ -102,13 +102,19 @@ def row_from_metrics(metrics: Mapping[str, Any], job: str) -> dict[str, Any]:
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Every job's row, sorted by job folder. A ``metrics.json`` that cannot be read becomes a row
-    with status ``unreadable`` (a half-written file from a killed job must not stop the report)."""
+    with status ``unreadable`` (a half-written file from a killed job must not stop the report); a
+    job that started (``run_meta.json``) and never finished is listed as ``incomplete``."""
     root = Path(sweep_dir)
     rows = []
-    for path in sorted(root.rglob("metrics.json")):
-        if "report" in path.relative_to(root).parts[:1]:
+    folders = {p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob("run_meta.json")}
+    for folder in sorted(folders):
+        if "report" in folder.relative_to(root).parts[:1]:
             continue
-        job = str(path.parent.relative_to(root)) or "."
+        job = str(folder.relative_to(root)) or "."
+        path = folder / "metrics.json"
+        if not path.exists():
+            rows.append({"job": job, "status": "incomplete", "error": f"{folder}: started but never finished"})
+            continue
         try:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +67,40 @@ def warm_numba(config: DictConfig) -> None:
             log.debug("warm-up of %s=%s failed: %s", group, choice, exc)
 
 
+def _sweep_dir(config: DictConfig) -> Path:
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(config.hydra.runtime.cwd) / sweep_dir
+    return sweep_dir
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Read by the jobs (sim.app.run_job): local workers die with this process, and no job
+        # folder may lie outside the sweep folder.
+        os.environ["MOESIM_SWEEP_PID"] = str(os.getpid())
+        os.environ["MOESIM_SWEEP_DIR"] = str(_sweep_dir(config))
         warm_numba(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("report", True):
-            return
-        from moesim.bench.report import build_report
+        from moesim.bench.aggregate import collect
 
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        if not sweep_dir.is_absolute():
-            sweep_dir = Path(config.hydra.runtime.cwd) / sweep_dir
+        sweep_dir = _sweep_dir(config)
         if not sweep_dir.is_dir():
             return
-        res = build_report(sweep_dir)
-        n_ok = sum(r.get("status") == "ok" for r in res["rows"])
-        print(f"moesim: {len(res['rows'])} jobs ({n_ok} ok); report: {res['report']}", flush=True)
+        if config.get("report", True):
+            from moesim.bench.report import build_report
+
+            res = build_report(sweep_dir)
+            rows = res["rows"]
+            n_ok = sum(r.get("status") == "ok" for r in rows)
+            print(f"moesim: {len(rows)} jobs ({n_ok} ok); report: {res['report']}", flush=True)
+        else:
+            rows = collect(sweep_dir)
+        bad = [r for r in rows if r.get("status") not in ("ok", "skipped")]
+        code = int(config.get("exit_code_on_failure", 1))
+        if bad and code:
+            for r in bad:
+                print(f"moesim: job {r['job']}: {r.get('status')}: {r.get('error')}", file=sys.stderr, flush=True)
+            # SystemExit passes through Hydra's error handling: every job has run and the report exists.
+            sys.exit(code)

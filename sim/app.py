@@ -9,17 +9,32 @@
 Each run writes ``metrics.json`` (:func:`sim.experiment.run_experiment`) and ``run_meta.json``
 (versions, git commit, seed, host, command line, overrides) atomically into Hydra's output folder.
 A run that raises is recorded there as ``metrics.json`` with ``status: failed`` and the error, so a
-sweep keeps the other jobs' results; a job whose ``metrics.json`` already says ``ok`` is skipped,
-so re-running an interrupted sweep with the same ``sweep_name`` resumes it. At the end of a
+sweep keeps the other jobs' results. Every job records a *fingerprint* of what its result depends
+on (the resolved config, the trace's identity, the code); re-running a sweep with the same
+``sweep_name`` skips the jobs that finished with the same fingerprint and re-runs, saying so, those
+whose fingerprint changed (a replaced trace file, a new version of the code). At the end of a
 multirun, :class:`bench.callbacks.SweepCallback` aggregates the folder and writes the report.
+
+Job folders are named after the job's overrides, made safe (:func:`safe_dirname`): no value can
+put a job's files outside the sweep folder. Arrays spilled during a run go to a scratch folder
+inside the job's folder (removed at the end; a killed job's is removed by the next run there). In a
+local parallel sweep (joblib), a worker dies with the sweep's process.
+
+Exit codes: 0 every run ok; 1 a single run failed, or a sweep finished with failed jobs (after
+running the others; ``exit_code_on_failure=0`` keeps the old behaviour); 2 a usage error (a
+config that does not compose). Errors are printed as one line.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import logging
 import os
 import platform
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +45,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from moesim.sim.config import register_configs
 from moesim.traces.io import atomic_write_text
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +55,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 
 register_configs()
+
+# Set on entering the task function: a Hydra error before it is a usage error (exit 2).
+_STARTED = False
+DIRNAME_LIMIT = 200
+
+
+def safe_dirname(override_dirname: str) -> str:
+    """A job folder name from Hydra's override dirname that stays one folder inside the sweep:
+    path separators and anything outside ``[A-Za-z0-9._=,+-]`` become ``_``, a name that is only
+    dots becomes ``_``, and a name longer than 200 characters keeps its start plus a hash."""
+    name = re.sub(r"[^A-Za-z0-9._=,+\-]", "_", override_dirname) or "_"
+    if set(name) <= {"."}:
+        name = "_" * len(name)
+    if len(name) > DIRNAME_LIMIT:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:12]
+        name = f"{name[:DIRNAME_LIMIT - 13]}-{digest}"
+    return name
+
+
+if not OmegaConf.has_resolver("moesim_job_dir"):
+    OmegaConf.register_new_resolver("moesim_job_dir", safe_dirname)
 
 
 def git_commit() -> str | None:
@@ -78,25 +115,61 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def already_done(out_dir: Path) -> bool:
-    path = out_dir / "metrics.json"
+def finished_fingerprint(out_dir: Path) -> dict[str, str] | None:
+    """The fingerprint of the job that finished ok in ``out_dir`` (``None``: not finished ok)."""
     try:
-        return json.loads(path.read_text()).get("status") == "ok"
+        metrics = json.loads((out_dir / "metrics.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "ok":
+        return None
+    fp = metrics.get("fingerprint")
+    return fp if isinstance(fp, dict) else {}
+
+
+def _die_with_parent() -> None:
+    """In a worker of a local parallel sweep, ask the kernel to kill this process when the sweep's
+    process (its parent) dies: a SIGKILLed sweep must not leave workers running and writing."""
+    if sys.platform != "linux" or os.environ.get("MOESIM_SWEEP_PID") != str(os.getppid()):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before the call took effect
+        os._exit(1)
+
+
+def _confined(out_dir: Path) -> None:
+    sweep = os.environ.get("MOESIM_SWEEP_DIR")
+    if sweep and not out_dir.resolve().is_relative_to(Path(sweep).resolve()):
+        raise RuntimeError(f"job folder {out_dir} is outside the sweep folder {sweep}")
 
 
 def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Run, record and return one job's metrics (``status`` ok, skipped or failed)."""
-    from moesim.sim.experiment import run_experiment
+    from moesim.sim.experiment import fingerprint, run_experiment
 
+    _die_with_parent()
+    _confined(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if already_done(out_dir):
-        log.info("%s: done already, skipped", out_dir)
-        return {"status": "skipped"}
+    base_dir = hydra.utils.get_original_cwd() if HydraConfig.initialized() else None
+    try:
+        fp = fingerprint(cfg, base_dir=base_dir)
+    except Exception as exc:
+        fp = {"error": f"{type(exc).__name__}: {exc}"}  # the run itself will fail and say why
+    done = finished_fingerprint(out_dir)
+    if done is not None:
+        if done == fp:
+            log.info("%s: done already, skipped", out_dir)
+            return {"status": "skipped"}
+        changed = sorted(k for k in set(fp) | set(done) if fp.get(k) != done.get(k)) or ["fingerprint"]
+        log.info("%s: re-running, its %s changed since it finished", out_dir, " and ".join(changed))
     write_json(out_dir / "run_meta.json", run_meta(cfg, overrides))
     try:
-        metrics = run_experiment(cfg, base_dir=hydra.utils.get_original_cwd() if HydraConfig.initialized() else None)
+        metrics = run_experiment(cfg, base_dir=base_dir, scratch=out_dir)
     except Exception as exc:
         if cfg.get("fail_fast", False):
             raise
@@ -104,6 +177,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, A
                    "overrides": overrides, "config": OmegaConf.to_container(cfg, resolve=False)}
         log.error("job failed (%s): %s", " ".join(overrides) or "no overrides", metrics["error"])
     metrics["overrides"] = overrides
+    metrics["fingerprint"] = fp
     write_json(out_dir / "metrics.json", metrics)
     if metrics["status"] == "ok":
         off = metrics["offload"]
@@ -113,13 +187,33 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, A
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    global _STARTED
+    _STARTED = True
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     metrics = run_job(cfg, out_dir, list(hc.overrides.task))
+    single = hc.mode != RunMode.MULTIRUN
+    if single and metrics.get("status") == "failed":
+        print(f"moesim: error: {metrics['error']} (recorded in {out_dir / 'metrics.json'})", file=sys.stderr,
+              flush=True)
+        sys.exit(int(cfg.get("exit_code_on_failure", 1)))
+    if single:
+        print(f"moesim: results in {out_dir}", flush=True)
     if metrics.get("status") == "ok":
         return float(metrics["offload"]["tokens_per_s"])  # what a sweeper would optimise
     return None
+
+
+def main() -> None:
+    """The console script: Hydra's app, with a usage error (a config that does not compose, an
+    unknown group choice) exiting 2 instead of 1."""
+    try:
+        hydra_main()
+    except SystemExit as exc:
+        if exc.code not in (0, None) and not _STARTED:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ class AppConf:
     and randomised prefetchers; ``progress``: progress bars; ``sweep_name``: the multirun's folder
     under ``multirun/`` (a re-run of the same sweep with the same name resumes it); ``report``: build
     the aggregated report when a multirun ends; ``fail_fast``: let an error end the run instead of
-    recording it in ``metrics.json``."""
+    recording it in ``metrics.json``; ``exit_code_on_failure``: the exit code of a failed single run,
+    or of a sweep with failed jobs once every job has run (0 keeps scripts that expect 0)."""
 
     trace: TraceConf = field(default_factory=TraceConf)
     model: Any = MISSING
@@ -137,6 +138,7 @@ class AppConf:
     sweep_name: str = "${now:%Y-%m-%d_%H-%M-%S}"
     report: bool = True
     fail_fast: bool = False
+    exit_code_on_failure: int = 1
 
 
 def register_configs() -> None:

@@ -56,25 +56,71 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOESIM_CACHE") or Path.home() / ".cache" / "moesim")
 
 
+def _trace_path(tcfg: Mapping[str, Any], base_dir: str | os.PathLike[str] | None) -> Path:
+    path = tcfg.get("path")
+    if not path:
+        raise ConfigError("trace.kind=file needs trace.path")
+    p = Path(path)
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    return p
+
+
+def _synthetic_key(tcfg: Mapping[str, Any]) -> str:
+    """Every setting that changes a synthetic trace's bits: the preset's knob values (a refitted
+    preset is a new trace), requests, seed, knob overrides and the generator's version."""
+    knobs = dict(tcfg.get("knobs") or {})
+    key_src = json.dumps({"preset": tcfg["preset"], "config": dataclasses.asdict(preset(str(tcfg["preset"]))),
+                          "requests": int(tcfg["requests"]), "seed": int(tcfg["seed"]), "knobs": knobs,
+                          "generator_version": SYNTH_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha1(key_src.encode()).hexdigest()[:16]
+
+
+def trace_identity(tcfg: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None) -> str:
+    """What the trace of a ``trace`` config is, without reading it all: for a file its size, change
+    time and a hash of its first 64 KiB (the header); for a synthetic trace its generation key."""
+    kind = tcfg.get("kind", "synthetic")
+    if kind == "file":
+        p = _trace_path(tcfg, base_dir)
+        try:
+            st = p.stat()
+            with open(p, "rb") as fh:
+                head = hashlib.sha1(fh.read(1 << 16)).hexdigest()[:16]
+        except OSError as exc:
+            raise ConfigError(f"{p}: field 'trace.path': cannot read the trace file ({exc.strerror or exc})") from None
+        return f"file:{p.resolve()}:{st.st_size}:{st.st_mtime_ns}:{head}"
+    if kind == "synthetic":
+        return f"synthetic:{tcfg['preset']}:{_synthetic_key(tcfg)}"
+    raise ConfigError(f"trace.kind must be 'synthetic' or 'file', got {kind!r}")
+
+
+# Settings that change how a run is shown or launched, not what it measures.
+VOLATILE_KEYS = ("progress", "report", "fail_fast", "sweep_name", "exit_code_on_failure")
+
+
+def fingerprint(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """What a job's result depends on: the resolved config, the trace and the code. A finished job
+    whose fingerprint differs is re-run on resume."""
+    from moesim.kernels.jit import source_hash
+
+    c = _plain(cfg)
+    c.pop("hydra", None)
+    for key in VOLATILE_KEYS:
+        c.pop(key, None)
+    config = hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"config": config, "trace": trace_identity(c["trace"], base_dir=base_dir),
+            "code": f"{source_hash()}/metrics-{METRICS_VERSION}"}
+
+
 def load_trace(tcfg: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None) -> Trace:
     """The trace a ``trace`` config names; synthetic traces are generated once and kept on disk,
     keyed by every setting that changes their bits (and the generator's version)."""
     kind = tcfg.get("kind", "synthetic")
     if kind == "file":
-        path = tcfg.get("path")
-        if not path:
-            raise ConfigError("trace.kind=file needs trace.path")
-        p = Path(path)
-        if not p.is_absolute() and base_dir is not None:
-            p = Path(base_dir) / p
-        trace = trace_io.load_any(p)
+        trace = trace_io.load_any(_trace_path(tcfg, base_dir))
     elif kind == "synthetic":
         knobs = dict(tcfg.get("knobs") or {})
-        # The key holds the preset's knob values, not only its name: a refitted preset is a new trace.
-        key_src = json.dumps({"preset": tcfg["preset"], "config": dataclasses.asdict(preset(str(tcfg["preset"]))),
-                              "requests": int(tcfg["requests"]), "seed": int(tcfg["seed"]), "knobs": knobs,
-                              "generator_version": SYNTH_VERSION}, sort_keys=True, default=str)
-        key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+        key = _synthetic_key(tcfg)
         folder = Path(tcfg.get("cache_dir") or cache_root() / "traces")
         path = folder / f"{tcfg['preset']}-{key}.safetensors"
         if path.exists():
@@ -171,9 +217,11 @@ def measured_quant_error(fmt: str, model: ModelProfile, table: str, base_dir: An
             "output_error": float(r["output_error_mean"]), "source": str(path)}
 
 
-def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None,
+                   scratch: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run one experiment; ``cfg`` has the shape of :class:`sim.config.AppConf` (a DictConfig or a
-    plain mapping). ``base_dir`` resolves a relative trace path. Returns the ``metrics.json`` dict."""
+    plain mapping). ``base_dir`` resolves a relative trace path; ``scratch`` is where arrays are
+    spilled during the run (default: the temporary folder). Returns the ``metrics.json`` dict."""
     t0 = time.perf_counter()
     c = _plain(cfg)
     model = load_model_profile(c["model"])
@@ -214,7 +262,7 @@ def run_experiment(cfg: Any, *, base_dir: str | os.PathLike[str] | None = None) 
                            gpu_reserve_gib=float(cache.get("gpu_reserve_gib", 1.0)), pinned=pinned,
                            tie_break=str(cache.get("tie_break", "row")),
                            cold_start_per_request=bool(cache.get("cold_start_per_request", False)),
-                           progress=bool(c.get("progress", False)))
+                           progress=bool(c.get("progress", False)), scratch=scratch)
     q = c.get("quant", {})
     if q.get("error_table"):
         quant = measured_quant_error(fmt, model, q["error_table"], base_dir)

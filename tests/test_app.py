@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from moesim.bench.report import build_report
 from moesim.sim.app import CONF_DIR
 from moesim.sim.experiment import GIB, run_experiment
 from moesim.sim.profiles import load_model_profile
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,7 +234,10 @@ def test_plots_exist_and_show_the_table(basic_sweep: Path) -> None:
 def test_a_failing_job_is_recorded_and_resume_skips_finished_jobs(tmp_path: Path, trace_cache: str) -> None:
     args = ["-m", "cache.l1_experts=0,128", *SMALL, "sweep_name=f"]
     res = moesim(args, tmp_path, trace_cache)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # The sweep runs every job, writes the report, then exits 1 naming the failed job in one line.
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert [line for line in res.stderr.splitlines() if line.startswith("moesim: job ")] == [
+        line for line in res.stderr.splitlines() if "cache.l1_experts=0" in line and line.startswith("moesim: job ")]
     sweep = tmp_path / "multirun" / "f"
     bad_path = job_dir(sweep, "cache.l1_experts=0,") / "metrics.json"
     good_path = job_dir(sweep, "cache.l1_experts=128,") / "metrics.json"
@@ -243,7 +248,7 @@ def test_a_failing_job_is_recorded_and_resume_skips_finished_jobs(tmp_path: Path
     assert rows[bad_path.parent.name]["status"] == "failed" and rows[good_path.parent.name]["status"] == "ok"
     assert "Failed jobs" in (sweep / "report" / "report.md").read_text()
     before = good_path.stat().st_mtime_ns, good_path.read_bytes()
-    res = moesim(args, tmp_path, trace_cache)
+    res = moesim([*args, "exit_code_on_failure=0"], tmp_path, trace_cache)  # the old behaviour, on request
     assert res.returncode == 0
     assert (good_path.stat().st_mtime_ns, good_path.read_bytes()) == before  # skipped, not recomputed
     assert json.loads(bad_path.read_text())["status"] == "failed"
@@ -257,6 +262,69 @@ def test_report_command_on_a_folder(basic_sweep: Path, tmp_path: Path) -> None:
     assert main([str(tmp_path / "missing")]) == 2
     res = build_report(basic_sweep, tmp_path / "again")
     assert len(res["rows"]) == 4 and np.isfinite([r["tokens_per_s"] for r in res["rows"]]).all()
+
+
+def plain_moesim(args: list[str], cwd: Path, cache: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``moesim`` as a user runs it (no HYDRA_FULL_ERROR)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"MOESIM_CACHE": cache}
+    return subprocess.run([sys.executable, "-m", "moesim.sim", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=600, check=False, **kw)
+
+
+def test_exit_codes_of_single_runs(tmp_path: Path, trace_cache: str) -> None:
+    ok = plain_moesim([*SMALL, "cache.l1_experts=128", "hydra.run.dir=ok"], tmp_path, trace_cache)
+    assert ok.returncode == 0 and f"results in {tmp_path / 'ok'}" in ok.stdout
+    bad = plain_moesim([*SMALL, "cache.l1_experts=0", "hydra.run.dir=bad"], tmp_path, trace_cache)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("moesim: error:")]
+    assert len(errors) == 1 and "at least 1" in errors[0] and "metrics.json" in errors[0]
+    missing = plain_moesim([*SMALL, "trace=file", "trace.path=nope.safetensors", "hydra.run.dir=m"], tmp_path,
+                           trace_cache)
+    assert missing.returncode == 1 and "nope.safetensors" in missing.stderr and "Traceback" not in missing.stderr
+    usage = plain_moesim(["policy=not_a_policy"], tmp_path, trace_cache)
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
+    typo = plain_moesim(["cache.l1_expert=3"], tmp_path, trace_cache)
+    assert typo.returncode == 2
+
+
+def test_a_changed_trace_file_is_never_answered_with_a_stale_result(tmp_path: Path, trace_cache: str) -> None:
+    from moesim.sim.experiment import load_trace
+    from moesim.traces import io
+
+    src = composed([*SMALL, f"trace.cache_dir={trace_cache}"])
+    one = load_trace(src.trace)
+    two = load_trace({**OmegaConf.to_container(src, resolve=True)["trace"], "seed": 5})
+    io.save(one, tmp_path / "t.safetensors")
+    args = ["-m", "trace=file", "trace.path=t.safetensors", "cache.l1_experts=128,256", "quant.error_rows=8",
+            "sweep_name=fp"]
+    assert plain_moesim(args, tmp_path, trace_cache).returncode == 0
+    first = metrics_by_job(tmp_path / "multirun" / "fp")
+    again = plain_moesim(args, tmp_path, trace_cache)
+    assert again.stdout.count("done already, skipped") + again.stderr.count("done already, skipped") == 2
+    io.save(two, tmp_path / "t.safetensors")  # the same name, other contents
+    rerun = plain_moesim(args, tmp_path, trace_cache)
+    assert (rerun.stdout + rerun.stderr).count("re-running, its trace changed") == 2
+    second = metrics_by_job(tmp_path / "multirun" / "fp")
+    for job in first:
+        assert first[job]["fingerprint"]["trace"] != second[job]["fingerprint"]["trace"]
+        assert first[job]["l1"]["hits"] != second[job]["l1"]["hits"]
+
+
+def test_job_folders_stay_inside_the_sweep_folder(tmp_path: Path, trace_cache: str) -> None:
+    from moesim.sim.app import safe_dirname
+
+    res = plain_moesim(["-m", "trace=file", "trace.path=a/../../../x.safetensors,/etc/passwd", "quant.error_rows=8",
+                        "sweep_name=esc"], tmp_path, trace_cache)
+    assert res.returncode == 1  # both traces are missing; the jobs fail, inside the sweep
+    sweep = tmp_path / "multirun" / "esc"
+    jobs = [p.parent for p in sweep.rglob("metrics.json") if "report" not in p.parts]
+    assert len(jobs) == 2 and all(j.parent == sweep for j in jobs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun"]  # nothing written beside it
+    assert len(collect(sweep)) == 2
+    for name in ("a/../../x", "..", ".", "/abs", "k=" + "v" * 500, "x\\y\0z"):
+        safe = safe_dirname(name)
+        assert "/" not in safe and "\0" not in safe and set(safe) != {"."} and len(safe) <= 200
+        assert (Path("/sweep") / safe).parent == Path("/sweep")
 
 
 # ---- launchers for many machines, in their local modes ----------------------------------------
@@ -315,3 +383,78 @@ def test_analysis_sweep_and_measured_error_in_the_experiment(tmp_path: Path, tra
     cfg = composed([*SMALL, "quant=nf4", f"quant.error_table='{summary_path}'", f"trace.cache_dir={trace_cache}"])
     with pytest.raises(Exception, match="nf4"):
         run_experiment(cfg)
+
+
+# ---- killed sweeps ------------------------------------------------------------------------------
+
+KILL_SWEEP = ["-m", "policy=lru,fifo", "cache.l1_experts=128,256", *SMALL, "sweep_name=k", "report=false"]
+
+
+def _table(sweep: Path) -> list[tuple]:
+    rows = collect(sweep)
+    return sorted((r["job"], r["status"], r.get("hits"), r.get("tokens_per_s"), r.get("latency_p99_ms"))
+                  for r in rows)
+
+
+def _sweep_processes(pid: int) -> list[int]:
+    """Processes that a sweep started (they carry its pid in MOESIM_SWEEP_PID)."""
+    found = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"MOESIM_SWEEP_PID={pid}".encode() in env.read_bytes().split(b"\0"):
+                found.append(int(env.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_and_resume(tmp_path: Path, trace_cache: str, launcher: list[str], points: int, seed: int) -> None:
+    import random
+    import signal
+    import time
+
+    rng = random.Random(seed)
+    ref_dir, dir_ = tmp_path / "ref", tmp_path / "killed"
+    ref_dir.mkdir()
+    dir_.mkdir()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"MOESIM_CACHE": trace_cache,
+                                                                              "TMPDIR": str(scratch)}
+    cmd = [sys.executable, "-m", "moesim.sim", *KILL_SWEEP, *launcher]
+    t0 = time.perf_counter()
+    assert subprocess.run(cmd, cwd=ref_dir, env=env, capture_output=True, timeout=600).returncode == 0
+    full = time.perf_counter() - t0
+    for _ in range(points):
+        proc = subprocess.Popen(cmd, cwd=dir_, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, full))
+        proc.send_signal(signal.SIGKILL)  # the sweep's process only: its workers must die with it
+        proc.wait()
+        deadline = time.time() + 10
+        while _sweep_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _sweep_processes(proc.pid), "workers outlived the killed sweep"
+    done = subprocess.run(cmd, cwd=dir_, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _table(dir_ / "multirun" / "k") == _table(ref_dir / "multirun" / "k")
+    leftovers = [p for p in (*scratch.rglob("moesim-*"), *(dir_ / "multirun").rglob("moesim-scratch-*"))]
+    assert not leftovers
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_a_killed_sweep_resumes_to_the_same_table(launcher: list[str], tmp_path: Path, trace_cache: str) -> None:
+    if launcher:
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    _kill_and_resume(tmp_path, trace_cache, launcher, points=2, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_a_sweep_killed_at_twenty_points_resumes_to_the_same_table(launcher: list[str], tmp_path: Path,
+                                                                   trace_cache: str) -> None:
+    if launcher:
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    _kill_and_resume(tmp_path, trace_cache, launcher, points=20, seed=20)
