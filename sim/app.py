@@ -12,6 +12,11 @@ A run that raises is recorded there as ``metrics.json`` with ``status: failed`` 
 sweep keeps the other jobs' results; a job whose ``metrics.json`` already says ``ok`` is skipped,
 so re-running an interrupted sweep with the same ``sweep_name`` resumes it. At the end of a
 multirun, :class:`bench.callbacks.SweepCallback` aggregates the folder and writes the report.
+
+``moesim --help`` lists the config groups and the main knobs (``conf/hydra/help/moesim.yaml``).
+A single run prints its output folder at the end. Exit status: 0 done (a sweep whose jobs failed
+still ends with 0: they are recorded and listed in its report), 1 a single run failed, 2 bad usage
+(Hydra could not compose the configuration: an unknown key or option, a value of the wrong type).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from moesim.sim.config import register_configs
 from moesim.traces.io import atomic_write_text
 from omegaconf import DictConfig, OmegaConf
@@ -112,14 +118,54 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, A
     return metrics
 
 
+# What this process saw of its runs (the basic launcher runs them here): whether a job started
+# (then a non-zero exit from Hydra is a failed run, not bad usage) and the single runs that failed.
+_STARTED: list[str] = []
+_FAILED: list[str] = []
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    _STARTED.append(str(out_dir))
     metrics = run_job(cfg, out_dir, list(hc.overrides.task))
+    if hc.mode == RunMode.RUN:
+        _report_single(out_dir, metrics)
     if metrics.get("status") == "ok":
         return float(metrics["offload"]["tokens_per_s"])  # what a sweeper would optimise
     return None
+
+
+def _report_single(out_dir: Path, metrics: dict[str, Any]) -> None:
+    """One line saying where a single run's results went (a sweep's report says it for all jobs)."""
+    status = metrics.get("status")
+    if status == "ok":
+        off = metrics["offload"]
+        print(f"moesim: wrote {out_dir} (metrics.json, run_meta.json): hit rate {metrics['l1']['hit_rate']:.4f}, "
+              f"{off['tokens_per_s']:.2f} tokens/s, p99 {off['latency_p99_s'] * 1e3:.2f} ms", flush=True)
+    elif status == "skipped":
+        print(f"moesim: {out_dir} holds a finished run already; nothing to do", flush=True)
+    else:
+        _FAILED.append(str(out_dir))
+        error = " | ".join(str(metrics.get("error", "failed")).splitlines())
+        print(f"moesim: error: {error} (details: {out_dir / 'metrics.json'})", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    """``moesim``: the Hydra app with the exit status of the module docstring."""
+    _STARTED.clear()
+    _FAILED.clear()
+    try:
+        _app()
+    except SystemExit as exc:
+        # Hydra exits with 1 when it cannot compose the configuration (no run started: bad usage)
+        # and when a run raised with fail_fast=true (a failed run).
+        if exc.code not in (0, None):
+            sys.exit(1 if _STARTED else 2)
+        raise
+    if _FAILED:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
