@@ -126,3 +126,26 @@ def measured_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[f
         xs.append(float(r["l1_experts"]))
         ys.append(float(r["hit_rate"]))
     return out
+
+
+# ---- the curves of any trace file (``moesim-trace mrc``) ----------------------------------------
+
+def write_curves(trace: Trace, policies: Sequence[str], out_dir: str | Path, *, sizes: Sequence[int] | None = None,
+                 points: int = GRID_POINTS, name: str = "mrc", **kwargs: Any) -> list[Path]:
+    """``<name>.csv`` (:data:`CURVE_COLUMNS`), ``<name>.png`` and ``<name>.svg`` of the policies'
+    curves on ``trace`` (OPT added as the bound); ``kwargs`` as for :func:`curves`."""
+    from moesim.bench import plots, tables
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found = curves(trace, policies, sizes=sizes, points=points, **kwargs)
+    written = tables.write(curve_rows(found), out, name, columns=CURVE_COLUMNS, parquet=False)
+    m = trace.meta
+    source = Path(trace.file).name if trace.file else "in-memory trace"
+    ctx = {"trace": f"{source} ({trace.num_steps} steps, {trace.num_layers} layers x {trace.num_experts} experts, "
+                    f"top-{m.top_k})", "model": m.model,
+           "organisation": kwargs.get("organisation", "shared")}
+    fig, _ = plots.miss_ratio_curves([], ctx, curves=found)
+    assert fig is not None
+    written += plots.save(fig, out, name)
+    return written

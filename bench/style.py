@@ -192,7 +192,7 @@ def subtitle(context: Mapping[str, Any]) -> str:
     """``trace ... · model ... · hardware ... · format ...`` from a sweep's context (see
     :func:`bench.context.sweep_context`)."""
     parts = []
-    for key in ("trace", "model", "hardware", "format", "prefetcher", "policy"):
+    for key in ("trace", "model", "hardware", "format", "prefetcher", "policy", "organisation"):
         value = context.get(key)
         if value:
             parts.append(f"{key} {value}")
