@@ -16,8 +16,9 @@ hit counts may differ from moesim's row-at-once admission (identical on top-1 tr
 
 The binary record is packed little-endian ``<IQIq`` (uint32 time, uint64 obj_id, uint32 size, int64
 next_access_vtime), 24 bytes, no header. The CSV has the header
-``time,obj_id,obj_size,next_access_vtime``; read it in libCacheSim with time, obj_id, obj_size and
-next_access_vtime in fields 1-4 and ``has_header``.
+``time,obj_id,obj_size,next_access_vtime``; read it in libCacheSim with time, obj_id and obj_size in
+fields 1-3 and ``has_header``. libCacheSim 0.3's CSV reader does not read next-access times, so
+cross-check Belady on the binary file.
 """
 
 from __future__ import annotations
