@@ -38,9 +38,10 @@ def texts(fig: Figure) -> list[tuple[str, Any]]:
     return out
 
 
-def overlaps(fig: Figure, pad: float = 0.5) -> list[tuple[str, str]]:
-    """Pairs of texts whose boxes intersect by more than ``pad`` display pixels both ways."""
-    boxes = texts(fig)
+def overlaps(fig: Figure, pad: float = 0.5, boxes: list[tuple[str, Any]] | None = None) -> list[tuple[str, str]]:
+    """Pairs of texts whose boxes intersect by more than ``pad`` display pixels both ways
+    (``boxes``: :func:`texts` of the figure, when already measured)."""
+    boxes = texts(fig) if boxes is None else boxes
     bad = []
     for i, (a, ba) in enumerate(boxes):
         for b, bb in boxes[i + 1:]:
@@ -51,7 +52,8 @@ def overlaps(fig: Figure, pad: float = 0.5) -> list[tuple[str, str]]:
     return bad
 
 
-def outside(fig: Figure) -> list[str]:
+def outside(fig: Figure, boxes: list[tuple[str, Any]] | None = None) -> list[str]:
     """Texts that reach beyond the figure's edges (they would be cut off in the saved file)."""
     width, height = fig.canvas.get_width_height()
-    return [t for t, bb in texts(fig) if bb.x0 < -1 or bb.y0 < -1 or bb.x1 > width + 1 or bb.y1 > height + 1]
+    boxes = texts(fig) if boxes is None else boxes
+    return [t for t, bb in boxes if bb.x0 < -1 or bb.y0 < -1 or bb.x1 > width + 1 or bb.y1 > height + 1]

@@ -21,7 +21,7 @@ def _point(r: dict) -> tuple[float, float, float]:
     return r["budget_gib"], r["tokens_per_s"], r["quant_rel_frobenius"] or 0.0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(row, max_size=30).map(lambda rs: [dict(r, job=f"j{i}") for i, r in enumerate(rs)]))
 def test_frontier_is_the_pareto_set_of_deployable_rows(rows: list[dict]) -> None:
     real = [r for r in rows if not is_bound(r)]

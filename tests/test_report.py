@@ -21,7 +21,7 @@ from moesim.bench.report import main as report_main
 from moesim.sim.app import CONF_DIR, run_job
 from sweep_helpers import format_sweep, policy_sweep, prefetch_sweep
 
-POLICIES = ("lru", "arc", "opt")
+POLICIES = ("lru", "s3fifo", "opt")
 SIZES = (96, 256)
 
 
@@ -110,9 +110,10 @@ def test_figures_draw_the_table_without_overlapping_text(make, tmp_path: Path) -
     assert figs
     try:
         for name, (fig, data) in figs.items():
-            assert not layout.overlaps(fig), (name, layout.overlaps(fig))
-            assert not layout.outside(fig), (name, layout.outside(fig))
-            texts = [t for t, _ in layout.texts(fig)]
+            boxes = layout.texts(fig)
+            assert not layout.overlaps(fig, boxes=boxes), (name, layout.overlaps(fig, boxes=boxes))
+            assert not layout.outside(fig, boxes=boxes), (name, layout.outside(fig, boxes=boxes))
+            texts = [t for t, _ in boxes]
             assert any("rtx-4090" in t and "gpt-oss-20b" in t for t in texts), name  # the subtitle
             legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
             assert not any("=" in t for t in legend), (name, legend)  # names, not override strings
@@ -199,7 +200,7 @@ def test_report_pages_hold_every_figure_and_table(tmp_path: Path) -> None:
 
 
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = policy_sweep(tmp_path / "s")
+    sweep = policy_sweep(tmp_path / "s", ("lru", "opt"), (64, 128))
     assert report_main([str(sweep), "--no-curves"]) == 0
     assert "report.html" in capsys.readouterr().out
     assert report_main([str(tmp_path / "missing")]) == 2
