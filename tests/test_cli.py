@@ -390,7 +390,7 @@ def test_convert_to_libcachesim_round_trips(trace_file: Path, tmp_path: Path, na
     rec = oracle_general.read(dst)
     trace = io.load(trace_file)
     ex = np.asarray(trace.experts)
-    T, L, K = ex.shape
+    T, L, _ = ex.shape
     want = [(t * L + layer, layer * 8 + int(e) + 1) for t in range(T) for layer in range(L) for e in ex[t, layer]
             if e >= 0]
     assert [(int(a), int(b)) for a, b in zip(rec["time"], rec["obj_id"], strict=True)] == want
@@ -473,3 +473,22 @@ def test_single_run_prints_its_folder(tmp_path: Path) -> None:
     done = _app(["trace.requests=1", "cache.l1_experts=0", f"hydra.run.dir={tmp_path / 'bad'}"],
                 tmp_path)
     assert done.returncode == 1 and "moesim: error:" in done.stderr and "metrics.json" in done.stderr
+
+
+def test_analyze_prints_a_summary_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from moesim.kernels.analysis_app import AnalysisConf, run_analysis
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    save_file({f"model.layers.0.block_sparse_moe.experts.{e}.{p}.weight": torch.randn(32, 64, generator=g)
+               for e in range(2) for p in ("w1", "w2", "w3")}, str(tmp_path / "m.safetensors"))
+    cfg = OmegaConf.structured(AnalysisConf(checkpoint="m.safetensors", rules="mixtral", formats=["mxfp4", "nvfp4"],
+                                            plots=False, csv=True, quiet=True))
+    assert run_analysis(cfg, tmp_path / "a", tmp_path)["status"] == "ok"
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [w[0] for w in lines if w and w[0] in ("mxfp4", "nvfp4")] == ["mxfp4", "nvfp4"]
+    assert any(line[:2] == ["format", "bits/weight"] for line in lines)
+    for name in ("summary", "quant_error", "matrix_stats", "warnings"):
+        assert (tmp_path / "a" / f"{name}.csv").read_text().count("\n") >= 1, name
