@@ -95,7 +95,7 @@ def html_page(sections: Sequence[Section], fig_dir: Path) -> str:
             body.append(f"<nav>{nav}</nav>")
         if s.figure:
             svg = inline_svg(fig_dir / f"{s.figure}.svg", s.figure)
-            body.append(f'<figure id="fig-{s.figure}">{svg}<figcaption>{_html.escape(s.title)}</figcaption></figure>')
+            body.append(f'<figure id="fig-{s.figure}">{svg}</figure>')
         if s.table is not None and s.table.rows:
             body.append(tables.html(s.table.rows, s.table.columns, s.table.headers, table_id=f"table-{s.table.name}"))
         body.append("</section>")
