@@ -2,22 +2,26 @@
 
 One row per job. Columns: ``job`` (the job's folder, relative), ``status``, ``error``, one column
 per override the job was launched with (``policy``, ``cache.l1_experts``, ...: the swept
-parameters), then the fixed result columns of :data:`RESULT_COLUMNS`, read from the metrics.
-Aggregation reads only these files, so any sweep (basic, joblib, Ray or submitit launcher, or runs
-copied from other machines) aggregates the same way.
+parameters), then the fixed result columns of :data:`RESULT_COLUMNS`, read from the metrics, and
+``trace`` (a short description of the replayed trace). Aggregation reads only these files, so any
+sweep (basic, joblib, Ray or submitit launcher, or runs copied from other machines) aggregates the
+same way. Tables are written through :mod:`bench.tables` (pandas).
+
+The latency breakdown columns are milliseconds per decode step, which is per generated token of
+each sequence: ``attention_ms + experts_ms + head_ms + stall_ms == latency_mean_ms``.
+``transfer_ms`` is the host-to-GPU link's busy time per step (its busy share over the run times the
+mean step time, exact without a warm-up); it overlaps the compute, and only its part that the
+compute could not hide shows up as ``stall_ms``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moesim.traces.io import atomic_path, atomic_write_text
+from moesim.bench import tables
 
 # (column, path into metrics.json)
 RESULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -46,17 +50,30 @@ RESULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("latency_p50_ms", ("offload", "latency_p50_s")),
     ("latency_p90_ms", ("offload", "latency_p90_s")),
     ("latency_p99_ms", ("offload", "latency_p99_s")),
+    ("latency_mean_ms", ("offload", "latency_mean_s")),
+    ("attention_ms", ("offload", "time_breakdown_s", "attention")),
+    ("experts_ms", ("offload", "time_breakdown_s", "experts")),
+    ("head_ms", ("offload", "time_breakdown_s", "head")),
+    ("stall_ms", ("offload", "time_breakdown_s", "stall")),
     ("stall_fraction", ("offload", "stall_fraction")),
+    ("pcie_utilisation", ("offload", "link_utilisation", "dram_to_gpu")),
+    ("ssd_utilisation", ("offload", "link_utilisation", "ssd_to_dram")),
     ("dram_to_gpu_bytes_per_token", ("offload", "bytes_per_token", "dram_to_gpu")),
     ("ssd_to_dram_bytes_per_token", ("offload", "bytes_per_token", "ssd_to_dram")),
     ("prefetch_accuracy", ("offload", "prefetch_accuracy")),
     ("prefetch_coverage", ("offload", "prefetch_coverage")),
+    ("prefetch_issued", ("offload", "counts", "prefetch_issued")),
+    ("prefetch_useful", ("offload", "counts", "prefetch_useful")),
     ("quant_rel_frobenius", ("quant", "rel_frobenius")),
     ("quant_sqnr_db", ("quant", "sqnr_db")),
     ("quant_output_error", ("quant", "output_error")),
     ("elapsed_s", ("elapsed_s",)),
 )
-MS_COLUMNS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms"}
+MS_COLUMNS = {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "attention_ms", "experts_ms",
+              "head_ms", "stall_ms"}
+# Derived after the metrics are read (see the module docstring).
+DERIVED_COLUMNS = ("transfer_ms", "trace")
+BREAKDOWN = ("attention_ms", "experts_ms", "head_ms", "stall_ms")
 
 
 def _get(data: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -97,7 +114,26 @@ def row_from_metrics(metrics: Mapping[str, Any], job: str) -> dict[str, Any]:
         if column in MS_COLUMNS and value is not None:
             value = float(value) * 1e3
         row[column] = value
+    util, mean = row.get("pcie_utilisation"), row.get("latency_mean_ms")
+    row["transfer_ms"] = float(util) * float(mean) if util is not None and mean is not None else None
+    row["trace"] = describe_trace(metrics)
     return row
+
+
+def describe_trace(metrics: Mapping[str, Any]) -> str | None:
+    """``synthetic gpt-oss-20b preset, 8 requests, seed 0`` or the file's name."""
+    tcfg = _get(metrics, ("config", "trace")) or {}
+    if not isinstance(tcfg, Mapping):
+        return None
+    if tcfg.get("kind") == "file":
+        path = tcfg.get("path")
+        return None if path is None else Path(str(path)).name
+    if tcfg.get("preset") is None:
+        return None
+    text = f"synthetic {tcfg['preset']} preset, {tcfg.get('requests')} requests, seed {tcfg.get('seed')}"
+    if tcfg.get("max_steps"):
+        text += f", first {tcfg['max_steps']} steps"
+    return text
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -127,7 +163,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def swept_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Override columns that take more than one value among the jobs (the sweep's axes)."""
     rows = list(rows)
-    fixed = {"job", "status", "error"} | {c for c, _ in RESULT_COLUMNS}
+    fixed = {"job", "status", "error", *DERIVED_COLUMNS} | {c for c, _ in RESULT_COLUMNS}
     keys: list[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in fixed and k not in keys)
@@ -142,46 +178,9 @@ def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def to_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    cols = columns(rows)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({c: _csv_cell(r.get(c)) for c in cols})
-    return buf.getvalue()
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    return value
+    return tables.csv_text(rows, columns(rows))
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, name: str = "results") -> list[Path]:
     """``<name>.csv`` always, and ``<name>.parquet`` when pyarrow is installed; both atomic."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / f"{name}.csv"]
-    atomic_write_text(written[0], to_csv_text(rows))
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        return written
-    cols = columns(rows)
-    data = {c: [r.get(c) for r in rows] for c in cols}
-    table = pa.table({c: _column_array(pa, v) for c, v in data.items()})
-    with atomic_path(out / f"{name}.parquet") as tmp:
-        pq.write_table(table, tmp)
-    written.append(out / f"{name}.parquet")
-    return written
-
-
-def _column_array(pa: Any, values: list[Any]) -> Any:
-    """A typed column where the values agree on a type; text otherwise (mixed override values)."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    return tables.write(rows, out_dir, name, columns=columns(rows))

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from moesim.bench.style import header
 from moesim.traces.io import atomic_path
 
 
@@ -47,23 +48,45 @@ def history(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[tuple[in
     return out
 
 
+def _machine(runs: Sequence[dict[str, Any]]) -> str:
+    info = runs[-1].get("machine_info") or {}
+    cpu = (info.get("cpu") or {}).get("brand_raw") or info.get("processor") or "unknown CPU"
+    return f"{info.get('node', 'unknown machine')} · {cpu} · python {info.get('python_version', '?')}"
+
+
+def draw_history(runs: Sequence[dict[str, Any]]) -> Any:
+    """The figure: one panel per group, runs on the x axis (one tick per saved run, so a single run
+    is a single column of points, not a stretched axis), the legend beside each panel."""
+    hist = history(runs)
+    n_runs = len(runs)
+    heights = [max(2.6, 0.17 * len(benches) + 1.0) for benches in hist.values()]
+    fig = plt.figure(figsize=(11, sum(heights) + 0.9), layout="constrained")
+    axes = fig.subplots(len(hist), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    labels = [Path(r["_file"]).stem.split("_")[0] for r in runs]
+    step = max(1, n_runs // 12)  # at most ~12 tick labels, so they never run into each other
+    for ax, (group, benches) in zip(axes[:, 0], sorted(hist.items()), strict=True):
+        for name, points in sorted(benches.items()):
+            base = points[0][1]
+            ax.plot([i for i, _ in points], [t / base for _, t in points], marker="o", markersize=4, label=name)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(title=group, ylabel="min time / first run", xlim=(-0.5, n_runs - 0.5))
+        ax.set_xticks(range(0, n_runs, step), labels[::step], fontsize=8)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[-1, 0].set_xlabel("saved run (pytest-benchmark's number)")
+    header(fig, "Benchmark history: each benchmark's fastest round, relative to its first saved run",
+           f"{n_runs} saved run{'s' if n_runs != 1 else ''} · {_machine(runs)}")
+    return fig
+
+
 def plot_history(root: str | Path, out: str | Path) -> Path | None:
     runs = load_runs(root)
     if not runs:
         return None
-    hist = history(runs)
-    fig, axes = plt.subplots(len(hist), 1, figsize=(8, 2.8 * len(hist)), squeeze=False)
-    for ax, (group, benches) in zip(axes[:, 0], sorted(hist.items()), strict=True):
-        for name, points in sorted(benches.items()):
-            base = points[0][1]
-            ax.plot([i for i, _ in points], [t / base for _, t in points], marker="o", label=name)
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set(title=group, ylabel="min time / first run")
-        ax.legend(fontsize=6)
-    axes[-1, 0].set_xlabel("saved run")
+    fig = draw_history(runs)
     path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
     return path
 

@@ -44,6 +44,8 @@ class AnalysisConf:
     strict: layout problems raise (``false``: they go to the warnings table and the run goes on).
     rank: numerical rank by SVD (slow). eps: |x| <= eps counts as zero for the sparsity.
     n_activations: random activation rows for the output error. plots: draw the figures.
+    csv: also write every table as ``<table>.csv`` (the tables are parquet when pyarrow is
+    installed). summary: print the per-format summary (all layers, all projections) at the end.
     """
 
     checkpoint: str = MISSING
@@ -56,6 +58,8 @@ class AnalysisConf:
     eps: float = 0.0
     n_activations: int = 64
     plots: bool = True
+    csv: bool = False
+    summary: bool = True
     quiet: bool = False
     sweep_name: str = "${now:%Y-%m-%d_%H-%M-%S}"
 
@@ -76,9 +80,44 @@ def run_analysis(cfg: Any, out_dir: Path, base_dir: Path | None = None) -> dict[
         from moesim.kernels.analysis_plots import plot_all
 
         plot_all(tables, out_dir / "plots")
+    if cfg.get("csv", False):
+        write_csv(tables, out_dir)
+    if cfg.get("summary", True):
+        print(summary_text(tables, ckpt), flush=True)
     return {"status": "ok", "matrices": len(tables["matrix_stats"]),
             "unmatched": sum(1 for r in tables["inventory"] if r["status"] == "unmatched"),
             "warnings": len(tables["warnings"])}
+
+
+SUMMARY_COLUMNS = {"format": "format", "bits_per_weight": "bits/weight", "rel_frobenius_mean": "rel. Frobenius",
+                   "sqnr_db_mean": "SQNR (dB)", "cosine_mean": "cosine", "output_error_mean": "output error"}
+
+
+def summary_text(tables: dict[str, list[dict[str, Any]]], checkpoint: Path) -> str:
+    """One line per format: its error over all layers and projections (the summary's ``layer = -1``,
+    ``proj = "all"`` rows), as aligned text."""
+    import pandas as pd
+
+    rows = [r for r in tables.get("summary", []) if r.get("layer") == -1 and r.get("proj") == "all"]
+    if not rows:
+        return f"{checkpoint}: no expert matrix analysed"
+    df = pd.DataFrame(rows)[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS)
+    n = len(tables.get("matrix_stats", []))
+    return f"{checkpoint}: {n} expert matrices\n" + df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def write_csv(tables: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
+    """Every table as ``<name>.csv`` in ``out_dir`` (atomic; an empty table keeps its columns)."""
+    import pandas as pd
+    from moesim.kernels.analysis import COLUMNS
+
+    written = []
+    for name, rows in tables.items():
+        path = out_dir / f"{name}.csv"
+        df = pd.DataFrame(rows, columns=list(COLUMNS.get(name, ())) or None)
+        atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+        written.append(path)
+    return written
 
 
 # Jobs of this invocation that failed; the basic launcher runs jobs in this process. Out-of-process

@@ -23,6 +23,9 @@ local parallel sweep (joblib), a worker dies with the sweep's process.
 Exit codes: 0 every run ok; 1 a single run failed, or a sweep finished with failed jobs (after
 running the others; ``exit_code_on_failure=0`` keeps the old behaviour); 2 a usage error (a
 config that does not compose). Errors are printed as one line.
+
+``moesim --help`` lists the config groups and the main knobs (``conf/hydra/help/moesim.yaml``).
+A single run prints its output folder at the end.
 """
 
 from __future__ import annotations
@@ -56,8 +59,6 @@ CONF_DIR = REPO_ROOT / "conf"
 
 register_configs()
 
-# Set on entering the task function: a Hydra error before it is a usage error (exit 2).
-_STARTED = False
 DIRNAME_LIMIT = 200
 
 
@@ -186,34 +187,57 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, A
     return metrics
 
 
+# What this process saw of its runs (the basic launcher runs them here): whether a job started
+# (then a non-zero exit from Hydra is a failed run or a sweep with failed jobs, not bad usage) and
+# the single runs that failed.
+_STARTED: list[str] = []
+_FAILED: list[str] = []
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def hydra_main(cfg: DictConfig) -> float | None:
-    global _STARTED
-    _STARTED = True
+def _app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    _STARTED.append(str(out_dir))
     metrics = run_job(cfg, out_dir, list(hc.overrides.task))
-    single = hc.mode != RunMode.MULTIRUN
-    if single and metrics.get("status") == "failed":
-        print(f"moesim: error: {metrics['error']} (recorded in {out_dir / 'metrics.json'})", file=sys.stderr,
-              flush=True)
-        sys.exit(int(cfg.get("exit_code_on_failure", 1)))
-    if single:
-        print(f"moesim: results in {out_dir}", flush=True)
+    if hc.mode == RunMode.RUN:
+        _report_single(out_dir, metrics, int(cfg.get("exit_code_on_failure", 1)))
     if metrics.get("status") == "ok":
         return float(metrics["offload"]["tokens_per_s"])  # what a sweeper would optimise
     return None
 
 
+def _report_single(out_dir: Path, metrics: dict[str, Any], exit_code: int) -> None:
+    """One line saying where a single run's results went (a sweep's report says it for all jobs)."""
+    status = metrics.get("status")
+    if status == "ok":
+        off = metrics["offload"]
+        print(f"moesim: wrote {out_dir} (metrics.json, run_meta.json): hit rate {metrics['l1']['hit_rate']:.4f}, "
+              f"{off['tokens_per_s']:.2f} tokens/s, p99 {off['latency_p99_s'] * 1e3:.2f} ms", flush=True)
+    elif status == "skipped":
+        print(f"moesim: {out_dir} holds a finished run already; nothing to do", flush=True)
+    else:
+        if exit_code:
+            _FAILED.append(str(out_dir))
+        error = " | ".join(str(metrics.get("error", "failed")).splitlines())
+        print(f"moesim: error: {error} (details: {out_dir / 'metrics.json'})", file=sys.stderr, flush=True)
+
+
 def main() -> None:
-    """The console script: Hydra's app, with a usage error (a config that does not compose, an
-    unknown group choice) exiting 2 instead of 1."""
+    """``moesim``: the Hydra app with the exit status of the module docstring."""
+    _STARTED.clear()
+    _FAILED.clear()
     try:
-        hydra_main()
+        _app()
     except SystemExit as exc:
-        if exc.code not in (0, None) and not _STARTED:
-            sys.exit(2)
+        # Hydra exits with 1 when it cannot compose the configuration (no run started: bad usage)
+        # and when a run raised with fail_fast=true (a failed run); a sweep with failed jobs exits
+        # with exit_code_on_failure (bench.callbacks), and marks itself started for any launcher.
+        if exc.code not in (0, None):
+            sys.exit(exc.code if _STARTED else 2)
         raise
+    if _FAILED:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

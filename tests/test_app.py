@@ -214,20 +214,24 @@ def test_aggregated_table_has_one_row_per_job_with_the_metrics(basic_sweep: Path
 
 def test_plots_exist_and_show_the_table(basic_sweep: Path) -> None:
     report = basic_sweep / "report"
-    for stem in ("hit_rate_vs_size", "latency_vs_budget", "budget_frontier"):
+    for stem in ("miss_ratio_curves", "hit_rate_vs_size", "latency_vs_budget", "latency_breakdown", "budget_frontier"):
         for ext in ("png", "svg"):
             assert (report / f"{stem}.{ext}").stat().st_size > 1000, stem
     assert "hit_rate_vs_size.png" in (report / "report.md").read_text()
+    assert 'id="fig-miss_ratio_curves"' in (report / "report.html").read_text()
     rows = [r for r in collect(basic_sweep) if r["status"] == "ok"]
-    data = plots.hit_rate_vs_size(rows, report)
-    assert set(data) == {"policy=lru", "policy=opt"}
+    fig, data = plots.hit_rate_vs_size(rows, {})
+    fig.clf()
+    assert set(data) == {"LRU", "OPT (offline bound)"}  # names, not override strings
     for label, (xs, ys) in data.items():
-        pol = label.split("=")[1]
+        pol = "opt" if label.startswith("OPT") else "lru"
         want = sorted((r["l1_experts"], r["hit_rate"]) for r in rows if r["policy"] == pol)
         assert list(zip(xs, ys, strict=True)) == [(float(x), float(y)) for x, y in want]
     win = plots.frontier(rows)
-    assert len(win) == 2 and all(w["policy"] == "opt" for w in win)  # OPT is fastest at each size
-    assert [w["tokens_per_s"] for w in win] == [
+    # OPT is fastest at each size, but it reads the future: a bound beside the frontier, never on it.
+    assert [w["policy"] for w in win if not w["bound"]] == ["lru", "lru"]
+    assert [w["policy"] for w in win if w["bound"]] == ["opt", "opt"]
+    assert [w["tokens_per_s"] for w in win if w["bound"]] == [
         max(r["tokens_per_s"] for r in rows if r["l1_experts"] == n) for n in (128, 256)]
 
 
@@ -273,7 +277,7 @@ def plain_moesim(args: list[str], cwd: Path, cache: str, **kw: Any) -> subproces
 
 def test_exit_codes_of_single_runs(tmp_path: Path, trace_cache: str) -> None:
     ok = plain_moesim([*SMALL, "cache.l1_experts=128", "hydra.run.dir=ok"], tmp_path, trace_cache)
-    assert ok.returncode == 0 and f"results in {tmp_path / 'ok'}" in ok.stdout
+    assert ok.returncode == 0 and f"wrote {tmp_path / 'ok'}" in ok.stdout
     bad = plain_moesim([*SMALL, "cache.l1_experts=0", "hydra.run.dir=bad"], tmp_path, trace_cache)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     errors = [line for line in bad.stderr.splitlines() if line.startswith("moesim: error:")]

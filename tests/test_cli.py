@@ -354,3 +354,141 @@ def test_import_and_write_failures_name_the_file(tmp_path: Path, capsys: pytest.
     assert main(["stats", str(trace_file), "--out", str(blocker)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(blocker) in err
+
+
+# ---- hit-rate curves and libCacheSim interchange ------------------------------------------------
+
+def test_mrc_writes_curves_that_agree_with_replay(trace_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    from moesim.sim.replay import replay
+
+    out = tmp_path / "mrc"
+    assert main(["mrc", str(trace_file), "--policies", "lru,fifo", "--out", str(out), "--sizes", "4,12,24"]) == 0
+    assert {p.name for p in out.iterdir()} == {"mrc.csv", "mrc.png", "mrc.svg"}
+    with open(out / "mrc.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["policy"] for r in rows} == {"lru", "fifo", "opt"}  # OPT added as the bound
+    trace = io.load(trace_file)
+    by = {(r["policy"], int(r["size_experts"])): int(r["hits"]) for r in rows}
+    for policy in ("lru", "fifo"):
+        for size in (4, 12, 24):
+            assert by[(policy, size)] == replay(trace, policy, size).hits
+            assert by[(policy, size)] <= by[("opt", size)]
+    assert main(["mrc", str(trace_file), "--policies", "nope", "--out", str(out)]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+    assert main(["mrc", str(trace_file), "--out", str(out), "--sizes", "4,x"]) == 2
+
+
+@pytest.mark.parametrize("name", ["t.oracleGeneral", "t.lcs.csv"])
+def test_convert_to_libcachesim_round_trips(trace_file: Path, tmp_path: Path, name: str) -> None:
+    from moesim.traces import oracle_general
+
+    dst = tmp_path / name
+    assert main(["convert", str(trace_file), str(dst)]) == 0
+    rec = oracle_general.read(dst)
+    trace = io.load(trace_file)
+    ex = np.asarray(trace.experts)
+    T, L, _ = ex.shape
+    want = [(t * L + layer, layer * 8 + int(e) + 1) for t in range(T) for layer in range(L) for e in ex[t, layer]
+            if e >= 0]
+    assert [(int(a), int(b)) for a, b in zip(rec["time"], rec["obj_id"], strict=True)] == want
+    assert (rec["size"] == 1).all()
+    ids = rec["obj_id"].tolist()
+    for i, nxt in enumerate(rec["next"].tolist()):  # next_access_vtime: the same object's next request
+        later = [j for j in range(i + 1, len(ids)) if ids[j] == ids[i]]
+        assert nxt == (later[0] if later else -1)
+
+
+def test_libcachesim_reads_the_converted_trace_and_agrees(tmp_path: Path) -> None:
+    lcs = pytest.importorskip("libcachesim")
+    from moesim.sim.replay import replay
+
+    # Top-1 rows: libCacheSim serves one request at a time, which equals moesim's row on width 1.
+    rng = np.random.default_rng(3)
+    e = rng.zipf(1.3, size=(400, 3, 1)).clip(max=8) - 1
+    trace = make_trace(e.astype(np.int16), TraceMeta("lcs-toy", 3, 8, 1, source="synthetic"))
+    src = io.save(trace, tmp_path / "t.safetensors")
+    assert main(["convert", str(src), str(tmp_path / "t.oracleGeneral")]) == 0
+    assert main(["convert", str(src), str(tmp_path / "t.lcs.csv")]) == 0
+    n = int((e >= 0).sum())
+    params = lcs.ReaderInitParam(has_header=True, has_header_set=True, delimiter=",", obj_id_is_num=True,
+                                 obj_id_is_num_set=True)
+    params.time_field, params.obj_id_field, params.obj_size_field, params.next_access_vtime_field = 1, 2, 3, 4
+    for size in (2, 5, 9):
+        for ours, theirs in (("lru", "LRU"), ("fifo", "FIFO"), ("opt", "Belady")):
+            want = replay(trace, ours, size).hits
+            files = [(tmp_path / "t.oracleGeneral", lcs.TraceType.ORACLE_GENERAL_TRACE, None)]
+            if ours != "opt":  # libCacheSim 0.3's CSV reader leaves next_access_vtime unread: Belady needs binary
+                files.append((tmp_path / "t.lcs.csv", lcs.TraceType.CSV_TRACE, params))
+            for path, kind, p in files:
+                reader = lcs.TraceReader(str(path), kind, p) if p is not None else lcs.TraceReader(str(path), kind)
+                miss_ratio = getattr(lcs, theirs)(size, hashpower=8).process_trace(reader)[0]
+                assert round(n * (1 - miss_ratio)) == want, (ours, size, path.name)
+
+
+def test_record_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from moesim.traces.record_cli import main as record_main
+    from moesim.traces.record_cli import parse_args
+
+    assert record_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--model", "--prompts", "--out", "--max-new-tokens", "--batch-size", "--predictions", "--dtype",
+                   "--device", "key=value", "Exit status"):
+        assert option in out, option
+    a = parse_args(["model=m", "prompts=p", "out=o", "max_new_tokens=3", "predictions=true"])
+    b = parse_args(["--model", "m", "--prompts", "p", "--out", "o", "--max-new-tokens", "3", "--predictions"])
+    assert a == b and a["max_new_tokens"] == 3 and a["predictions"] is True
+    assert record_main(["model=m", "prompts=p", "out=o", "batch_size=0"]) == 2
+    assert record_main([]) == 2
+    err = capsys.readouterr().err
+    assert "batch-size" in err
+
+
+def _app(args: list[str], cwd: Path, module: str = "moesim.sim") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_moesim_help_lists_groups_and_knobs(tmp_path: Path) -> None:
+    done = _app(["--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for text in ("policy: arc, clock", "quant: bf16", "cache.l1_experts", "sweep_name", "+experiment=", "Exit status"):
+        assert text in done.stdout, text
+    done = _app(["--help"], tmp_path, "moesim.kernels.analysis_app")
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint:" in done.stdout and "formats:" in done.stdout
+    assert "policy:" not in done.stdout and "cache:" not in done.stdout  # the simulator's groups do not apply
+    done = _app(["cache.l1_expert=3"], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_single_run_prints_its_folder(tmp_path: Path) -> None:
+    done = _app(["trace.requests=1", "quant.error_rows=0", "cache.l1_experts=64",
+                 f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"moesim: wrote {tmp_path / 'run'}" in done.stdout
+    assert (tmp_path / "run" / "metrics.json").exists()
+    done = _app(["trace.requests=1", "cache.l1_experts=0", f"hydra.run.dir={tmp_path / 'bad'}"],
+                tmp_path)
+    assert done.returncode == 1 and "moesim: error:" in done.stderr and "metrics.json" in done.stderr
+
+
+def test_analyze_prints_a_summary_and_writes_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from moesim.kernels.analysis_app import AnalysisConf, run_analysis
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    save_file({f"model.layers.0.block_sparse_moe.experts.{e}.{p}.weight": torch.randn(32, 64, generator=g)
+               for e in range(2) for p in ("w1", "w2", "w3")}, str(tmp_path / "m.safetensors"))
+    cfg = OmegaConf.structured(AnalysisConf(checkpoint="m.safetensors", rules="mixtral", formats=["mxfp4", "nvfp4"],
+                                            plots=False, csv=True, quiet=True))
+    assert run_analysis(cfg, tmp_path / "a", tmp_path)["status"] == "ok"
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [w[0] for w in lines if w and w[0] in ("mxfp4", "nvfp4")] == ["mxfp4", "nvfp4"]
+    assert any(line[:2] == ["format", "bits/weight"] for line in lines)
+    for name in ("summary", "quant_error", "matrix_stats", "warnings"):
+        assert (tmp_path / "a" / f"{name}.csv").read_text().count("\n") >= 1, name

@@ -1,4 +1,5 @@
-"""``moesim-trace``: inspect, validate, convert, import, generate and summarise routing traces.
+"""``moesim-trace``: inspect, validate, convert, import, generate and summarise routing traces, and
+draw their hit-rate (miss-ratio) curves.
 
 Every subcommand returns an exit status (0 success, 1 a bad trace or input, 2 bad usage) instead
 of raising, so ``main([...])`` is usable from tests and notebooks as well as from the shell. An
@@ -18,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+from moesim.traces import oracle_general
 from moesim.traces.errors import TraceError, internal_error, one_line
 from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
 from moesim.traces.io import load_any, save_any
@@ -103,6 +106,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    if oracle_general.is_oracle_general(args.dst):
+        return convert_to_libcachesim(args)
     out = save_any(load_any(args.src), args.dst)
     print(f"wrote {out}")
     return 0
@@ -151,6 +156,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_to_libcachesim(args: argparse.Namespace) -> int:
+    """``convert SRC DST.oracleGeneral`` (or ``DST.lcs.csv``): libCacheSim's request stream."""
+    trace = load_any(args.src)
+    out = oracle_general.write(trace, args.dst)
+    n = int(np.count_nonzero(np.asarray(trace.experts) >= 0))
+    print(f"wrote {out}: {n} requests of {trace.num_layers * trace.num_experts} objects (size 1), libCacheSim "
+          f"{'CSV' if out.name.lower().endswith('.csv') else 'oracleGeneral'} format")
+    return 0
+
+
+def cmd_mrc(args: argparse.Namespace) -> int:
+    """Hit-rate curves of ``--policies`` (OPT added as the bound): CSV, PNG and SVG in ``--out``."""
+    from moesim.bench.mrc import write_curves
+    from moesim.sim.policies import list_policies
+    from moesim.traces.transforms import decode_only
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in list_policies()]
+    if unknown or not policies:
+        print(f"moesim-trace mrc: error: unknown policy {unknown[0] if unknown else '(none given)'!r} "
+              f"(known: {', '.join(list_policies())})", file=sys.stderr)
+        return 2
+    trace = load_any(args.path)
+    if args.decode_only:
+        trace = decode_only(trace)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    for path in write_curves(trace, policies, args.out, sizes=sizes, points=args.points,
+                             organisation=args.organisation):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_mrc(sub: Any) -> None:
+    sp = sub.add_parser("mrc", help="hit-rate (miss-ratio) curves of policies at many cache sizes: CSV, PNG, SVG")
+    sp.add_argument("path")
+    sp.add_argument("--policies", default="lru,s3fifo,arc",
+                    help="comma-separated policies (default lru,s3fifo,arc); opt is always added as the bound")
+    sp.add_argument("--out", required=True, help="output folder (mrc.csv, mrc.png, mrc.svg)")
+    sp.add_argument("--points", type=_count(2), default=96,
+                    help="cache sizes per replayed curve (default 96; LRU takes every size in one pass)")
+    sp.add_argument("--sizes", default=None, type=_sizes, help="exact sizes in experts, comma-separated")
+    sp.add_argument("--organisation", choices=["shared", "per_layer"], default="shared",
+                    help="one cache for all layers or one per layer (default shared)")
+    sp.add_argument("--decode-only", action="store_true", help="leave out the prefill steps (as the timing model)")
+    sp.set_defaults(func=cmd_mrc)
+
+
+def _sizes(text: str) -> str:
+    if not re.fullmatch(r"[0-9]{1,9}(,[0-9]{1,9})*", text) or any(int(s) < 1 for s in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return text
+
+
 # ---- argument parsing --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+")
     sp.set_defaults(func=cmd_validate)
 
-    sp = sub.add_parser("convert", help="rewrite a trace in another format (by extension)")
+    sp = sub.add_parser("convert", help="rewrite a trace in another format (by extension); .oracleGeneral "
+                        "or .lcs.csv writes libCacheSim's request stream")
     sp.add_argument("src")
     sp.add_argument("dst")
     sp.set_defaults(func=cmd_convert)
@@ -200,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--requests", type=_count(1), default=None)
     window(sp)
     sp.set_defaults(func=cmd_demo)
+    _add_mrc(sub)
     return p
 
 

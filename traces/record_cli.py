@@ -1,19 +1,22 @@
 """``moesim-record``: record the routing of a locally saved Hugging Face MoE model.
 
-Usage (key=value arguments)::
+Usage::
 
-    moesim-record model=PATH prompts=FILE out=trace.safetensors \
-        [max_new_tokens=32] [batch_size=1] [predictions=false] [tokenizer=PATH] \
-        [dtype=float32] [chunk_steps=4096] [eos_token_id=N] [model_name=NAME] [device=cpu]
+    moesim-record --model PATH --prompts FILE --out trace.safetensors [--max-new-tokens 32]
+        [--batch-size 1] [--predictions] [--tokenizer PATH] [--dtype float32] [--chunk-steps 4096]
+        [--eos-token-id N] [--model-name NAME] [--device cpu]
 
-``model`` is a directory written by ``save_pretrained`` (nothing is downloaded: a hub name is
-refused). ``prompts`` is either JSONL, one prompt per line as a list of token ids (or an object with
-``input_ids`` / ``tokens``), or plain text, one prompt per non-empty line, tokenized with the
-tokenizer at ``tokenizer`` (default: the model directory).
+The same options also read as ``key=value`` (``model=PATH prompts=FILE out=trace.safetensors
+max_new_tokens=64 predictions=true``), the spelling of the Hydra apps (``moesim``,
+``moesim-analyze``). ``model`` is a directory written by ``save_pretrained`` (nothing is
+downloaded: a hub name is refused). ``prompts`` is either JSONL, one prompt per line as a list of
+token ids (or an object with ``input_ids`` / ``tokens``), or plain text, one prompt per non-empty
+line, tokenized with the tokenizer at ``tokenizer`` (default: the model directory).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -29,13 +32,7 @@ from moesim.traces.errors import TraceError, internal_error, one_line
 os.environ.setdefault("USE_HUB_KERNELS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-USAGE = ("usage: moesim-record model=PATH prompts=FILE out=trace.safetensors [max_new_tokens=N] "
-         "[batch_size=B] [predictions=true|false] [tokenizer=PATH] [dtype=float32|bfloat16|float16] "
-         "[chunk_steps=N] [eos_token_id=N] [model_name=NAME] [device=cpu|cuda]")
 REQUIRED = ("model", "prompts", "out")
-DEFAULTS: dict[str, str] = {"max_new_tokens": "32", "batch_size": "1", "predictions": "false", "tokenizer": "",
-                            "dtype": "float32", "chunk_steps": "4096", "eos_token_id": "", "model_name": "",
-                            "device": "cpu"}
 
 
 class CliError(TraceError):
@@ -46,49 +43,83 @@ class UsageError(CliError):
     """A bad command line: syntax, an unknown or missing key, a value of the wrong form (exit status 2)."""
 
 
-# The integer keys and their smallest value; eos_token_id may also be left empty (the model's own).
-_INT_KEYS = {"max_new_tokens": 1, "batch_size": 1, "chunk_steps": 1, "eos_token_id": 0}
 _INT_TEXT = re.compile(r"-?[0-9]{1,18}")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    args = dict(DEFAULTS)
-    for i, a in enumerate(argv):
-        key, sep, value = a.partition("=")
+def _count(lo: int) -> Any:
+    """An argparse type: a plain decimal integer >= ``lo`` (``int()`` would take " 5", "+5", "5_0")."""
+    def parse(text: str) -> int:
+        if not _INT_TEXT.fullmatch(text) or int(text) < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
+        return int(text)
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _flag(text: str) -> bool:
+    v = text.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line and status 2 through main, never sys.exit here
+        raise UsageError(message, field="argv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="moesim-record",
+                description="Record the expert routing of a locally saved Hugging Face MoE model into a trace.",
+                epilog="Every option also reads as key=value (model=PATH max_new_tokens=64 predictions=true). "
+                       "Exit status: 0 recorded, 1 a bad input file or model or a failed recording, 2 bad usage.")
+    p.add_argument("--model", help="a folder written by save_pretrained (required; no downloads)")
+    p.add_argument("--prompts", help="JSONL of token-id lists, or text with one prompt per line (required)")
+    p.add_argument("--out", help="the trace to write (.safetensors, .npz, .jsonl or .csv) (required)")
+    p.add_argument("--max-new-tokens", type=_count(1), default=32, help="decode steps per prompt (default 32)")
+    p.add_argument("--batch-size", type=_count(1), default=1, help="prompts run together (default 1)")
+    p.add_argument("--predictions", type=_flag, nargs="?", const=True, default=False,
+                   help="also record the next layer's router applied to this layer's output (default false)")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder for text prompts (default: the model's)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the model's dtype (default float32)")
+    p.add_argument("--chunk-steps", type=_count(1), default=4096, help="steps per chunk written (default 4096)")
+    p.add_argument("--eos-token-id", type=_count(0), default=None, help="end-of-sequence id (default: the model's)")
+    p.add_argument("--model-name", default="", help="the trace's model name (default: the folder's name)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    return p
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``key`` (as in key=value) -> its option string."""
+    return {opt[2:].replace("-", "_"): opt for opt in parser._option_string_actions if opt.startswith("--")
+            and opt != "--help"}
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+    """The options as a dict (typed); ``key=value`` words are read as ``--key=value``."""
+    parser = build_parser()
+    known = _options(parser)
+    takes_value = {opt for opt, action in parser._option_string_actions.items() if action.nargs is None}
+    words: list[str] = []
+    for a in argv:
+        waiting = bool(words) and words[-1] in takes_value  # this word is the previous option's value
+        if a.startswith("-") or waiting or "=" not in a:
+            words.append(a)
+            continue
+        key, _, value = a.partition("=")
         key = key.lstrip("+")  # Hydra's "+key=value" spelling is accepted too
-        if not sep or not key:
-            raise UsageError(f"argument {a!r} is not key=value", field="argv", index=i)
-        if key not in REQUIRED and key not in DEFAULTS:
-            raise UsageError(f"unknown key {key!r} (known: {', '.join((*REQUIRED, *DEFAULTS))})", field=key)
-        args[key] = value
+        if key not in known:
+            raise UsageError(f"unknown key {key!r} (known: {', '.join(known)})", field=key)
+        words.append(f"{known[key]}={value}")
+    args = vars(parser.parse_args(words))
     missing = [k for k in REQUIRED if not args.get(k)]
     if missing:
         raise UsageError(f"missing {', '.join(missing)}", field=missing[0])
-    for key, lo in _INT_KEYS.items():  # checked now, not after minutes of loading the model
-        if args[key] != "":
-            _int(args, key, lo)
-    _bool(args, "predictions")
     return args
-
-
-def _int(args: dict[str, str], key: str, lo: int | None = None) -> int:
-    text = args[key]
-    lo = _INT_KEYS.get(key, lo)
-    if not _INT_TEXT.fullmatch(text):  # int() would take " 5", "+5" and "5_0"
-        raise UsageError(f"{key}={text!r} is not an integer", field=key)
-    value = int(text)
-    if lo is not None and value < lo:
-        raise UsageError(f"{key}={value} must be at least {lo}", field=key)
-    return value
-
-
-def _bool(args: dict[str, str], key: str) -> bool:
-    v = args[key].strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off", ""):
-        return False
-    raise UsageError(f"{key}={args[key]!r} is not true/false", field=key)
 
 
 def _local_dir(path: str, what: str) -> Path:
@@ -149,7 +180,7 @@ def run(args: dict[str, str]) -> Any:
     model_dir = _local_dir(args["model"], "model")
     tok_dir = _local_dir(args["tokenizer"], "tokenizer") if args["tokenizer"] else model_dir
     prompts = read_prompts(args["prompts"], tok_dir)
-    dtype = getattr(torch, args["dtype"], None)
+    dtype = getattr(torch, str(args["dtype"]), None)
     if not isinstance(dtype, torch.dtype):
         raise UsageError(f"dtype={args['dtype']!r} is not a torch dtype", field="dtype")
     try:
@@ -166,23 +197,21 @@ def run(args: dict[str, str]) -> Any:
     except (RuntimeError, ValueError, AssertionError) as exc:  # an unknown device or one without a driver
         raise UsageError(f"device={args['device']!r} cannot be used ({one_line(exc)})", field="device") from None
     return record_routing(
-        model, prompts, max_new_tokens=_int(args, "max_new_tokens"), batch_size=_int(args, "batch_size"),
-        record_predictions=_bool(args, "predictions"), out=args["out"], chunk_steps=_int(args, "chunk_steps"),
-        model_name=args["model_name"] or model_dir.name,
-        eos_token_id=_int(args, "eos_token_id") if args["eos_token_id"] else None)
+        model, prompts, max_new_tokens=args["max_new_tokens"], batch_size=args["batch_size"],
+        record_predictions=args["predictions"], out=args["out"], chunk_steps=args["chunk_steps"],
+        model_name=args["model_name"] or model_dir.name, eos_token_id=args["eos_token_id"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 recorded, 1 a bad input file or model or a failed recording, 2 bad usage."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        (build_parser().print_help if argv else build_parser().print_usage)(sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     try:
         trace = run(parse_args(argv))
     except UsageError as exc:
-        print(f"moesim-record: error: {one_line(exc)}", file=sys.stderr)
-        print(USAGE, file=sys.stderr)
+        print(f"moesim-record: error: {one_line(exc)} (moesim-record --help lists the options)", file=sys.stderr)
         return 2
     except (TraceError, ValueError, OSError) as exc:
         print(f"moesim-record: error: {one_line(exc)}", file=sys.stderr)
