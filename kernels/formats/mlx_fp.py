@@ -10,8 +10,9 @@ rounded to ``dt``: :func:`kernels.formats.mlx_numerics.round_to`).
 
 * ``s = amax(|block|) / M`` with ``M`` = 6 (E2M1's largest value) or 448 (E4M3's); a NaN anywhere
   makes ``amax`` NaN.
-* exponent ``e = rint(log2(s))`` in ``dt`` (:func:`~kernels.formats.mlx_numerics.exponent`), ``e = 0``
-  when ``s == 0``; elements ``w / 2^e``; scale byte ``uint8(e + 127)``.
+* exponent ``e = ceil(log2(s))``, the smallest power of two not below ``s`` (MLX rounds ``log2 s`` to
+  nearest and steps up when ``2^e < s``), ``e = 0`` when ``s == 0``; elements ``w / 2^e``; scale byte
+  ``uint8(e + 127)``.
 * FP4 element: the first index of the smallest ``|v - table[k]|`` over MLX's 16-entry table
   (:func:`~kernels.formats.mlx_numerics.fp4_codes`); FP8 element: MLX's ``to_fp8``.
 * Packing: FP4 eight codes per uint32 (element ``8j + i`` in bits ``4i..4i+3`` of word ``j``), FP8
@@ -19,44 +20,46 @@ rounded to ``dt``: :func:`kernels.formats.mlx_numerics.round_to`).
 
 Where this differs from OCP MX v1.0 (:mod:`kernels.formats.mx`, ``mxfp4`` / ``mxfp8_e4m3``):
 
-1. **Scale rule.** OCP: ``e = floor(log2(amax)) - emax_elem`` (emax 2 for E2M1, 8 for E4M3), so
-   ``amax / 2^e`` lies in ``[4, 8)`` for FP4 and saturates above 6. MLX: ``e = round(log2(amax / M))``,
-   so ``amax / 2^e`` lies in ``[M / sqrt 2, M sqrt 2]``: about half the blocks get a scale one step
-   *smaller* than OCP's (finer grid, block maximum saturating at 6 / 448) and the rest the same
-   scale. The logarithm is rounded to the weight dtype first, which in bfloat16 moves the rounding
-   point away from ``sqrt 2`` (e.g. ``log2 = -99.46`` is rounded to -99.5, then to -100).
+1. **Scale rule.** OCP: ``e = floor(log2(amax)) - emax_elem`` (emax 2 for E2M1, 8 for E4M3), and a
+   block maximum above the element range saturates. MLX rounds up: with ``amax = 2^k * m``,
+   ``1 <= m < 2``, its exponent is OCP's when ``m <= M / 2^emax_elem`` (1.5 for FP4, 1.75 for FP8) and
+   one larger otherwise, so nothing saturates. That is this package's ``-rceil`` rule, except that
+   ``s`` is first rounded to the weight dtype: a bfloat16 ``s`` just above a power of two rounds
+   down onto it, keeps the smaller exponent and the block maximum saturates after all. (The MLX
+   source up to 0.32.2 rounded ``log2 s`` to nearest without the step up: models quantized with it
+   have the smaller exponent in about half their blocks.)
 2. **FP4 ties.** OCP rounds to nearest, ties to even (0.75 -> 1, 1.75 -> 2, 5 -> 4); MLX's argmin
    takes the first table entry, i.e. ties toward zero (0.75 -> 0.5, 1.75 -> 1.5, 2.5 -> 2, 3.5 -> 3,
-   5 -> 4). MLX's own ``to_fp4_e2m1`` (used by its ``qqmm``) rounds to even: the two disagree.
-3. **Signed zero.** OCP keeps -0 (code 0x8) and a tiny negative rounds to -0; MLX gives +0 (code 0)
-   to everything whose nearest value is zero (FP4). MLX FP8 keeps the sign (0x80).
+   5 -> 4).
+3. **Signed zero.** OCP keeps -0 (code 0x8) and a tiny negative rounds to -0; MLX's FP4 gives +0
+   (code 0) to everything whose nearest value is zero. MLX's FP8 keeps the sign (0x80).
 4. **All-zero block.** OCP: scale byte 0 (2^-127); MLX: byte 127 (2^0), codes 0.
 5. **Tiny blocks.** OCP clamps the exponent at -127; MLX does not: ``e + 127`` wraps through the
-   uint8 cast (a block with amax 1e-41 gets byte 245 and decodes to ~1e36). With ``e <= -150`` the
-   power of two is 0, every element is +-Inf or NaN and its code 0 (FP4) or +-448 (FP8).
-6. **NaN / Inf.** OCP: scale byte 0xFF (the block decodes to NaN). MLX: ``log2`` gives NaN / Inf, the
-   int32 cast gives INT32_MIN, the power of two is 0, elements become +-Inf / NaN (FP4 code 0, FP8
-   code 0x7E / 0xFE), and the scale byte is ``uint8(INT32_MIN + 127)`` in ``dt``: 0x80 in float32
-   (-2147483520 truncates to 0x80000080), 0x00 in bfloat16 and float16. Scale byte 0xFF decodes to
-   ``2^128 = Inf`` (OCP: NaN).
-7. **FP8 elements.** MLX's ``to_fp8`` saturates at 448 only from 480 up (``464 < |v| < 480`` gives
-   0x7F, which MLX reads as 480, OCP as NaN); Inf and NaN become +-448. Decoding, 0x7F / 0xFF are
-   +-480 in MLX and NaN in OCP.
+   uint8 cast (a float32 block with amax 1e-41 gets byte 244). In a 16-bit dtype ``s`` underflows
+   to 0 first (byte 127, elements unscaled); a power of two below the dtype's range is 0 and the
+   elements become +-Inf / NaN (FP4 code 0, FP8 +-448).
+6. **NaN / Inf.** OCP: scale byte 0xFF, codes 0, the block decodes to NaN. MLX: ``log2`` gives NaN /
+   Inf, the int32 cast gives INT32_MIN, the power of two is 0, the elements become +-Inf / NaN (FP4
+   code 0, FP8 0x7E / 0xFE by the sign bit) and the scale byte is ``uint8(INT32_MIN + 127)`` in the
+   weight dtype: 0x80 in float32 (-2147483520 truncates to 0x80000080), 0x00 in bfloat16 and
+   float16; the block decodes to finite values. Decoding, byte 0xFF is ``2^128 = Inf`` (OCP: NaN).
 
-**nvfp4** (blocks of 16, E4M3 scale byte each; no per-tensor scale: ``global_scale`` is not used):
+FP8 elements round as OCP's saturating E4M3 (nearest-even, 448 at most), except that Inf and NaN
+become +-448 instead of poisoning the block.
 
-* ``S = to_fp8(amax(|block|) / 6)``; elements ``(w / from_fp8(S))`` in ``dt``, then widened to
-  float32 (MLX multiplies by a float32 1.0) and encoded by the FP4 argmin in float32.
+**nvfp4** (blocks of 16, an E4M3 scale byte each; no per-tensor scale: ``global_scale`` unused):
+
+* ``S = to_fp8(amax(|block|) / 6)``; elements ``(w / from_fp8(S))`` in the weight dtype, widened to
+  float32 (MLX multiplies them by a float32 1.0) and encoded by the FP4 argmin in float32.
 
 Against NVIDIA's two-level NVFP4 (:mod:`kernels.formats.nvfp4`): there the block scale is
 ``amax / 6 / ts`` with a per-tensor float32 ``ts = amax(tensor) / 2688``, so E4M3 always works near
 its top; MLX (without ``global_scale``) encodes ``amax / 6`` itself, so blocks of small weights land
-in E4M3's subnormals (a block with ``amax / 6 < 2^-10`` gets scale 0 and decodes to all zeros), and
-blocks with ``amax / 6 >= 480`` saturate the scale at 448. Ties (2) and signed zero (3) as for mxfp4,
-and the E4M3 scale follows 7 (``amax / 6`` in ``(464, 480)`` gives the 480 scale; NaN gives 448).
-Bits per weight 4.5 exactly (no per-tensor float). MLX refuses tensors whose element count is not a
-multiple of 32 (its FP4 packing reshapes the whole tensor); this format only needs rows of whole
-blocks.
+in E4M3's subnormals (a block with ``amax / 6 < 2^-10`` gets scale 0 and decodes to all zeros) and
+blocks with ``amax / 6 >= 464`` saturate the scale at 448. Ties (2) and signed zero (3) as for
+mxfp4; a NaN / Inf block gets scale 448 and codes 0. Bits per weight 4.5 exactly (no per-tensor
+float). MLX refuses tensors whose element count is not a multiple of 32 (its FP4 packing reshapes
+the whole tensor); this format only needs rows of whole blocks.
 
 Decode (``mx.dequantize(..., dtype=out)`` with ``out`` float32 or bfloat16): ``value * 2^(s - 127)``
 (mx modes; the power of two rounded to ``out``; byte 255 gives Inf) or ``value * from_fp8(S)``
