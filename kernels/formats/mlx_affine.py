@@ -23,8 +23,8 @@ Per group of ``g`` weights along the last axis, in float32 (every step one IEEE 
   codes were rounded to. Their dtype is the weight dtype (bits per weight ``bits + 32/g`` for the
   16-bit dtypes, ``bits + 64/g`` for float32).
 * **All-equal group** (``w_max == w_min == c``): ``scale = -eps``, ``q0 = rint(-c / eps)``; every code
-  is 0 and the group decodes to ``c`` exactly (for ``c == 0``, ``bias = 0``). The stored scale is
-  ``-1e-7`` in the dtype (a float16 subnormal).
+  is 0 and the group decodes to ``c`` exactly, unless ``|c| <= eps / 2`` (``q0 == 0``: bias 0, the
+  group decodes to 0). The stored scale is ``c / q0`` (about ``-1e-7``; a float16 subnormal).
 * **Inf in a group**: the scale becomes NaN and the bias +-Inf, every code 0: the group decodes to
   NaN. A NaN weight alone only takes code 0 (it decodes to the bias).
 
@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -176,6 +176,9 @@ def _decode_nb(data, scales, biases, dt, group, bits, out):
 @dataclass(frozen=True)
 class MLXAffineFormat:
     """One MLX affine format; see the module docstring for the exact arithmetic."""
+
+    # the implementations encode / decode accept: "mlx" runs MLX itself (kernels.formats.mlx_native)
+    backends: ClassVar[tuple[str, ...]] = ("numba", "reference", "mlx")
 
     bits: int
     group: int

@@ -23,11 +23,14 @@ Where this differs from OCP MX v1.0 (:mod:`kernels.formats.mx`, ``mxfp4`` / ``mx
 1. **Scale rule.** OCP: ``e = floor(log2(amax)) - emax_elem`` (emax 2 for E2M1, 8 for E4M3), and a
    block maximum above the element range saturates. MLX rounds up: with ``amax = 2^k * m``,
    ``1 <= m < 2``, its exponent is OCP's when ``m <= M / 2^emax_elem`` (1.5 for FP4, 1.75 for FP8) and
-   one larger otherwise, so nothing saturates. That is this package's ``-rceil`` rule, except that
-   ``s`` is first rounded to the weight dtype: a bfloat16 ``s`` just above a power of two rounds
-   down onto it, keeps the smaller exponent and the block maximum saturates after all. (The MLX
-   source up to 0.32.2 rounded ``log2 s`` to nearest without the step up: models quantized with it
-   have the smaller exponent in about half their blocks.)
+   one larger otherwise, so nothing saturates. That is this package's ``-rceil`` rule, except where
+   ``s`` is a subnormal of the weight dtype: rounded there to a coarse grid it can land on the power
+   of two just below ``amax / M``, the exponent stays one smaller and the block maximum saturates
+   (float16 weights: FP8 blocks with amax below ``448 * 2^-14 ~ 0.027``, FP4 below ``3.7e-4``; and ``s``
+   below half the smallest subnormal becomes 0: byte 127, elements unscaled). In the normal range
+   no rounding of ``amax / M`` reaches a power of two from above. (The MLX source up to 0.32.2
+   rounded ``log2 s`` to nearest without the step up: models quantized with it have the smaller
+   exponent in about half their blocks.)
 2. **FP4 ties.** OCP rounds to nearest, ties to even (0.75 -> 1, 1.75 -> 2, 5 -> 4); MLX's argmin
    takes the first table entry, i.e. ties toward zero (0.75 -> 0.5, 1.75 -> 1.5, 2.5 -> 2, 3.5 -> 3,
    5 -> 4).
@@ -35,9 +38,7 @@ Where this differs from OCP MX v1.0 (:mod:`kernels.formats.mx`, ``mxfp4`` / ``mx
    (code 0) to everything whose nearest value is zero. MLX's FP8 keeps the sign (0x80).
 4. **All-zero block.** OCP: scale byte 0 (2^-127); MLX: byte 127 (2^0), codes 0.
 5. **Tiny blocks.** OCP clamps the exponent at -127; MLX does not: ``e + 127`` wraps through the
-   uint8 cast (a float32 block with amax 1e-41 gets byte 244). In a 16-bit dtype ``s`` underflows
-   to 0 first (byte 127, elements unscaled); a power of two below the dtype's range is 0 and the
-   elements become +-Inf / NaN (FP4 code 0, FP8 +-448).
+   uint8 cast (a float32 block of 1e-41 gets byte 245 and decodes to 3 * 2^118 ~ 1e36).
 6. **NaN / Inf.** OCP: scale byte 0xFF, codes 0, the block decodes to NaN. MLX: ``log2`` gives NaN /
    Inf, the int32 cast gives INT32_MIN, the power of two is 0, the elements become +-Inf / NaN (FP4
    code 0, FP8 0x7E / 0xFE by the sign bit) and the scale byte is ``uint8(INT32_MIN + 127)`` in the
@@ -73,7 +74,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -170,6 +171,9 @@ def _decode_nb(data, scales, od, mode, block, bits, fp4_table, fp8_values, out):
 @dataclass(frozen=True)
 class MLXFPFormat:
     """One MLX floating-point mode; see the module docstring for the exact arithmetic."""
+
+    # the implementations encode / decode accept: "mlx" runs MLX itself (kernels.formats.mlx_native)
+    backends: ClassVar[tuple[str, ...]] = ("numba", "reference", "mlx")
 
     mode_name: str
     dtype: str = "bfloat16"

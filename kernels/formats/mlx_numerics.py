@@ -243,7 +243,8 @@ def to_storage_torch(x: torch.Tensor, dt: int) -> torch.Tensor:
 
 
 def from_storage_torch(t: torch.Tensor, dt: int) -> torch.Tensor:
-    """Inverse of :func:`to_storage_torch` (exact; a float16 NaN widened with its quiet bit set)."""
+    """Inverse of :func:`to_storage_torch` (exact; a float16 NaN keeps its payload and gets the quiet
+    bit, as MLX widens it)."""
     if dt == F32:
         return t.to(torch.float32)
     h = t.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
@@ -252,7 +253,7 @@ def from_storage_torch(t: torch.Tensor, dt: int) -> torch.Tensor:
     else:
         nan = (h & 0x7FFF) > 0x7C00
         b = t.to(torch.float32).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-        b = torch.where(nan, ((h & 0x8000) << 16) | 0x7FE00000, b)
+        b = torch.where(nan, ((h & 0x8000) << 16) | 0x7FC00000 | ((h & 0x3FF) << 13), b)  # payload kept, quieted
     b = torch.where(b >= 2**31, b - 2**32, b)
     return b.to(torch.int32).view(torch.float32)
 
