@@ -89,13 +89,13 @@ def _cmin(a, b):
 
 
 @njit(inline="always")
-def _group_params(x, r, lo, group, dt, bits, nbins):
-    """(scale, bias) in float32 for the group ``x[r, lo:lo+group]`` rounded to ``dt`` (see the
-    module docstring). The loop order is MLX's: with equal extremes (+0 / -0) the first one stays."""
+def _group_params(w, lo, group, bits, nbins):
+    """(scale, bias) in float32 for the group ``w[lo:lo+group]`` (values on the weight dtype's grid;
+    see the module docstring). The loop order is MLX's: of equal extremes (+0 / -0) the first stays."""
     w_min = np.float32(np.inf)
     w_max = np.float32(-np.inf)
     for i in range(lo, lo + group):
-        v = mn.rd(x[r, i], dt)
+        v = w[i]
         w_max = _cmax(w_max, v)
         w_min = _cmin(w_min, v)
     if bits == 1:
@@ -114,11 +114,14 @@ def _group_params(x, r, lo, group, dt, bits, nbins):
 
 
 @njit(parallel=True)
-def _encode_nb(x, dt, group, bits, data, scales, biases):
-    """``x`` float32 ``[rows, n]`` (any float32 values: rounded to ``dt`` here), ``data`` uint8
-    ``[rows, n*bits/8]`` (the little-endian bytes of the uint32 words), ``scales`` / ``biases``
-    float32 ``[rows, n/group]`` (values on the ``dt`` grid)."""
-    rows, n = x.shape
+def _encode_nb(w, dt, group, bits, data, scales, biases):
+    """``w`` float32 ``[rows, n]`` already on the ``dt`` grid; ``data`` uint8 ``[rows, n*bits/8]`` (the
+    little-endian bytes of the uint32 words); ``scales`` / ``biases`` float32 ``[rows, n/group]``.
+
+    Codes go out eight at a time: eight ``bits``-bit codes are exactly ``bits`` bytes, so a chunk is
+    assembled in a uint64 and written byte by byte, and no byte is shared between chunks or groups.
+    """
+    rows, n = w.shape
     ng = n // group
     nbins = np.float32((1 << bits) - 1)
     zero = np.float32(0.0)
@@ -126,49 +129,61 @@ def _encode_nb(x, dt, group, bits, data, scales, biases):
         r = t // ng
         gi = t - r * ng
         lo = gi * group
-        scale, bias = _group_params(x, r, lo, group, dt, bits, nbins)
+        row = w[r]
+        scale, bias = _group_params(row, lo, group, bits, nbins)
         scales[r, gi] = mn.rd(scale, dt)
         biases[r, gi] = mn.rd(bias, dt)
-        # a group holds group*bits bits, a whole number of bytes (group >= 32), so no byte is shared
-        acc = np.uint64(0)
-        nacc = 0
         out = lo * bits // 8
-        for i in range(lo, lo + group):
-            q = np.rint(np.float32(np.float32(mn.rd(x[r, i], dt) - bias) / scale))
-            q = _cmin(_cmax(q, zero), nbins)
-            code = np.uint64(0) if q != q else np.uint64(q)
-            acc |= code << np.uint64(nacc)
-            nacc += bits
-            while nacc >= 8:
-                data[r, out] = np.uint8(acc & np.uint64(0xFF))
-                out += 1
-                acc >>= np.uint64(8)
-                nacc -= 8
+        for c in range(lo, lo + group, 8):
+            v = np.uint64(0)
+            for k in range(8):
+                q = np.rint(np.float32(np.float32(row[c + k] - bias) / scale))
+                q = zero if q < zero else q  # std::max(q, 0): a NaN stays
+                q = nbins if nbins < q else q
+                code = np.uint64(0) if q != q else np.uint64(q)
+                v |= code << np.uint64(bits * k)
+            for j in range(bits):
+                data[r, out + j] = np.uint8((v >> np.uint64(8 * j)) & np.uint64(0xFF))
+            out += bits
+
+
+_CHUNK = 64  # groups per work item of the decode (one value table each, not one per group)
 
 
 @njit(parallel=True)
 def _decode_nb(data, scales, biases, dt, group, bits, out):
+    """Eight codes at a time from ``bits`` bytes. With at most ``group / 2`` distinct codes per group
+    (bits <= 5, or 6 with groups of 128) each group's decoded values are tabulated first (one
+    multiply-add per code value instead of per weight)."""
     rows, n = out.shape
     ng = n // group
+    total = rows * ng
     mask = np.uint64((1 << bits) - 1)
-    for t in prange(rows * ng):
-        r = t // ng
-        gi = t - r * ng
-        s = scales[r, gi]
-        b = biases[r, gi]
-        lo = gi * group
-        src = lo * bits // 8
-        acc = np.uint64(0)
-        nacc = 0
-        for i in range(lo, lo + group):
-            while nacc < bits:
-                acc |= np.uint64(data[r, src]) << np.uint64(nacc)
-                src += 1
-                nacc += 8
-            q = np.float32(acc & mask)
-            acc >>= np.uint64(bits)
-            nacc -= bits
-            out[r, i] = mn.rd(mn.rd(q * s, dt) + b, dt)
+    levels = 1 << bits
+    tabulate = 2 * levels <= group
+    for chunk in prange((total + _CHUNK - 1) // _CHUNK):
+        table = np.empty(levels, np.float32)
+        for t in range(chunk * _CHUNK, min(total, (chunk + 1) * _CHUNK)):
+            r = t // ng
+            gi = t - r * ng
+            s = scales[r, gi]
+            b = biases[r, gi]
+            lo = gi * group
+            if tabulate:
+                for q in range(levels):
+                    table[q] = mn.rd(mn.rd(np.float32(q) * s, dt) + b, dt)
+            src = lo * bits // 8
+            for c in range(lo, lo + group, 8):
+                v = np.uint64(0)
+                for j in range(bits):
+                    v |= np.uint64(data[r, src + j]) << np.uint64(8 * j)
+                src += bits
+                for k in range(8):
+                    code = (v >> np.uint64(bits * k)) & mask
+                    if tabulate:
+                        out[r, c + k] = table[code]
+                    else:
+                        out[r, c + k] = mn.rd(mn.rd(np.float32(code) * s, dt) + b, dt)
 
 
 # ---- the format ----------------------------------------------------------------------------------
@@ -227,7 +242,7 @@ class MLXAffineFormat:
             data = np.zeros((rows, n * self.bits // 8), np.uint8)
             scales = np.empty((rows, n // self.group), np.float32)
             biases = np.empty_like(scales)
-            _encode_nb(x2, self.dt, self.group, self.bits, data, scales, biases)
+            _encode_nb(mn.rounded_rows(x2, self.dt), self.dt, self.group, self.bits, data, scales, biases)
             wq = data.view("<u4").astype(np.uint32)
         else:
             wq, scales, biases = self._encode_reference(x2)

@@ -104,25 +104,35 @@ MAXVAL = {4: np.float32(6.0), 8: np.float32(448.0)}
 
 # ---- numba kernels (parallel over blocks) --------------------------------------------------------
 
+@njit(inline="always")
+def _block_amax(w, lo, block):
+    """MLX's ``max(abs(block))``: a NaN anywhere makes it NaN."""
+    amax = np.float32(0.0)
+    nan = False
+    for i in range(lo, lo + block):
+        a = abs(w[i])
+        nan |= a != a
+        amax = a if a > amax else amax
+    return np.float32(np.nan) if nan else amax
+
+
 @njit(parallel=True)
-def _encode_nb(x, dt, mode, block, bits, data, scales, fp4_table, fp8_values):
-    """``x`` float32 ``[rows, n]`` (rounded to ``dt`` here); ``data`` uint8 ``[rows, n*bits/8]`` (the
-    little-endian bytes of the uint32 words); ``scales`` uint8 ``[rows, n/block]``."""
-    rows, n = x.shape
+def _encode_nb(w, dt, mode, block, bits, data, scales, fp4_table, fp8_values):
+    """``w`` float32 ``[rows, n]`` already on the ``dt`` grid; ``data`` uint8 ``[rows, n*bits/8]`` (the
+    little-endian bytes of the uint32 words); ``scales`` uint8 ``[rows, n/block]``.
+
+    Dividing by the mx modes' power of two is a multiply by its inverse when that inverse is a
+    float32 (the scaled values are then the same single rounding of the exact quotient); NVFP4's
+    E4M3 divisor is divided by."""
+    rows, n = w.shape
     nb = n // block
     maxval = np.float32(6.0) if bits == 4 else np.float32(448.0)
     for t in prange(rows * nb):
         r = t // nb
         bi = t - r * nb
         lo = bi * block
-        amax = np.float32(-np.inf)
-        for i in range(lo, lo + block):
-            a = abs(mn.rd(x[r, i], dt))
-            if a != a or amax != amax:
-                amax = a if a != a else amax  # MLX's max reduction propagates NaN
-            elif a > amax:
-                amax = a
-        s = mn.rd(amax / maxval, dt)
+        row = w[r]
+        s = mn.rd(_block_amax(row, lo, block) / maxval, dt)
         if mode == NVFP4:
             sc = mn.fp8_encode_nb(s)  # s * float32(1): exact
             scales[r, bi] = sc
@@ -134,20 +144,24 @@ def _encode_nb(x, dt, mode, block, bits, data, scales, fp4_table, fp8_values):
             div = mn.pow2_nb(e_dt, dt)
             scales[r, bi] = mn.u8_cast_nb(mn.rd(e_dt + np.float32(SCALE_BIAS), dt))
             fdt = dt
-        for i in range(lo, lo + block):
-            v = mn.rd(mn.rd(x[r, i], dt) / div, dt)
-            if bits == 8:
-                data[r, i] = mn.fp8_encode_nb(v)
-            else:
-                c = mn.fp4_code_nb(v, fdt, fp4_table)
-                if i & 1 == 0:
-                    data[r, i >> 1] = c
-                else:
-                    data[r, i >> 1] = data[r, i >> 1] | (c << 4)
+        inv = np.float32(1.0) / div
+        by_inverse = mode != NVFP4 and div > 0 and np.isfinite(inv)
+        if bits == 8:
+            for i in range(lo, lo + block):
+                v = row[i] * inv if by_inverse else row[i] / div
+                data[r, i] = mn.fp8_encode_nb(mn.rd(v, dt))
+        else:
+            for i in range(lo, lo + block, 2):
+                v0 = row[i] * inv if by_inverse else row[i] / div
+                v1 = row[i + 1] * inv if by_inverse else row[i + 1] / div
+                c0 = mn.fp4_code_nb(mn.rd(v0, dt), fdt, fp4_table)
+                c1 = mn.fp4_code_nb(mn.rd(v1, dt), fdt, fp4_table)
+                data[r, i >> 1] = c0 | (c1 << 4)
 
 
 @njit(parallel=True)
 def _decode_nb(data, scales, od, mode, block, bits, fp4_table, fp8_values, out):
+    """One product per element, rounded to the output dtype (FP4: a byte gives two)."""
     rows, n = out.shape
     nb = n // block
     for t in prange(rows * nb):
@@ -158,12 +172,15 @@ def _decode_nb(data, scales, od, mode, block, bits, fp4_table, fp8_values, out):
             mult = mn.rd(fp8_values[sb], od)
         else:
             mult = mn.pow2_nb(np.float32(np.int64(sb) - SCALE_BIAS), od)
-        for i in range(bi * block, (bi + 1) * block):
-            if bits == 8:
-                val = mn.rd(fp8_values[data[r, i]], od)
-            else:
-                val = fp4_table[(data[r, i >> 1] >> (4 * (i & 1))) & 0x0F]
-            out[r, i] = mn.rd(val * mult, od)
+        lo = bi * block
+        if bits == 8:
+            for i in range(lo, lo + block):
+                out[r, i] = mn.rd(mn.rd(fp8_values[data[r, i]], od) * mult, od)
+        else:
+            for i in range(lo, lo + block, 2):
+                byte = data[r, i >> 1]
+                out[r, i] = mn.rd(fp4_table[byte & 0x0F] * mult, od)
+                out[r, i + 1] = mn.rd(fp4_table[byte >> 4] * mult, od)
 
 
 # ---- the format ----------------------------------------------------------------------------------
@@ -231,8 +248,8 @@ class MLXFPFormat:
         if backend == "numba":
             data = np.zeros((rows, n * self.bits // 8), np.uint8)
             scales = np.empty((rows, n // self.block_size), np.uint8)
-            _encode_nb(x2, self.dt, self.code, self.block_size, self.bits, data, scales, mn.FP4_VALUES,
-                       mn.FP8_VALUES)
+            _encode_nb(mn.rounded_rows(x2, self.dt), self.dt, self.code, self.block_size, self.bits, data,
+                       scales, mn.FP4_VALUES, mn.FP8_VALUES)
             wq = data.view("<u4").astype(np.uint32)
         else:
             wq, scales = self._encode_reference(x2)
