@@ -593,3 +593,19 @@ def test_analysis_app_takes_quant_backend(tiny_checkpoint: Path, tmp_path: Path)
     assert meta["settings"]["backends"] == {"mlx-affine-b3-g32": "mlx" if HAS_MLX else "numba"}
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         format_backend("mlx-mxfp4", "gpu")
+
+
+def test_experiment_sweep_picks_an_mlx_format_and_sizes_experts_by_it(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from moesim.sim.app import CONF_DIR  # registers the schema the config composes onto
+    from moesim.sim.experiment import run_experiment
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["trace.requests=2", "quant.error_rows=8", "quant=mlx-affine-b4-g64",
+                                                       "cache.l1_gib=2.5", f"trace.cache_dir={tmp_path}"])
+    m = run_experiment(cfg)
+    # gpt-oss-20b: three 2880 x 2880 matrices per expert, 4 bits + a bfloat16 scale and bias per 64
+    assert m["capacity"]["expert_bytes"] == 3 * 2880 * 2880 * (4 + 32 / 64) / 8 == 13_996_800
+    assert m["capacity"]["l1_experts"] == int(2.5 * 2**30 // 13_996_800)
+    assert m["quant"]["format"] == "mlx-affine-b4-g64" and m["quant"]["bits_per_weight"] == 4.5
+    assert 0 < m["quant"]["rel_frobenius"] < 0.2
