@@ -609,3 +609,36 @@ def test_experiment_sweep_picks_an_mlx_format_and_sizes_experts_by_it(tmp_path: 
     assert m["capacity"]["l1_experts"] == int(2.5 * 2**30 // 13_996_800)
     assert m["quant"]["format"] == "mlx-affine-b4-g64" and m["quant"]["bits_per_weight"] == 4.5
     assert 0 < m["quant"]["rel_frobenius"] < 0.2
+
+
+# ---- torch: one graph, and the same bits on CUDA --------------------------------------------------------
+
+TORCH_CASES = ["mlx-affine-b4-g64", "mlx-affine-b3-g32-f16", "mlx-affine-b6-g128-f32", "mlx-mxfp4", "mlx-nvfp4-f32",
+               "mlx-mxfp8-f16"]
+
+
+def test_torch_codecs_trace_as_one_graph() -> None:
+    # fullgraph=True fails on any graph break; aot_eager traces as inductor would, without a compiler
+    torch._dynamo.reset()
+    x = torch.from_numpy(edge_case_weights(128, seed=8, specials=False))
+    for name in TORCH_CASES:
+        fmt = get_format(name)
+        compiled = torch.compile(lambda t, f=fmt: f.decode_torch(f.encode_torch(t)), fullgraph=True,
+                                 backend="aot_eager")
+        assert torch.equal(compiled(x).view(torch.int32), fmt.decode_torch(fmt.encode_torch(x)).view(torch.int32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", TORCH_CASES)
+def test_cuda_matches_cpu_bit_for_bit(name: str) -> None:
+    fmt = get_format(name)
+    x = edge_case_weights(256, seed=9, specials=True)
+    cpu = fmt.encode_torch(torch.from_numpy(x))
+    gpu = fmt.encode_torch(torch.from_numpy(x).cuda())
+    for k in cpu:
+        assert cpu[k].dtype == gpu[k].dtype and torch.equal(cpu[k].view(torch.uint8), gpu[k].cpu().view(torch.uint8)), k
+    for dtype in (torch.float32, torch.bfloat16):
+        a = fmt.decode_torch(cpu, dtype=dtype)
+        b = fmt.decode_torch(gpu, dtype=dtype).cpu()
+        assert torch.equal(a.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                           b.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
