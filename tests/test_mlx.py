@@ -259,6 +259,26 @@ def test_fp8_twins_agree_without_mlx() -> None:
     assert list(want[-6:]) == [0x7E] * 6  # saturated at 448 from 464 (the 448 | NaN midpoint) up
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=400), st.sampled_from([mn.BF16, mn.F16, mn.F32]))
+def test_fp4_code_closed_form_is_the_argmin_search(patterns: list[int], dt: int) -> None:
+    # the numba codec searches MLX's table like its argmin; numpy and torch use the closed form
+    from moesim.kernels.jit import njit
+
+    @njit
+    def search(v, dt, table):
+        out = np.empty(v.size, np.uint8)
+        for i in range(v.size):
+            out[i] = mn.fp4_code_nb(v[i], dt, table)
+        return out
+
+    edges = [12.0, -12.0, 2.0**24 + 8, -(2.0**24) - 8, 2.0**25 + 16, 1e7, 6.0 * 2**24, np.inf, -np.inf, np.nan]
+    v = mn.round_to(np.concatenate([np.array(patterns, np.uint32).view(np.float32), np.float32(edges)]), dt)
+    want = search(v, dt, mn.FP4_VALUES)
+    assert np.array_equal(mn.fp4_codes(v, dt), want)
+    assert np.array_equal(mn.fp4_codes_torch(torch.from_numpy(v), dt).numpy(), want)
+
+
 # ---- hand-derived: the affine edge rule -------------------------------------------------------------
 
 def group_of(values: list[float], group: int = 32) -> np.ndarray:
@@ -368,7 +388,22 @@ def test_nonfinite_block_scale_byte_is_the_int32_min_cast(name: str, byte: int) 
     x = np.concatenate([group_of([np.nan, 1.0, -2.0]), group_of([np.inf, 3.0])], axis=1)
     enc = assert_backends_agree(fmt, x)
     assert list(enc["scales"][0]) == [byte, byte]
+    # the power of two is 2^INT32_MIN = 0: every element is +-Inf or NaN -> FP4 code 0, FP8 +-448
+    data = enc["wq"].reshape(-1).view(np.uint8)
+    if fmt.bits == 4:
+        assert not data.any()
+    else:
+        assert set(data.tolist()) <= {0x7E, 0xFE}
+    assert np.isfinite(fmt.decode(enc)).all()  # where OCP's block decodes to NaN
     assert get_format("mxfp4").encode(x)["scales"][0, 0] == 0xFF  # OCP: the NaN scale
+
+
+def test_nvfp4_nonfinite_block_gets_scale_448_and_zero_codes() -> None:
+    fmt = get_format("mlx-nvfp4-f32")
+    x = np.concatenate([group_of([np.nan, 1.0], 16), group_of([1.0, 2.0], 16)], axis=1)
+    enc = assert_backends_agree(fmt, x)
+    assert list(enc["scales"][0]) == [0x7E, 0x2B]  # NaN / 6 -> to_fp8 -> 448; 2 / 6 -> 0x2B (1.375 * 2^-2)
+    assert not fp4_codes_of(enc)[:16].any()  # w / 448 < 0.25: every element, the NaN too, is code 0
 
 
 @pytest.mark.parametrize("name", ["mlx-mxfp4", "mlx-mxfp8-f32"])
@@ -385,6 +420,7 @@ def test_tiny_float32_block_wraps_the_scale_byte() -> None:
     e = math.ceil(math.log2(float(s)))  # -138
     enc = fmt.encode(x)
     assert enc["scales"][0, 0] == (e + 127) % 256 == 245
+    assert get_format("mxfp4").encode(x)["scales"][0, 0] == 0  # OCP clamps the exponent at -127
     dec = fmt.decode(enc)
     assert dec[0, 0] == np.float32(3.0 * 2.0**118)  # 1e-41 / 2^-138 ~ 3.5 -> 3, times 2^(245 - 127)
 

@@ -53,7 +53,7 @@ TORCH_DTYPES = {BF16: torch.bfloat16, F16: torch.float16, F32: torch.float32}
 
 INT32_MIN = -(2**31)  # what x86's float -> int32 conversion gives for NaN, +-Inf and out-of-range values
 E_NONFINITE = INT32_MIN  # exponent of a scale that is NaN or Inf (log2 -> NaN/Inf -> int32)
-FP8_SATURATED = 0x7E  # 448, MLX's E4M3 code for |x| >= 480, Inf and NaN
+FP8_SATURATED = 0x7E  # 448, MLX's E4M3 code for |x| >= 464, Inf and NaN
 FP8_MAX_IN = 0x43E80000  # bits of 464.0: from here on MLX saturates (464 is the tie 448 | 480)
 FP8_NORMAL_MIN = 121 << 23  # bits of 2^-6, the smallest normal E4M3
 FP8_SUB_BIAS = 141 << 23  # bits of 2^14: adding it rounds to E4M3's subnormal quantum 2^-9
@@ -470,30 +470,30 @@ def fp4_codes(v: np.ndarray, dt: int) -> np.ndarray:
     nearest value is zero gets the +0 code (the -0 entry comes later in the table), so -0.0 and tiny
     negatives lose their sign. NaN and +-Inf give code 0 (no distance is smaller than a NaN or an
     Inf first entry). For finite ``|v| < 12`` the two nearest table values are exact neighbours
-    (Sterbenz), so the strict midpoint comparisons below give the argmin; beyond, the table is searched.
+    (Sterbenz), so strict midpoint comparisons give the argmin. Beyond, the rounded distances can
+    tie: with ``m = round_dt(|v| - 6)`` (the smallest), the code is 0 when ``round_dt(|v|) == m``, else
+    the smallest magnitude ``j`` with ``round_dt(|v| - value_j) == m``, signed (distances are monotone
+    in the table value, and every entry of the other sign is farther). :func:`fp4_code_nb` searches
+    the table instead; the tests hold the two to each other and to MLX.
     """
     v = np.asarray(v, dtype=np.float32)
     a = np.abs(v)
-    mag = ((a > 0.25).astype(np.uint8) + (a > 0.75) + (a > 1.25) + (a > 1.75) + (a > 2.5) + (a > 3.5)
-           + (a > 5.0)).astype(np.uint8)
-    code = np.where((v < 0) & (mag > 0), mag | np.uint8(8), mag).astype(np.uint8)
-    slow = ~(a < FP4_FAST_LIMIT)
-    if slow.any():
-        vs = v[slow]
-        with np.errstate(invalid="ignore", over="ignore"):
-            d = round_to(np.abs(round_to(vs[:, None] - FP4_VALUES[None, :], dt)), dt)
-        best = np.zeros(vs.shape, np.int64)
-        bd = d[:, 0].copy()
-        for k in range(1, 16):
-            better = d[:, k] < bd
-            best = np.where(better, k, best)
-            bd = np.where(better, d[:, k], bd)
-        code[slow] = best.astype(np.uint8)
-    return code
+    with np.errstate(invalid="ignore", over="ignore"):
+        mag = ((a > 0.25).astype(np.uint8) + (a > 0.75) + (a > 1.25) + (a > 1.75) + (a > 2.5) + (a > 3.5)
+               + (a > 5.0)).astype(np.uint8)
+        m = round_to(a - np.float32(6.0), dt)
+        far = np.full(a.shape, 7, np.uint8)
+        for j in range(6, 0, -1):
+            far = np.where(round_to(a - FP4_VALUES[j], dt) == m, np.uint8(j), far)
+        far = np.where(round_to(a, dt) == m, np.uint8(0), far)
+    mag = np.where(a < FP4_FAST_LIMIT, mag, far)
+    code = np.where((v < 0) & (mag > 0), mag | np.uint8(8), mag)
+    return np.where(np.isnan(v), 0, code).astype(np.uint8)
 
 
 @njit(inline="always")
 def fp4_code_nb(v, dt, table):
+    """One value's code (see :func:`fp4_codes`); beyond the fast range MLX's argmin itself."""
     a = abs(v)
     if a < FP4_FAST_LIMIT:
         mag = ((a > 0.25) + (a > 0.75) + (a > 1.25) + (a > 1.75) + (a > 2.5) + (a > 3.5) + (a > 5.0))
@@ -511,21 +511,18 @@ def fp4_code_nb(v, dt, table):
 
 
 def fp4_codes_torch(v: torch.Tensor, dt: int) -> torch.Tensor:
+    """torch twin of :func:`fp4_codes` (the same closed form: a few tensors of ``v``'s size)."""
     a = v.abs()
     mag = ((a > 0.25).to(torch.uint8) + (a > 0.75) + (a > 1.25) + (a > 1.75) + (a > 2.5) + (a > 3.5)
            + (a > 5.0)).to(torch.uint8)
+    m = round_torch(a - 6.0, dt)
+    far = torch.full_like(mag, 7)
+    for j in range(6, 0, -1):
+        far = torch.where(round_torch(a - float(FP4_VALUES[j]), dt) == m, j, far)
+    far = torch.where(round_torch(a, dt) == m, 0, far)
+    mag = torch.where(a < float(FP4_FAST_LIMIT), mag, far)
     code = torch.where((v < 0) & (mag > 0), mag | 8, mag)
-    table = torch.from_numpy(FP4_VALUES.copy()).to(v.device)
-    d = round_torch((round_torch(v.unsqueeze(-1) - table, dt)).abs(), dt)
-    # first index of the minimum, NaN never smaller: a running strict-less scan (16 steps, no argmin,
-    # whose NaN rule differs)
-    best = torch.zeros_like(code, dtype=torch.int64)
-    bd = d[..., 0]
-    for k in range(1, 16):
-        better = d[..., k] < bd
-        best = torch.where(better, k, best)
-        bd = torch.where(better, d[..., k], bd)
-    return torch.where(a < float(FP4_FAST_LIMIT), code, best.to(torch.uint8))
+    return torch.where(torch.isnan(v), 0, code).to(torch.uint8)
 
 
 # ---- packing: one LSB-first bit stream per row, little-endian uint32 words -----------------------
