@@ -426,8 +426,10 @@ def test_tiny_float32_block_wraps_the_scale_byte() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(-120, 120))
+@given(st.integers(0, 2**32 - 1), st.integers(-100, 100))
 def test_scale_exponent_is_rceils_and_ocps_or_one_more(seed: int, k: int) -> None:
+    # magnitudes whose exponents stay inside E8M0's range (below it MLX wraps and OCP clamps: see
+    # test_tiny_float32_block_wraps_the_scale_byte)
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((4, 32)) * np.float32(2.0**k)).astype(np.float32)
     for mlx_name, ocp_name, ratio in (("mlx-mxfp4-f32", "mxfp4", 1.5), ("mlx-mxfp8-f32", "mxfp8_e4m3", 1.75),
