@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,parquet,joblib,record
 # The extras `make lock` resolves together: every optional extra, so any EXTRAS installs from it.
-LOCK_EXTRAS ?= dev,parquet,joblib,record,cluster,peers
+LOCK_EXTRAS ?= dev,parquet,joblib,record,cluster,peers,mlx
 LOCK := requirements.lock
 VENV := .venv
 PY := $(VENV)/bin/python

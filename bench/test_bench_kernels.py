@@ -290,3 +290,76 @@ def test_torch_mxfp4_encode(benchmark) -> None:
     tw = torch.from_numpy(_weights(nbytes))
     benchmark.pedantic(torch_encode, args=(tw,), rounds=1 if benchmark.disabled else 3, warmup_rounds=1)
     _record(benchmark, nbytes, "encode-torch", THREADS)
+
+
+# ---- the MLX formats against MLX's own CPU kernels ------------------------------------------------------
+#
+# The same weights (float32 values on the bfloat16 grid, as a bfloat16 checkpoint holds them) are
+# quantized by this package's numba codec (``fmt.encode`` / ``fmt.decode``: the public calls,
+# allocation included) and by MLX on its CPU stream (``mx.quantize`` / ``mx.dequantize`` then
+# ``mx.eval``; MLX gets the bfloat16 array, half the bytes to read). Both decode to float32. Rounds
+# alternate: pytest-benchmark times the numba call, and its untimed ``setup`` runs and times MLX
+# just before, so both see the same machine load; the fastest MLX round is the baseline and
+# ``extra_info["vs_mlx"]`` is MLX's best time over numba's (above 1: numba is faster). MLX picks its
+# own thread count; numba runs with 1 and with THREADS. Without MLX the cases are skipped; with
+# ``--benchmark-disable`` they run once on SMALL_BYTES and check that both give the same bits.
+
+MLX_CASES = ("mlx-affine-b4-g64", "mlx-mxfp4")
+
+
+def _mlx_calls(name: str, w32: np.ndarray):
+    """(numba encode, numba decode, MLX encode, MLX decode, check) for one format and tensor."""
+    mx = pytest.importorskip("mlx.core", reason="MLX is not installed (the optional mlx extra)")
+    from moesim.kernels.formats import get_format, mlx_native
+    from moesim.kernels.formats import mlx_numerics as mn
+
+    fmt = get_format(name)
+    x = mn.round_to(w32, fmt.dt)
+    wm = mlx_native.to_mlx(x, fmt.dt)
+    enc = fmt.encode(x)
+    kw = {"group_size": fmt.block_size, "bits": fmt.bits, "mode": fmt.mode, "stream": mx.cpu}
+    q = mx.quantize(wm, **kw)
+    mx.eval(*q)
+
+    def mlx_encode() -> None:
+        mx.eval(*mx.quantize(wm, **kw))
+
+    def mlx_decode() -> None:
+        if fmt.mode == "affine":
+            mx.eval(mx.dequantize(*q, **kw).astype(mx.float32, stream=mx.cpu))
+        else:
+            mx.eval(mx.dequantize(*q, dtype=mx.float32, **kw))
+
+    def check() -> None:
+        want = mlx_native.encode(fmt, x)
+        for k in want:
+            assert np.array_equal(np.asarray(enc[k]).view(np.uint8), np.asarray(want[k]).view(np.uint8)), k
+        assert np.array_equal(fmt.decode(enc).view(np.uint32), mlx_native.decode(fmt, want).view(np.uint32))
+
+    return (lambda: fmt.encode(x)), (lambda: fmt.decode(enc)), mlx_encode, mlx_decode, check
+
+
+@pytest.mark.parametrize("threads", [1, THREADS])
+@pytest.mark.parametrize("op", ["encode", "decode"])
+@pytest.mark.parametrize("name", MLX_CASES)
+def test_numba_mlx_formats_against_mlx_cpu(benchmark, name: str, op: str, threads: int) -> None:
+    nbytes = _size(benchmark)
+    w = _weights(nbytes).reshape(-1, 4096)
+    ours_encode, ours_decode, mlx_encode, mlx_decode, check = _mlx_calls(name, w)
+    check()
+    used = _numba_threads(threads)
+    ours, theirs = (ours_encode, mlx_encode) if op == "encode" else (ours_decode, mlx_decode)
+    mlx_times: list[float] = []
+
+    def run_mlx_first() -> None:
+        t0 = time.perf_counter()
+        theirs()
+        mlx_times.append(time.perf_counter() - t0)
+
+    benchmark.pedantic(ours, setup=run_mlx_first, rounds=1 if benchmark.disabled else 10, warmup_rounds=1)
+    benchmark.extra_info.update({"format": name, "op": op, "bytes": nbytes, "numba_threads": used,
+                                 "baseline": "mlx.core CPU, same tensor, alternating rounds"})
+    if not benchmark.disabled:
+        best = benchmark.stats.stats.min
+        benchmark.extra_info.update({"gbps": nbytes / best / 1e9, "mlx_seconds": min(mlx_times),
+                                     "numba_seconds": best, "vs_mlx": min(mlx_times) / best})

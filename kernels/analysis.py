@@ -25,12 +25,18 @@ plus ``run_meta.json`` (versions, inputs, settings, counts). Conventions:
 * ``kurtosis`` is the excess kurtosis ``m4 / m2^2 - 3`` (0 for a Gaussian; NaN for a constant matrix);
   ``sparsity`` the fraction of ``|w| <= eps``; ``rank`` the numerical rank (singular values above
   ``max(shape) * eps_float32 * s_max``), -1 when not computed.
+* ``backend`` picks the codec implementation: ``numba`` (default), ``reference`` (numpy) or ``mlx``:
+  the MLX formats (``mlx-*``) then run MLX itself (``mx.quantize`` / ``mx.dequantize``); formats MLX
+  does not have, and every format when MLX is not installed, run ``numba`` (bit for bit the same
+  numbers for the MLX formats) and the missing MLX is recorded as an ``mlx_unavailable`` warning.
+  ``run_meta.json`` says which implementation each format used.
 * ``output_error`` is ``||x W^T - x W_q^T|| / ||x W^T||`` with ``x`` ``n_activations`` rows of standard
   normal activations from ``np.random.default_rng(seed)``: the same activations for every matrix of
   the same input width and every format (common random numbers make the formats comparable).
 * ``sqnr_db_pooled`` in the summary is ``10 log10(sum ||W||^2 / sum ||W - W_q||^2)`` over the group.
 
-Command line: ``python -m moesim.kernels.analysis CHECKPOINT --formats mxfp4,nvfp4 --out DIR``.
+Command line: ``python -m moesim.kernels.analysis CHECKPOINT --formats mxfp4,nvfp4 --out DIR``
+(``--backend mlx`` to run MLX's own quantizer for the ``mlx-*`` formats).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from moesim.kernels.formats import get_format
 from moesim.kernels.formats.base import FormatError
 from moesim.traces.io import atomic_path, atomic_write_text
 
+BACKENDS = ("numba", "reference", "mlx")
 TABLES = ("inventory", "matrix_stats", "quant_error", "summary", "format_deltas", "warnings")
 
 # Column order of every table; a table is written with these columns even when it has no rows.
@@ -153,13 +160,29 @@ def error_metrics(w: np.ndarray, w_q: np.ndarray, *, seed: int = 0, n_activation
     }
 
 
-def quant_error(w: np.ndarray, fmt_name: str, *, seed: int = 0, n_activations: int = 64) -> dict[str, float]:
-    """Encode ``w`` ``[out, in]`` with a format, decode to float32 and measure the error."""
+def quant_error(w: np.ndarray, fmt_name: str, *, seed: int = 0, n_activations: int = 64,
+                backend: str = "numba") -> dict[str, float]:
+    """Encode ``w`` ``[out, in]`` with a format, decode to float32 and measure the error. ``backend``
+    is the implementation to run (see :func:`format_backend`; "mlx" only for the MLX formats)."""
     fmt = get_format(fmt_name)
     w32 = np.ascontiguousarray(w, dtype=np.float32)
-    wq = fmt.decode(fmt.encode(w32), dtype=np.float32)
+    wq = fmt.decode(fmt.encode(w32, backend=backend), dtype=np.float32, backend=backend)
     return {"bits_per_weight": float(fmt.bits_per_weight(w32.shape)),
             **error_metrics(w32, wq, seed=seed, n_activations=n_activations)}
+
+
+def format_backend(fmt_name: str, backend: str) -> str:
+    """The implementation a format runs when the analysis asks for ``backend``: "mlx" runs MLX itself
+    for the MLX formats when MLX is installed and falls back to "numba" otherwise (and for every
+    other format); "numba" and "reference" run as asked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"analysis: unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend != "mlx":
+        return backend
+    from moesim.kernels.formats import mlx_native
+
+    has_mlx = "mlx" in getattr(get_format(fmt_name), "backends", ())
+    return "mlx" if has_mlx and mlx_native.available() else "numba"
 
 
 def sample_matrix_rows(w: np.ndarray, sample_rows: int | None, *, seed: int, layer: int, expert: int,
@@ -324,7 +347,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("moesim", "numpy", "numba", "torch", "safetensors", "pyarrow", "matplotlib", "tqdm"):
+    for dist in ("moesim", "numpy", "numba", "torch", "safetensors", "pyarrow", "matplotlib", "tqdm", "mlx"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -367,8 +390,8 @@ def _progress(units: Sequence[ReadUnit], quiet: bool) -> Any:
 
 
 def _analyze_matrix(m: ExpertMatrix, formats: Sequence[str], usable: dict[tuple[int, int], set[str]], *,
-                    sample_rows: int | None, seed: int, rank: bool, eps: float, n_activations: int
-                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    sample_rows: int | None, seed: int, rank: bool, eps: float, n_activations: int,
+                    backends: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     w = sample_matrix_rows(m.weight, sample_rows, seed=seed, layer=m.layer, expert=m.expert, proj=m.proj)
     rows, cols = m.weight.shape
     st = {"layer": m.layer, "expert": m.expert, "proj": m.proj, "tensor": m.tensor, "source_dtype": m.source_dtype,
@@ -379,7 +402,7 @@ def _analyze_matrix(m: ExpertMatrix, formats: Sequence[str], usable: dict[tuple[
     for name in formats:
         if name not in usable.get(tuple(w.shape), set()):
             continue
-        e = quant_error(w, name, seed=seed, n_activations=n_activations)
+        e = quant_error(w, name, seed=seed, n_activations=n_activations, backend=backends[name])
         errs.append({"layer": m.layer, "expert": m.expert, "proj": m.proj, "format": name, **e})
     return st, errs
 
@@ -387,14 +410,15 @@ def _analyze_matrix(m: ExpertMatrix, formats: Sequence[str], usable: dict[tuple[
 def analyze_checkpoint(path: str | os.PathLike[str], *, rules: Any = None, formats: Sequence[str] | str = ("mxfp4",),
                        sample_rows: int | None = None, seed: int = 0, out_dir: str | os.PathLike[str] | None,
                        strict: bool = True, rank: bool = False, quiet: bool = False, eps: float = 0.0,
-                       n_activations: int = 64) -> dict[str, list[dict[str, Any]]]:
+                       n_activations: int = 64, backend: str = "numba") -> dict[str, list[dict[str, Any]]]:
     """Analyse every expert matrix of the checkpoint at ``path``; return the tables by name and, when
     ``out_dir`` is given, write them there with ``run_meta.json``.
 
     ``rules``: see :func:`kernels.checkpoint.resolve_rules` (``None``: every preset). ``formats``: format
     names (a list or a comma-separated string); the first is the baseline of ``format_deltas``.
     ``strict``: layout problems and formats that cannot take a matrix shape raise; otherwise they are
-    recorded in the ``warnings`` table.
+    recorded in the ``warnings`` table. ``backend``: "numba", "reference" or "mlx" (see the module
+    docstring).
     """
     started = time.time()
     fmt_list = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f) for f in formats]
@@ -403,8 +427,14 @@ def analyze_checkpoint(path: str | os.PathLike[str], *, rules: Any = None, forma
         raise ValueError("analyze_checkpoint: no formats given")
     for name in fmt_list:
         get_format(name)  # an unknown name fails here, listing the known ones
+    backends = {name: format_backend(name, backend) for name in fmt_list}
     ckpt = Checkpoint(path, rules=rules, strict=strict)
     warnings = list(ckpt.warnings)
+    for name in fmt_list:
+        if backend == "mlx" and backends[name] != "mlx" and "mlx" in getattr(get_format(name), "backends", ()):
+            warnings.append({"code": "mlx_unavailable", "tensor": "", "layer": -1, "expert": -1, "proj": "",
+                             "format": name, "message": f"{name}: MLX is not installed; its numba codec (bit for "
+                                                        f"bit MLX's CPU results) ran instead"})
     usable = _check_formats(ckpt, fmt_list, sample_rows, warnings)
     stats: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -413,7 +443,7 @@ def analyze_checkpoint(path: str | os.PathLike[str], *, rules: Any = None, forma
         for mats in ckpt.matrices(bar):
             for m in mats:
                 st, errs = _analyze_matrix(m, fmt_list, usable, sample_rows=sample_rows, seed=seed, rank=rank,
-                                           eps=eps, n_activations=n_activations)
+                                           eps=eps, n_activations=n_activations, backends=backends)
                 stats.append(st)
                 errors.extend(errs)
     finally:
@@ -431,7 +461,8 @@ def analyze_checkpoint(path: str | os.PathLike[str], *, rules: Any = None, forma
     }
     if out_dir is not None:
         settings = {"rules": [dataclasses.asdict(r) for r in ckpt.rules], "formats": fmt_list, "sample_rows": sample_rows,
-                    "seed": seed, "strict": strict, "rank": rank, "eps": eps, "n_activations": n_activations}
+                    "seed": seed, "strict": strict, "rank": rank, "eps": eps, "n_activations": n_activations,
+                    "backend": backend, "backends": backends}
         _write_all(tables, Path(out_dir), ckpt, settings, time.time() - started)
     return tables
 
@@ -470,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lenient", action="store_true", help="record layout problems as warnings instead of failing")
     p.add_argument("--rank", action="store_true", help="also compute the numerical rank (SVD; slow)")
     p.add_argument("--eps", type=float, default=0.0, help="sparsity threshold: |w| <= eps counts as zero")
+    p.add_argument("--backend", choices=BACKENDS, default="numba",
+                   help="codec implementation; mlx runs MLX itself for the mlx-* formats when installed")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -486,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tables = analyze_checkpoint(args.checkpoint, rules=args.rules, formats=args.formats,
                                     sample_rows=args.sample_rows, seed=args.seed, out_dir=args.out,
-                                    strict=not args.lenient, rank=args.rank, quiet=args.quiet, eps=args.eps)
+                                    strict=not args.lenient, rank=args.rank, quiet=args.quiet, eps=args.eps,
+                                    backend=args.backend)
         if not args.no_plots and tables["quant_error"]:
             from moesim.kernels.analysis_plots import plot_all
 

@@ -2,6 +2,7 @@
 
     moesim-analyze checkpoint=/models/gpt-oss-20b/original rules=gptoss formats=[mxfp4,nvfp4,int4-g32]
     moesim-analyze -m checkpoint=/models/mixtral rules=mixtral formats=[mxfp4,nf4] sample_rows=256,1024
+    moesim-analyze checkpoint=/models/qwen3-30b-a3b formats=[mlx-affine-b4-g64,mlx-mxfp4] quant.backend=mlx
 
 Each job writes the analysis tables, ``run_meta.json`` and the plots into Hydra's output folder; a
 job that fails is recorded in ``status.json`` with its error and the other jobs go on. The
@@ -35,6 +36,15 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
+class QuantBackendConf:
+    """backend: the codec implementation, ``numba`` (default), ``reference`` (numpy) or ``mlx``: MLX
+    itself (``mx.quantize``) for the ``mlx-*`` formats when it is installed; without MLX the run goes
+    on with their numba codecs (bit for bit MLX's CPU results) and says so in the warnings table."""
+
+    backend: str = "numba"
+
+
+@dataclass
 class AnalysisConf:
     """checkpoint: a safetensors file or folder (relative paths from where the command started).
     rules: name-matching rules (:func:`kernels.checkpoint.resolve_rules`: a preset name such as
@@ -46,6 +56,7 @@ class AnalysisConf:
     n_activations: random activation rows for the output error. plots: draw the figures.
     csv: also write every table as ``<table>.csv`` (the tables are parquet when pyarrow is
     installed). summary: print the per-format summary (all layers, all projections) at the end.
+    quant: how the formats are run (:class:`QuantBackendConf`).
     """
 
     checkpoint: str = MISSING
@@ -61,6 +72,7 @@ class AnalysisConf:
     csv: bool = False
     summary: bool = True
     quiet: bool = False
+    quant: QuantBackendConf = field(default_factory=QuantBackendConf)
     sweep_name: str = "${now:%Y-%m-%d_%H-%M-%S}"
 
 
@@ -75,7 +87,8 @@ def run_analysis(cfg: Any, out_dir: Path, base_dir: Path | None = None) -> dict[
         ckpt = base_dir / ckpt
     tables = analyze_checkpoint(ckpt, rules=str(cfg.rules), formats=list(cfg.formats), sample_rows=cfg.sample_rows,
                                 seed=int(cfg.seed), out_dir=out_dir, strict=bool(cfg.strict), rank=bool(cfg.rank),
-                                quiet=bool(cfg.quiet), eps=float(cfg.eps), n_activations=int(cfg.n_activations))
+                                quiet=bool(cfg.quiet), eps=float(cfg.eps), n_activations=int(cfg.n_activations),
+                                backend=str(cfg.quant.backend))
     if cfg.plots and tables["quant_error"]:
         from moesim.kernels.analysis_plots import plot_all
 
