@@ -194,6 +194,12 @@ def _sweep_dir(config: DictConfig) -> Path:
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.progress: Progress | None = None
+        self.guard: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Parallel launchers (joblib) pickle the callbacks with each job; the progress printer (a
+        # thread and its lock) belongs to the sweep's own process.
+        return {**self.__dict__, "progress": None, "guard": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Read by the jobs (sim.app.run_job): local workers die with this process, and no job
@@ -203,6 +209,7 @@ class SweepCallback(Callback):
         from moesim.sim import app
 
         app._STARTED.append(str(_sweep_dir(config)))  # a failure from here on is not bad usage
+        self.guard = app.start_sweep_guard()
         total = sweep_size(config)
         print(f"moesim: sweep of {total if total is not None else 'an unknown number of'} jobs into "
               f"{_sweep_dir(config)}; compiling kernels for its policies, prefetchers and formats "
@@ -217,6 +224,10 @@ class SweepCallback(Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if self.guard is not None:  # the sweep ended normally: its workers are shut down already
+            self.guard.kill()
+            self.guard.wait()
+            self.guard = None
         from moesim.bench.aggregate import collect
 
         sweep_dir = _sweep_dir(config)

@@ -143,6 +143,47 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+_GUARD = """
+import os, signal, sys, time
+sweep = sys.argv[1]
+
+def reap(*_):
+    # The sweep's process is gone: end every process it started (they carry its pid in their
+    # environment: parallel workers, idle or busy, and their resource trackers).
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if f"MOESIM_SWEEP_PID={sweep}".encode() in fh.read().split(b"\\0"):
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            continue
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, reap)
+while True:
+    if os.getppid() != int(sweep):  # missed the signal (the parent died before prctl took effect)
+        reap()
+    time.sleep(1.0)
+"""
+
+
+def start_sweep_guard() -> subprocess.Popen[bytes] | None:
+    """A small process that outlives nothing: when this (the sweep's) process dies, however it dies
+    (SIGKILL, the OOM killer), the kernel sends the guard SIGTERM and the guard kills every process
+    the sweep started, so no worker keeps running and writing. Linux only; ``None`` elsewhere."""
+    if sys.platform != "linux":
+        return None
+
+    def set_pdeathsig() -> None:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid())], preexec_fn=set_pdeathsig,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _confined(out_dir: Path) -> None:
     sweep = os.environ.get("MOESIM_SWEEP_DIR")
     if sweep and not out_dir.resolve().is_relative_to(Path(sweep).resolve()):
@@ -195,7 +236,7 @@ _FAILED: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _app(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     _STARTED.append(str(out_dir))
@@ -228,7 +269,7 @@ def main() -> None:
     _STARTED.clear()
     _FAILED.clear()
     try:
-        _app()
+        hydra_main()
     except SystemExit as exc:
         # Hydra exits with 1 when it cannot compose the configuration (no run started: bad usage)
         # and when a run raised with fail_fast=true (a failed run); a sweep with failed jobs exits

@@ -58,8 +58,10 @@ class StepSeries:
             k = int(np.floor(pos))
             lo = self.kth(k)
             hi = self.kth(min(k + 1, self.count - 1))
-            # numpy's own interpolation between the two order statistics, bit for bit.
-            out.append(float(np.percentile(np.array([lo, hi]), (pos - k) * 100.0)))
+            # numpy's linear interpolation (numpy.lib._function_base_impl._lerp), bit for bit.
+            t = pos - k
+            d = hi - lo
+            out.append(float(lo + d * t) if t < 0.5 else float(hi - d * (1.0 - t)))
         return out
 
     def kth(self, k: int) -> float:

@@ -86,6 +86,8 @@ from moesim.kernels.formats.base import (
     as_float32,
     check_backend,
     check_last_dim,
+    check_out_torch,
+    decode_target,
     f32_to_bf16_bits,
     require,
     resolve_dtype,
@@ -291,7 +293,18 @@ class MLXFPFormat:
                               f"for wq of shape {tuple(wq_shape)}")
         return lead, n
 
-    def decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba") -> Any:
+    def decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba",
+               out: Any = None) -> Any:
+        """Decode (into ``out`` when given: a float32, bfloat16-bits or tensor buffer, see
+        :func:`~moesim.kernels.formats.base.decode_target`)."""
+        res = self._decode(enc, dtype=dtype, backend=backend)
+        if out is None:
+            return res
+        np.copyto(decode_target(out, np.shape(res), dtype, self.name, *(np.asarray(v) for v in enc.values())),
+                  np.asarray(res))
+        return out
+
+    def _decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba") -> Any:
         if backend == "mlx":
             from moesim.kernels.formats import mlx_native
 
@@ -354,7 +367,16 @@ class MLXFPFormat:
         codes = mn.fp8_encode_torch(v) if self.bits == 8 else mn.fp4_codes_torch(v, fdt)
         return {"wq": mn.pack_bits_torch(codes, self.bits), "scales": scales, "shape": shape_tensor((*lead, n))}
 
-    def decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32) -> torch.Tensor:
+    def decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        res = self._decode_torch(enc, dtype=dtype)
+        if out is None:
+            return res
+        check_out_torch(out, tuple(res.shape), res.dtype, res.device, self.name)
+        out.copy_(res)
+        return out
+
+    def _decode_torch(self, enc: Mapping[str, torch.Tensor], *, dtype: Any = torch.float32) -> torch.Tensor:
         require(enc, ("wq", "scales"), self.name)
         wq, scales = enc["wq"], enc["scales"]
         lead, n = self._check_enc(tuple(wq.shape), tuple(scales.shape))
