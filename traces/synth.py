@@ -599,7 +599,7 @@ def config_from_preset(data: Mapping[str, Any], *, where: str = "preset",
         L, E, K = int(shape["num_layers"]), int(shape["num_experts"]), int(shape["top_k"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{where}: field 'shape' needs integer num_layers, num_experts, top_k") from None
-    if "routing" in data:
+    if data.get("routing") is not None:
         routing = RoutingArrays.from_json(data["routing"])
     elif "derived_from" in data:
         origin = (source or load_preset_json)(str(data["derived_from"]))
