@@ -360,13 +360,13 @@ def test_fit_reads_the_request_structure_and_gates(fitted_truth: tuple[Trace, Sy
 
 
 def test_fit_reproduces_the_statistics(fitted_truth: tuple[Trace, SynthConfig]) -> None:
-    """A fresh trace of the fit with the recording's request structure (measured over seeds 0-9:
-    relative errors at most 0.01 for entropy, 0.03 for reuse, 0.08 for the inter-layer MI)."""
+    """A fresh trace of the fit with the recording's request structure (measured over seeds 0-4 of
+    TRUTH: relative errors at most 0.004 for entropy, 0.006 for reuse, 0.058 for the inter-layer MI)."""
     tr, f = fitted_truth
     report = fit_report(tr, synthetic_like(f, tr, seed=100))
-    assert report["entropy"]["rel_error"] < 0.03, report["entropy"]
-    assert report["reuse"]["rel_error"] < 0.06, report["reuse"]
-    assert report["mi"]["rel_error"] < 0.15, report["mi"]
+    assert report["entropy"]["rel_error"] < 0.01, report["entropy"]
+    assert report["reuse"]["rel_error"] < 0.02, report["reuse"]
+    assert report["mi"]["rel_error"] < 0.1, report["mi"]
     assert report["gate_top1"]["rel_error"] < 0.02
     assert report["decode_len_mean"]["rel_error"] == 0.0  # same request structure
 
@@ -462,7 +462,7 @@ def test_per_request_stats() -> None:
 
 def test_evaluate_fit_of_a_model_against_its_own_trace() -> None:
     """The report's shape, and its numbers for a recording the model itself produced: hit rates
-    within a few points at every size (measured: at most 0.02)."""
+    within a few points at every size (measured: at most 0.013, layer-aware)."""
     c = TRUTH.replace(routing=routing_arrays(TRUTH))
     tr = generate(c, seed=11)
     report = fiteval.evaluate_fit(c, {"recording": tr})
@@ -470,9 +470,9 @@ def test_evaluate_fit_of_a_model_against_its_own_trace() -> None:
     assert e["sizes"] == [max(2, 24 * k // 16) for k in range(1, 13)]
     assert e["synthetic_traces"] == math.ceil(fiteval.MIN_SYNTHETIC_STEPS / tr.num_steps)
     for p in fiteval.POLICIES:
-        assert len(e[p]["real"]) == 12 and e[p]["max_abs_diff"] < 0.04, (p, e[p])
+        assert len(e[p]["real"]) == 12 and e[p]["max_abs_diff"] < 0.03, (p, e[p])
     assert math.isnan(e["coverage"]["real"])  # no model profile given
-    assert e["ks"]["decode_len"] < 0.35
+    assert e["ks"]["decode_len"] < 0.3  # measured 0.13
     text = fiteval.format_report("toy", report)
     assert "== toy, recording" in text and text.count("\n") == 16
 
