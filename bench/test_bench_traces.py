@@ -202,3 +202,25 @@ def test_app_on_a_large_trace_file_stays_bounded_and_linear(benchmark: Any, tmp_
     for r, tr in ((s, small), (b, big)):
         assert r["metrics"]["l1"]["accesses"] + r["metrics"]["l1"]["warmup"]["accesses"] == \
             int((np.asarray(tr.experts) >= 0).sum())
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-20b", "olmoe-1b-7b", "deepseek-v3"])
+def test_generator_steps_per_second(benchmark: Any, name: str) -> None:
+    """The synthetic generator (jitted row sampler, gates and request fields) on a model preset:
+    steps/s and rows/s of ``generate_steps``; a few hundred steps when only run as a test."""
+    from moesim.traces.synth import generate_steps, preset
+
+    config = preset(name)
+    steps = 256 if benchmark.disabled else 16384
+    generate_steps(config, 64, seed=1)  # compile (or load) the kernel outside the timing
+
+    def run() -> Trace:
+        return generate_steps(config, steps, seed=0)
+
+    trace = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    assert trace.num_steps == steps
+    rows = steps * config.num_layers
+    benchmark.extra_info.update(steps=steps, rows=rows, experts=config.num_experts, top_k=config.top_k)
+    if not benchmark.disabled:
+        best = benchmark.stats.stats.min
+        benchmark.extra_info.update(steps_per_s=steps / best, rows_per_s=rows / best)

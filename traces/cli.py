@@ -1,5 +1,5 @@
-"""``moesim-trace``: inspect, validate, convert, import, generate and summarise routing traces, and
-draw their hit-rate (miss-ratio) curves.
+"""``moesim-trace``: inspect, validate, convert, import, generate, fit and summarise routing traces,
+and draw their hit-rate (miss-ratio) curves.
 
 Every subcommand returns an exit status (0 success, 1 a bad trace or input, 2 bad usage) instead
 of raising, so ``main([...])`` is usable from tests and notebooks as well as from the shell. An
@@ -139,10 +139,43 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_config(path: str) -> Any:
+    """The SynthConfig of a preset file (``moesim-trace fit`` writes one)."""
+    synth = _synth()
+    return synth.config_from_preset(synth.read_preset_file(path), where=path)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    trace = _generate(args.preset, args.seed, args.requests)
+    if (args.name is None) == (args.preset is None):
+        raise ValueError("name one preset: a built-in name, or --preset NAME_OR_FILE")
+    name = args.name if args.name is not None else args.preset
+    is_file = args.preset is not None and (name.endswith(".json") or Path(name).is_file())
+    if args.steps is not None and args.requests is not None:
+        raise ValueError("--steps and --requests exclude each other")
+    if is_file or args.steps is not None:
+        synth = _synth()
+        config = _preset_config(name) if is_file else synth.preset(name)
+        if args.steps is not None:
+            trace = synth.generate_steps(config, args.steps, seed=args.seed)
+        else:
+            changes = {"num_requests": args.requests} if args.requests is not None else {}
+            trace = synth.generate(config.replace(**changes), seed=args.seed)
+    else:
+        trace = _generate(name, args.seed, args.requests)
     out = save_any(trace, args.out)
     print(f"wrote {out}: {trace!r}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit the generator to a recording and write a preset file ``generate --preset`` reads."""
+    try:
+        fitmod = importlib.import_module("moesim.traces.fit")
+    except ImportError as exc:
+        raise SynthUnavailableError(f"the fitter traces.fit is not available ({exc})") from None
+    trace = load_any(args.path)
+    path = fitmod.fit_to_file(trace, args.out, seed=args.seed, echo=True)
+    print(f"wrote {path}")
     return 0
 
 
@@ -247,11 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_stats)
 
     sp = sub.add_parser("generate", help="write a synthetic trace from a preset")
-    sp.add_argument("preset")
+    sp.add_argument("name", nargs="?", default=None, help="a built-in preset (e.g. gpt-oss-20b, default)")
+    sp.add_argument("--preset", default=None, metavar="NAME_OR_FILE",
+                    help="a built-in preset, or a preset file written by `moesim-trace fit`")
     sp.add_argument("--seed", type=_count(0), default=0)
     sp.add_argument("--out", required=True)
     sp.add_argument("--requests", type=_count(1), default=None, help="number of requests (preset default)")
+    sp.add_argument("--steps", type=_count(1), default=None,
+                    help="exactly this many steps (whole requests, the last one cut short)")
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("fit", help="fit the synthetic generator to a recorded trace; write a preset file")
+    sp.add_argument("path", help="the recorded trace (any format `convert` reads)")
+    sp.add_argument("--out", required=True, help="the preset file to write (JSON)")
+    sp.add_argument("--seed", type=_count(0), default=12345, help="calibration seed (the same seed, the same fit)")
+    sp.set_defaults(func=cmd_fit)
 
     sp = sub.add_parser("demo", help="generate the default trace and write its statistics and plots")
     sp.add_argument("--out", required=True, help="output folder")
