@@ -99,7 +99,7 @@ class Schedule:
     entry_wait: np.ndarray  # int64 [T * L * K]: the fetch it waits for (NO_FETCH: none)
     counts: dict[str, int]
     preload: dict[int, int]  # key -> fast-tier slot filled before the run (pinned, preloaded)
-    host_preload: np.ndarray  # keys whose host buffer (buffer == key's index here) is filled before the run
+    host_preload: np.ndarray  # int64 [n, 2]: (key, host buffer) filled before the run
     num_slots: int  # fast-tier slots in all: policy slots, scratch, pinned
     num_host: int  # host buffers
     host_is_key: bool  # True: every key has its own host buffer (no DRAM limit)
@@ -225,13 +225,11 @@ class _Planner:
         self.num_host = n_host + (0 if self.host_is_key else self.widest)
         self.free_host = [] if self.host_is_key else list(range(n_host - 1, -1, -1))
         self.last_reader = np.full(self.num_host, -1, np.int64)
-        if self.host_is_key:
-            self.host_preload = np.arange(self.n_keys)
-        else:
-            self.host_preload = np.flatnonzero(self.l2.res)
-            for k in self.host_preload:
+        if not self.host_is_key:
+            for k in np.flatnonzero(self.l2.res):
                 self.host_of[k] = self.free_host.pop()
-            # pinned and preloaded keys were read before the run; whatever DRAM holds of them is moot
+        held = np.flatnonzero(self.host_of >= 0)
+        self.host_preload = np.stack([held, self.host_of[held]], axis=1)
         self.fetches: list[tuple[int, int, int, int, int, int, int]] = []
         self.latest = np.full(self.n_keys, NO_FETCH, np.int64)
         self.evictions: list[tuple[int, int]] = []
@@ -511,7 +509,7 @@ class _Planner:
             fetch_row=f[:, 0], fetch_key=f[:, 1], fetch_src=f[:, 2], fetch_kind=f[:, 3], fetch_slot=f[:, 4],
             fetch_host=f[:, 5], reuse_after=f[:, 6], evict_row=ev[:, 0], evict_key=ev[:, 1],
             entry_slot=entry_slot, entry_wait=entry_wait, counts=counts,
-            preload=dict(self.preload), host_preload=np.asarray(self.host_preload, np.int64),
+            preload=dict(self.preload), host_preload=self.host_preload.astype(np.int64),
             num_slots=self.num_slots, num_host=self.num_host, host_is_key=self.host_is_key,
             counted_from_row=self.count_from)
 

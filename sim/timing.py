@@ -34,35 +34,60 @@ hold them to each other and to a plain-Python twin.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.hierarchy import SRC_SSD
-from moesim.sim.profiles import GB, HardwareProfile, ModelProfile
+from moesim.sim.profiles import GB, HardwareProfile, ModelProfile, ProfileError
 
 
 @dataclass(frozen=True)
 class Links:
-    """Transfer costs of one expert: seconds per byte and fixed seconds per transfer, per link."""
+    """Transfer costs of one expert (seconds per byte and fixed seconds per transfer, per link) and
+    the contention between fetches and compute (see the module docstring)."""
 
     h2d_s_per_byte: float
     h2d_latency_s: float
     ssd_s_per_byte: float
     ssd_latency_s: float
+    decode_s_per_byte: float = 0.0
+    fetch_overhead_s: float = 0.0
+    compute_slowdown: float = 1.0
+    fetch_slowdown: float = 1.0
 
     @classmethod
-    def from_hardware(cls, hw: HardwareProfile, *, need_ssd: bool) -> Links:
-        hw.require("h2d_bandwidth_gbps", "h2d_latency_us")
+    def from_hardware(cls, hw: HardwareProfile, *, need_ssd: bool, weight_format: str | None = None) -> Links:
+        """The links of ``hw`` for experts stored in ``weight_format`` (its decode time on a fetch;
+        ``None``: no decode)."""
+        decode = hw.decode_s_per_byte(weight_format) if weight_format is not None else 0.0
+        if hw.fast_tier == "host":
+            # The cache is in host memory: a fetch is a decode of the stored bytes, nothing is copied.
+            if weight_format is not None and decode == 0.0:
+                raise ProfileError(f"hardware profile '{hw.name}': the fast tier is host memory, so a fetch is a "
+                                   f"decode, but 'decode_gbps' has no entry for {weight_format!r} (measure it with "
+                                   "moesim-measure --model)")
+            h2d_s_per_byte, h2d_latency_s = 0.0, 0.0
+        else:
+            hw.require("h2d_bandwidth_gbps", "h2d_latency_us")
+            h2d_s_per_byte = 1.0 / (float(hw.h2d_bandwidth_gbps) * GB)  # type: ignore[arg-type]
+            h2d_latency_s = float(hw.h2d_latency_us) * 1e-6  # type: ignore[arg-type]
         if need_ssd:
             hw.require("nvme_bandwidth_gbps", "nvme_latency_us")
         ssd_bw = hw.nvme_bandwidth_gbps or math.inf
-        return cls(1.0 / (float(hw.h2d_bandwidth_gbps) * GB), float(hw.h2d_latency_us) * 1e-6,  # type: ignore[arg-type]
-                   1.0 / (float(ssd_bw) * GB), float(hw.nvme_latency_us or 0.0) * 1e-6)
+        return cls(h2d_s_per_byte, h2d_latency_s, 1.0 / (float(ssd_bw) * GB), float(hw.nvme_latency_us or 0.0) * 1e-6,
+                   decode, hw.fetch_overhead_us * 1e-6, float(hw.compute_slowdown), float(hw.fetch_slowdown))
+
+    @property
+    def contended(self) -> bool:
+        """Whether fetches and compute slow each other down (the timeline then shares time)."""
+        return self.compute_slowdown != 1.0 or self.fetch_slowdown != 1.0
 
     def costs(self, bytes_per_expert: float) -> tuple[float, float]:
-        """Seconds one expert spends on (PCIe, SSD)."""
-        return (self.h2d_latency_s + bytes_per_expert * self.h2d_s_per_byte,
+        """Seconds one expert spends on (the fetch link, the SSD) when nothing else runs. Without a
+        decode and a fetch overhead (zero) this is ``latency + bytes / bandwidth`` to the last bit."""
+        return (self.h2d_latency_s + self.fetch_overhead_s + bytes_per_expert * self.h2d_s_per_byte
+                + bytes_per_expert * self.decode_s_per_byte,
                 self.ssd_latency_s + bytes_per_expert * self.ssd_s_per_byte)
 
 
@@ -108,14 +133,40 @@ K_NOW, K_H2D_FREE, K_SSD_FREE, K_H2D_BUSY, K_SSD_BUSY = range(5)
 
 @dataclass(eq=False)
 class Clock:
-    """The timeline's state between pieces: the clocks and when each key is (or was) ready on the GPU."""
+    """The timeline's state between pieces: the clocks and when each key is (or was) ready on the GPU.
+
+    For the shared-time timeline (:func:`timeline_shared`) also the fetch link's queue: the
+    transfers issued and not yet done, in a ring (``queue[j] = (work left at full speed, earliest
+    start)``, ``queue_key[j]``), ``queue_pos = (first, end)`` as running sequence numbers, and each
+    key's latest transfer (``key_seq``)."""
 
     clock: np.ndarray  # float64 [5]
     ready: np.ndarray  # float64 [L * E]
+    queue: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    queue_key: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    queue_pos: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
+    key_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @classmethod
     def start(cls, num_keys: int) -> Clock:
-        return cls(np.zeros(5), np.zeros(num_keys))
+        return cls(np.zeros(5), np.zeros(num_keys), np.zeros((64, 2)), np.zeros(64, np.int64), np.zeros(2, np.int64),
+                   np.full(num_keys, -1, np.int64))
+
+    def reserve(self, more: int) -> None:
+        """Room in the queue for ``more`` transfers beyond those pending (the ring grows, in order)."""
+        first, end = (int(x) for x in self.queue_pos)
+        pending = end - first
+        cap = len(self.queue_key)
+        if pending + more <= cap:
+            return
+        new_cap = max(2 * cap, pending + more)
+        order = [(first + i) % cap for i in range(pending)]
+        queue, keys = np.zeros((new_cap, 2)), np.zeros(new_cap, np.int64)
+        # Sequence numbers keep running: slot of sequence q is q % new_cap.
+        for i, j in enumerate(order):
+            queue[(first + i) % new_cap] = self.queue[j]
+            keys[(first + i) % new_cap] = self.queue_key[j]
+        self.queue, self.queue_key = queue, keys
 
 
 @njit
@@ -183,6 +234,110 @@ def timeline_misses(misses, attn, expert, head, h2d_cost, clock, step_time, stal
         step_time[t] = now - start
     clock[K_NOW] = now
     clock[K_H2D_FREE] = h2d_free
+
+
+@njit(inline="always")
+def _serve_alone(queue, queue_key, ready, first, upto, t, clock):
+    """The fetch link alone (the computation waits) serves transfers ``first .. upto - 1`` from ``t``;
+    returns (the next transfer, the time the last one ended)."""
+    cap = queue.shape[0]
+    while first < upto:
+        j = first % cap
+        start = max(t, queue[j, 1])
+        t = start + queue[j, 0]
+        clock[K_H2D_BUSY] += queue[j, 0]
+        ready[queue_key[j]] = t
+        first += 1
+    return first, t
+
+
+@njit(inline="always")
+def _compute_beside(queue, queue_key, ready, first, end, t, work, slow_compute, slow_fetch, clock):
+    """The computation runs ``work`` seconds (its time alone) from ``t`` while the link serves its
+    queue; while both run, each takes ``slow_*`` times as long. Returns (the next transfer, the time
+    the computation ends)."""
+    cap = queue.shape[0]
+    while work > 0.0:
+        if first == end:
+            return first, t + work
+        j = first % cap
+        if queue[j, 1] > t:  # the link waits for this transfer's SSD read: the computation runs alone
+            gap = queue[j, 1] - t
+            if work <= gap:
+                return first, t + work
+            t = queue[j, 1]
+            work -= gap
+            continue
+        tc = work * slow_compute
+        tf = queue[j, 0] * slow_fetch
+        if tc < tf:
+            queue[j, 0] -= tc / slow_fetch
+            clock[K_H2D_BUSY] += tc
+            return first, t + tc
+        t += tf
+        work -= tf / slow_compute
+        clock[K_H2D_BUSY] += tf
+        ready[queue_key[j]] = t
+        first += 1
+    return first, t
+
+
+@njit
+def timeline_shared(row_ptr, keys, num_layers, attn, expert, head, ev_row, ev_key, ev_src, h2d_cost, ssd_cost,
+                    slow_compute, slow_fetch, clock, ready, queue, queue_key, queue_pos, key_seq, step_time, stall):
+    """:func:`timeline_events` when fetches and compute contend (module docstring): the fetch link's
+    transfers wait in a queue (``queue``, carried in the :class:`Clock` from piece to piece; room
+    for this piece's events must be reserved first, :meth:`Clock.reserve`) and progress at full
+    speed while the computation waits for them, ``slow_fetch`` times slower while it runs (which
+    then runs ``slow_compute`` times slower)."""
+    now = clock[K_NOW]
+    ssd_free = clock[K_SSD_FREE]
+    cap = queue.shape[0]
+    first = queue_pos[0]
+    end = queue_pos[1]
+    e = 0
+    n_ev = ev_row.shape[0]
+    T = step_time.shape[0]
+    for t in range(T):
+        start = now
+        for layer in range(num_layers):
+            r = t * num_layers + layer
+            first, routed = _compute_beside(queue, queue_key, ready, first, end, now, attn[t, layer], slow_compute,
+                                            slow_fetch, clock)
+            while e < n_ev and ev_row[e] == r:
+                at = routed
+                if ev_src[e] == SRC_SSD:
+                    at = max(at, ssd_free) + ssd_cost
+                    ssd_free = at
+                    clock[K_SSD_BUSY] += ssd_cost
+                j = end % cap
+                queue[j, 0] = h2d_cost
+                queue[j, 1] = at
+                queue_key[j] = ev_key[e]
+                key_seq[ev_key[e]] = end
+                end += 1
+                e += 1
+            need = -1
+            for i in range(row_ptr[r], row_ptr[r + 1]):
+                q = key_seq[keys[i]]
+                if q >= first and q > need:
+                    need = q
+            if need >= 0:
+                first, _ = _serve_alone(queue, queue_key, ready, first, need + 1, routed, clock)
+            go = routed
+            for i in range(row_ptr[r], row_ptr[r + 1]):
+                if ready[keys[i]] > go:
+                    go = ready[keys[i]]
+            stall[t, layer] = go - routed
+            first, now = _compute_beside(queue, queue_key, ready, first, end, go, expert[t, layer], slow_compute,
+                                         slow_fetch, clock)
+        first, now = _compute_beside(queue, queue_key, ready, first, end, now, head[t], slow_compute, slow_fetch,
+                                     clock)
+        step_time[t] = now - start
+    clock[K_NOW] = now
+    clock[K_SSD_FREE] = ssd_free
+    queue_pos[0] = first
+    queue_pos[1] = end
 
 
 def timeline_reference(widths_steps: list[list[list[int]]], attn: np.ndarray, expert: np.ndarray,
