@@ -72,6 +72,10 @@ class ExecutorResult:
     counts: the schedule's hierarchy counters (equal to the simulator's).
     step_time_s: seconds of every step (warm-up included).
     read_mode: how the disk was read (``O_DIRECT`` or ``posix_fadvise(DONTNEED)``).
+    row_routed_s / row_stall_s: ``[T, L]`` seconds from the run's start at which each row's
+        fetches were released, and how long the row then waited for them.
+    fetch_start_s / fetch_end_s: per fetch, seconds from the run's start at which the fetch worker
+        began and ended its decode.
     rows_in / rows_out: with ``record=True``, every row's input hidden state and expert output.
     """
 
@@ -93,6 +97,10 @@ class ExecutorResult:
     read_mode: str
     device: str
     config: dict[str, Any] = field(default_factory=dict)
+    row_routed_s: np.ndarray | None = None
+    row_stall_s: np.ndarray | None = None
+    fetch_start_s: np.ndarray | None = None
+    fetch_end_s: np.ndarray | None = None
     rows_in: np.ndarray | None = None
     rows_out: np.ndarray | None = None
 
@@ -170,6 +178,7 @@ class _Links:
         self.ssd_seq = np.full(sched.num_fetches, -1, np.int64)
         self.ssd_seq[self.ssd] = np.arange(len(self.ssd))
         self.busy = {"ssd_to_dram": 0.0, "dram_to_gpu": 0.0}
+        self.fetch_times = np.zeros((sched.num_fetches, 2))  # perf_counter at the start and end of each decode
         self.error: BaseException | None = None
         self.stop = False
         self.threads = [threading.Thread(target=self._guarded, args=(self._disk,), name="moesim-disk", daemon=True),
@@ -249,7 +258,9 @@ class _Links:
                 return
             t = time.perf_counter()
             self.tier.fill(self.file, self.host[int(s.fetch_host[f])], int(s.fetch_slot[f]))
-            self.busy["dram_to_gpu"] += time.perf_counter() - t
+            t1 = time.perf_counter()
+            self.busy["dram_to_gpu"] += t1 - t
+            self.fetch_times[f] = (t, t1)
             with self.decode_cv:
                 self.decoded = f + 1
                 self.decode_cv.notify_all()
@@ -365,6 +376,8 @@ def _timed(trace: Trace, s: Schedule, file: ExpertFile, tier: Any, host: list[np
     rows_out = np.zeros((T * L, H), np.float32) if record else None
     step_time = np.zeros(T)
     parts = np.zeros((T, 4))  # attention, experts, head, stall
+    routed_at = np.zeros((T, L))
+    stalls = np.zeros((T, L))
     links = _Links(s, file, tier, host)
     # Compile / warm every kernel once outside the clock (numba's decode, torch's first calls).
     warm = new_buffers(1, file.block_bytes)[0]
@@ -416,6 +429,8 @@ def _timed(trace: Trace, s: Schedule, file: ExpertFile, tier: Any, host: list[np
                 parts[t, 0] += a1 - a0
                 parts[t, 3] += a2 - a1
                 parts[t, 1] += a3 - a2
+                routed_at[t, layer] = a1
+                stalls[t, layer] = a2 - a1
             h0 = perf()
             logits = stand_in.lm_head(h)
             if logits is not None:
@@ -448,7 +463,8 @@ def _timed(trace: Trace, s: Schedule, file: ExpertFile, tier: Any, host: list[np
         link_busy={name: b / run_s for name, b in links.busy.items()},
         l1_hit_rate=c["l1_hits"] / acc if acc else 0.0, counts=dict(c), steps=len(counted), tokens=len(counted),
         expert_bytes=eb, step_time_s=step_time, read_mode=file.mode, device=str(dev), config=config,
-        rows_in=rows_in, rows_out=rows_out)
+        row_routed_s=routed_at - run_start, row_stall_s=stalls, fetch_start_s=links.fetch_times[:, 0] - run_start,
+        fetch_end_s=links.fetch_times[:, 1] - run_start, rows_in=rows_in, rows_out=rows_out)
 
 
 __all__ = ["CpuTier", "CudaTier", "ExecutorResult", "expert_ffn", "run_executor"]

@@ -18,11 +18,12 @@ compute-ready experts, an L2 of stored bytes in host memory (``l2`` experts, LRU
 the checkpoint on disk below.
 
 A shared machine moves single runs by tens of percent, so the grid runs in ``rounds``: each round
-measures the machine (``moesim-measure``'s own code, about 15 s) and then runs every cell once, in
-a shuffled order. The prediction uses the field-by-field median of the round's profiles, the
-measurement of a cell the median of its rounds: both describe the machine over the same minutes,
-with the same statistic (means over windows of seconds, the median over rounds). The load average
-is recorded.
+measures the machine (``moesim-measure``'s own code, about 20 s) and then runs every cell once, in
+a shuffled order, each run preceded by a short sample of the two rates a run depends on most (the
+FFN's bandwidth and the decode rates, the same code). The prediction uses the field-by-field
+median of the rounds' profiles, with those two rates the median of all samples; the measurement of
+a cell is the median of its rounds. Both describe the machine over the same minutes with the same
+statistic (means over windows, the median over the session). The load average is recorded.
 
 ``moesim-fidelity --out DIR`` writes ``DIR/fidelity.csv`` (one row per cell), ``DIR/fidelity.md``
 (the table and the error summary), ``DIR/fidelity.png`` / ``.svg`` (predicted against measured
@@ -149,6 +150,28 @@ def measure_profile(model: ModelProfile, formats: Sequence[str], disk_dir: Path,
     return profile_from_mapping(HardwareProfile, data, where="measured profile")
 
 
+def sample_rates(model: ModelProfile, formats: Sequence[str], threads: int, window_s: float = 0.4) -> dict[str, Any]:
+    """One short sample of the two rates a run depends on most (``moesim-measure``'s own timings):
+    the FFN's bandwidth and each format's decode rate."""
+    from moesim.sim.measure_experts import decode_gbps, ffn_seconds
+    from moesim.sim.profiles import GB
+
+    ffn = ffn_seconds(model, repeats=1, seconds=window_s, threads=threads)
+    return {"gpu_bandwidth_gbps": model.expert_bytes("fp32") / ffn / GB,
+            "decode_gbps": decode_gbps(model, formats, repeats=1, seconds=window_s)}
+
+
+def with_samples(hw: HardwareProfile, samples: Sequence[dict[str, Any]]) -> HardwareProfile:
+    """``hw`` with the bandwidth and decode rates replaced by their medians over ``samples``."""
+    if not samples:
+        return hw
+    bw = statistics.median(x["gpu_bandwidth_gbps"] for x in samples)
+    dec = {f: statistics.median(x["decode_gbps"][f] for x in samples) for f in samples[0]["decode_gbps"]}
+    notes = (f"{hw.notes}; gpu_bandwidth_gbps and decode_gbps: the median of {len(samples)} short samples, one "
+             "taken before each run of a cell")
+    return dataclasses.replace(hw, gpu_bandwidth_gbps=bw, decode_gbps={**(hw.decode_gbps or {}), **dec}, notes=notes)
+
+
 def median_profile(profiles: Sequence[HardwareProfile]) -> HardwareProfile:
     """Field by field, the median of profiles measured in turn (numbers; per format for decode)."""
     first = profiles[0]
@@ -186,8 +209,10 @@ def run_grid(cells: Sequence[Cell], out: Path, settings: Settings, *, hardware: 
     """Measure and predict every cell; one row per cell (see :mod:`sim.fidelity_report`).
 
     Each round measures the machine (unless ``hardware`` is given) and then runs every cell once,
-    in a shuffled order; the prediction uses the median profile, the measurement of a cell the
-    median over its rounds, so both describe the machine over the same minutes."""
+    in a shuffled order, each run preceded by a short sample of the FFN bandwidth and the decode
+    rates; the prediction uses the median profile (those two rates the median of every sample),
+    the measurement of a cell the median over its rounds, so both describe the machine over the
+    same minutes."""
     say = log or (lambda msg: None)
     model = scaled_model(settings.layers, settings.width)
     formats = sorted({c.weight_format for c in cells}, key=FORMATS.index)
@@ -200,6 +225,7 @@ def run_grid(cells: Sequence[Cell], out: Path, settings: Settings, *, hardware: 
     trace = fidelity_trace(model, settings.steps, settings.seed)
     runs: dict[Cell, list[Any]] = {c: [] for c in cells}
     profiles: list[HardwareProfile] = []
+    samples: list[dict[str, Any]] = []
     loads = []
     rng = random.Random(settings.seed)
     for rnd in range(settings.rounds):
@@ -211,12 +237,14 @@ def run_grid(cells: Sequence[Cell], out: Path, settings: Settings, *, hardware: 
         rng.shuffle(order)
         for i, c in enumerate(order):
             loads.append(os.getloadavg()[0])
+            if hardware is None:
+                samples.append(sample_rates(model, formats, settings.compute_threads))
             t = time.perf_counter()
             r = execute(trace, ckpt[c.weight_format], c, settings)
             runs[c].append(r)
             say(f"round {rnd + 1}/{settings.rounds} cell {i + 1}/{len(order)} {c.label}: "
                 f"{r.tokens_per_s:.2f} tok/s measured ({time.perf_counter() - t:.1f} s)")
-    hw = hardware if hardware is not None else median_profile(profiles)
+    hw = hardware if hardware is not None else with_samples(median_profile(profiles), samples)
     rows = []
     for c in cells:
         p = predict(trace, model, hw, c, settings)

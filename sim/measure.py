@@ -244,7 +244,7 @@ def measure(name: str, *, size_bytes: int, disk_dir: str | os.PathLike[str], mat
     notes.append("layer_overhead_us not measured (0)")
     data["dram_gib"] = dram_gib()
     if model is not None and not cuda:
-        measured += _host_tier(data, model, formats, disk_dir, repeats, compute_threads, window_s, notes)
+        measured += _host_tier(data, model, formats, disk_dir, repeats, compute_threads, window_s, size_bytes, notes)
     elif model is not None:
         notes.append("--model given with a CUDA device: the expert-shape fields are measured for host-memory "
                      "caches only (run with --cpu-only for those)")
@@ -255,12 +255,13 @@ def measure(name: str, *, size_bytes: int, disk_dir: str | os.PathLike[str], mat
 
 
 def _host_tier(data: dict[str, Any], model: ModelProfile, formats: Sequence[str], disk_dir: str | os.PathLike[str],
-               repeats: int, threads: int, window_s: float, notes: list[str]) -> list[str]:
+               repeats: int, threads: int, window_s: float, file_bytes: int, notes: list[str]) -> list[str]:
     """Fill ``data`` as a host-memory fast tier measured at ``model``'s expert shape; the fields set."""
     from moesim.sim.measure_experts import expert_measurements
 
     tflops = cpu_matmul_tflops(512, repeats, threads=threads)
-    got = expert_measurements(model, formats, disk_dir, repeats=repeats, seconds=window_s, threads=threads)
+    got = expert_measurements(model, formats, disk_dir, repeats=repeats, seconds=window_s, threads=threads,
+                              read_file_bytes=file_bytes)
     direct = got.pop("o_direct")
     data.update(got)
     data.update(fast_tier="host", gpu_name="none (CPU: the expert cache is host memory)",
@@ -270,9 +271,9 @@ def _host_tier(data: dict[str, Any], model: ModelProfile, formats: Sequence[str]
                  f"{window_s:g} s windows: gpu_bandwidth_gbps = float32 expert bytes / "
                  "gated-FFN time, gpu_tflops = float32 512^3 matmul, nvme_* from expert-sized reads "
                  + ("with O_DIRECT" if direct else "after posix_fadvise(DONTNEED)")
-                 + ", fetch_overhead_us = half a thread hand-off round trip, slowdowns = FFN and decode loops "
+                 + ", handoff_us = half the extra time of a decode handed to a worker over inline, slowdowns = FFN and decode loops "
                  f"together over alone ({formats[0]})")
-    return ["fast_tier", "gpu_memory_gib", "gpu_bandwidth_gbps", "gpu_tflops", "decode_gbps", "fetch_overhead_us",
+    return ["fast_tier", "gpu_memory_gib", "gpu_bandwidth_gbps", "gpu_tflops", "decode_gbps", "handoff_us",
             "compute_slowdown", "fetch_slowdown", "nvme_bandwidth_gbps", "nvme_latency_us"]
 
 

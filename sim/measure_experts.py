@@ -12,8 +12,8 @@ same threads it uses, never from a run of the executor itself:
   numba thread, cycling through more output slots than the cache holds;
 * ``nvme_bandwidth_gbps`` / ``nvme_latency_us``: ``O_DIRECT`` reads of one expert's stored block
   (:func:`expert_reads`) at random offsets of a scratch file, and of 4 KiB;
-* ``fetch_overhead_us``: half the round trip of handing work to a waiting thread and being woken
-  when it is done (:func:`handoff_us`), the fixed cost of a fetch beyond its decode;
+* ``handoff_us``: the latency of handing a fetch to the sleeping worker thread and of waking the
+  computation that waits for it (:func:`handoff_us`), between two busy threads as in a run;
 * ``compute_slowdown`` / ``fetch_slowdown``: the FFN loop and the decode loop run alone and then at
   the same time (:func:`contention`); each slowdown is its time together over its time alone.
 
@@ -145,13 +145,28 @@ def decode_gbps(model: ModelProfile, formats: Sequence[str], *, repeats: int = 3
             for f in formats}
 
 
-def handoff_us(rounds: int = 200, repeats: int = 3) -> float:
-    """Half the round trip of waking a waiting thread through a condition and being woken back, in
-    microseconds (the median of ``repeats`` means of ``rounds`` trips)."""
+def handoff_us(model: ModelProfile, weight_format: str, *, repeats: int = 3, seconds: float = 1.0,
+               threads: int = 1, seed: int = 0) -> float:
+    """The hand-off latency of a fetch in microseconds: per round, a loop of (one FFN, then one
+    expert's decode) timed with the decode inline and with the decode handed to a sleeping worker
+    thread and waited for, as the executor does; half the median over rounds of the difference
+    (the worker's wake-up and the waiting thread's), floored at 0. Both threads are busy between
+    hand-offs, as in a real run: a ping-pong between idle threads would measure microseconds where
+    a loaded scheduler charges milliseconds."""
+    import numba
+    import torch
+    from moesim.sim.executor import expert_ffn
+
+    mats = [torch.from_numpy(m) for m in _matrices(model, seed)]
+    n = _rotation(sum(m.numel() * 4 for m in mats))
+    pool = [[m.clone() for m in mats] for _ in range(n)]
+    x = torch.randn(model.hidden_size, generator=torch.Generator().manual_seed(seed))
+    decode, n_dec = _decoder(model, weight_format, seed)
     cv = threading.Condition()
     state = {"asked": 0, "done": 0, "stop": False}
 
     def worker() -> None:
+        numba.set_num_threads(1)
         served = 0
         while True:
             with cv:
@@ -159,30 +174,44 @@ def handoff_us(rounds: int = 200, repeats: int = 3) -> float:
                     cv.wait()
                 if state["stop"]:
                     return
-                served = state["asked"]
+            served += 1
+            decode(served)
+            with cv:
                 state["done"] = served
                 cv.notify_all()
 
+    def handed(i: int) -> None:
+        expert_ffn(x, *pool[i % n])
+        with cv:
+            state["asked"] += 1
+            want = state["asked"]
+            cv.notify_all()
+            while state["done"] < want:
+                cv.wait()
+
+    def inline(i: int) -> None:
+        expert_ffn(x, *pool[i % n])
+        decode(i)
+
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    torch.set_num_threads(threads)
+    numba.set_num_threads(1)
     th = threading.Thread(target=worker, daemon=True)
     th.start()
-    means = []
+    diffs = []
     try:
+        for i in range(n_dec):
+            inline(i)
         for _ in range(max(1, repeats)):
-            t = time.perf_counter()
-            for _ in range(rounds):
-                with cv:
-                    state["asked"] += 1
-                    want = state["asked"]
-                    cv.notify_all()
-                    while state["done"] < want:
-                        cv.wait()
-            means.append((time.perf_counter() - t) / rounds)
+            diffs.append(_window(handed, seconds) - _window(inline, seconds))
     finally:
         with cv:
             state["stop"] = True
             cv.notify_all()
         th.join()
-    return statistics.median(means) / 2 * 1e6
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+    return max(0.0, statistics.median(diffs) / 2 * 1e6)
 
 
 def contention(model: ModelProfile, weight_format: str, *, rounds: int = 3, seconds: float = 1.0,
@@ -299,20 +328,23 @@ def expert_reads(directory: str | os.PathLike[str], block_bytes: int, *, file_by
 
 
 def expert_measurements(model: ModelProfile, formats: Sequence[str], disk_dir: str | os.PathLike[str], *,
-                        repeats: int = 3, seconds: float = 1.0, threads: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Every field above for ``model`` and ``formats`` (the contention with the first format);
-    ``seconds`` per timing window."""
+                        repeats: int = 3, seconds: float = 1.0, threads: int = 1, read_file_bytes: int = 256 << 20,
+                        seed: int = 0) -> dict[str, Any]:
+    """Every field above for ``model`` and ``formats`` (the contention and the hand-off with the
+    first format); ``seconds`` per timing window, reads in a scratch file of ``read_file_bytes``
+    (at least 8 experts)."""
     ffn = ffn_seconds(model, repeats=repeats, seconds=seconds, threads=threads, seed=seed)
     rates = decode_gbps(model, formats, repeats=repeats, seconds=seconds, seed=seed)
     out: dict[str, Any] = {
         "gpu_bandwidth_gbps": round(model.expert_bytes("fp32") / ffn / GB, 3),
         "decode_gbps": {f: round(v, 4) for f, v in rates.items()},
-        "fetch_overhead_us": round(handoff_us(repeats=repeats), 1),
+        "handoff_us": round(handoff_us(model, formats[0], repeats=repeats, seconds=seconds, threads=threads,
+                                       seed=seed), 1),
     }
     slow_c, slow_f = contention(model, formats[0], rounds=repeats, seconds=seconds, threads=threads, seed=seed)
     out["compute_slowdown"], out["fetch_slowdown"] = round(slow_c, 3), round(slow_f, 3)
     block = max(model.expert_bytes(f) for f in formats)
-    out.update(expert_reads(disk_dir, int(block), repeats=max(1, repeats - 1), seed=seed))
+    out.update(expert_reads(disk_dir, int(block), file_bytes=read_file_bytes, repeats=max(1, repeats - 1), seed=seed))
     return out
 
 

@@ -169,9 +169,12 @@ class HardwareProfile:
     decode_gbps: per weight format, stored bytes per second that the fast tier decodes into
         compute-ready weights on a fetch (measured at the expert shape by ``sim.measure``). A
         format not listed costs no decode time (kernels that read the stored format directly).
-    fetch_overhead_us: fixed software time per fetch in microseconds beyond the link's own
-        latency (handing the fetch to the worker that serves the link and waking the waiting
-        computation), measured as a hand-off between two threads.
+    handoff_us: the per-fetch software latency in microseconds of handing work between threads:
+        a worker that serves a link and sleeps while it has nothing to do is woken when a transfer
+        reaches it, and the computation, asleep while it waits for a transfer, is woken when it
+        ends (0 for a GPU profile: a copy engine does not sleep). Measured by ``sim.measure`` as
+        half the extra time of a decode handed to a worker thread over the same decode inline,
+        between two busy threads (what the scheduler of a loaded machine charges).
     compute_slowdown / fetch_slowdown: how many times longer compute / a fetch takes while the
         other runs at the same time (>= 1; 1 = no contention, as between a GPU's copy engine and
         its SMs). On a CPU-only machine the fetch worker's decode and the model's matrix products
@@ -199,7 +202,7 @@ class HardwareProfile:
     host_memcpy_gbps: float | None = None
     fast_tier: str = "gpu"
     decode_gbps: dict[str, float] | None = None
-    fetch_overhead_us: float = 0.0
+    handoff_us: float = 0.0
     compute_slowdown: float = 1.0
     fetch_slowdown: float = 1.0
     measured: str = ""
@@ -345,7 +348,7 @@ def _check_fields(obj: Any, *, where: str) -> None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ProfileError(f"{where}: field '{f.name}' must be a finite number, got {value!r}")
-            if value < 0 or (value == 0 and f.name not in ("layer_overhead_us", "fetch_overhead_us")):
+            if value < 0 or (value == 0 and f.name not in ("layer_overhead_us", "handoff_us")):
                 raise ProfileError(f"{where}: field '{f.name}' must be positive, got {value}")
 
 
