@@ -368,7 +368,6 @@ def _timed(trace: Trace, s: Schedule, file: ExpertFile, tier: Any, host: list[np
     gates = (torch.from_numpy(np.asarray(trace.gate_weights, np.float32).reshape(-1)) if trace.gate_weights is not None
              else torch.full((T * L * K,), 1.0 / max(1, trace.meta.top_k)))
     gate_list = gates.tolist()
-    gates = gates.to(dev)
     entry_slot = s.entry_slot.tolist()
     entry_wait = s.entry_wait.tolist()
     row_fetch_end = np.searchsorted(s.fetch_row, np.arange(T * L), side="right").tolist()
@@ -380,14 +379,14 @@ def _timed(trace: Trace, s: Schedule, file: ExpertFile, tier: Any, host: list[np
     stalls = np.zeros((T, L))
     links = _Links(s, file, tier, host)
     # Compile / warm every kernel once outside the clock (numba's decode, torch's first calls).
+    probe = CpuTier(file.shapes, 1) if dev == "cpu" else type(tier)(file.shapes, 1, dev)
     warm = new_buffers(1, file.block_bytes)[0]
     file.read(0, warm)
-    probe = CpuTier(file.shapes, 1) if dev == "cpu" else tier
     probe.fill(file, warm, 0)
-    w = probe.slots[0]
-    expert_ffn(inputs[0], w[0].to(dev), w[1].to(dev), w[2].to(dev))
+    expert_ffn(inputs[0], *probe.slots[0])
     stand_in.attention(inputs[0], 0)
     stand_in.lm_head(inputs[0])
+    del probe
     sink = torch.zeros((), device=dev)
     links.start()
     perf = time.perf_counter

@@ -27,6 +27,15 @@ def errors(rows: Sequence[Mapping[str, Any]], measured: str = "measured_tokens_p
             "median_ratio": statistics.median(ratio)}
 
 
+def spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """How much the measured rounds of one cell differ (median and largest ``max / min - 1``), and how
+    many predictions lie within the range of their cell's rounds."""
+    sp = [r["measured_tokens_per_s_max"] / r["measured_tokens_per_s_min"] - 1.0 for r in rows]
+    inside = sum(r["measured_tokens_per_s_min"] <= r["predicted_tokens_per_s"] <= r["measured_tokens_per_s_max"]
+                 for r in rows)
+    return {"median_spread": statistics.median(sp), "max_spread": max(sp), "within_range": inside}
+
+
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -49,11 +58,15 @@ def markdown(rows: Sequence[Mapping[str, Any]], hw: HardwareProfile) -> str:
                      f"| {r['l1_hit_rate']:.2f} | {r['measured_tokens_per_s']:.2f} | {r['predicted_tokens_per_s']:.2f} "
                      f"| {r['ratio']:.2f} | {r['measured_p99_ms']:.1f} | {r['predicted_p99_ms']:.1f} |")
     loads = (min(r["load_avg_min"] for r in rows), max(r["load_avg_max"] for r in rows))
+    sp = spread(rows)
     lines += [
         "",
         f"tokens/s: median |predicted/measured - 1| = {tok['median_abs_error']:.1%}, "
         f"max = {tok['max_abs_error']:.1%} over {len(rows)} cells (median ratio {tok['median_ratio']:.2f}); "
         f"p99: median {p99['median_abs_error']:.1%}, max {p99['max_abs_error']:.1%}.",
+        f"Noise: the {rows[0]['rounds']} measured rounds of a cell differ by a median of {sp['median_spread']:.0%} "
+        f"(max {sp['max_spread']:.0%}, max/min - 1); the prediction lies within its cell's measured range in "
+        f"{sp['within_range']} of {len(rows)} cells.",
         f"Machine: {hw.description}; {os.cpu_count()} CPUs; load average {loads[0]:.1f}-{loads[1]:.1f} "
         f"during the runs; disk read with {rows[0]['read_mode']}.",
     ]
@@ -72,18 +85,23 @@ def plot(rows: Sequence[Mapping[str, Any]], hw: HardwareProfile, out: Path) -> l
     seen = set()
     for r in rows:
         key = (r["prefetcher"], r["weight_format"])
+        m = r["measured_tokens_per_s"]
+        ax.errorbar(m, r["predicted_tokens_per_s"], xerr=[[m - r["measured_tokens_per_s_min"]],
+                                                          [r["measured_tokens_per_s_max"] - m]],
+                    color=colours.get(r["weight_format"], "tab:gray"), alpha=0.3, lw=0.8)
         ax.scatter(r["measured_tokens_per_s"], r["predicted_tokens_per_s"], marker=markers.get(r["prefetcher"], "x"),
                    color=colours.get(r["weight_format"], "tab:gray"), label=None if key in seen else
                    f"{r['prefetcher']}, {r['weight_format']}")
         seen.add(key)
-    vals = [v for r in rows for v in (r["measured_tokens_per_s"], r["predicted_tokens_per_s"])]
+    vals = [v for r in rows for v in (r["measured_tokens_per_s_min"], r["measured_tokens_per_s_max"],
+                                      r["predicted_tokens_per_s"])]
     lo, hi = min(vals) * 0.9, max(vals) * 1.1
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="y = x")
     ax.plot([lo, hi], [lo * 1.1, hi * 1.1], color="gray", lw=0.7, ls="--", label="±10%")
     ax.plot([lo, hi], [lo * 0.9, hi * 0.9], color="gray", lw=0.7, ls="--")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured tokens/s (executor, wall clock)")
+    ax.set_xlabel("measured tokens/s (executor, wall clock; median of the rounds, bar: their range)")
     ax.set_ylabel("predicted tokens/s (timing model, measured profile)")
     e = errors(rows)
     fig.suptitle("Timing model vs real offloading run: tokens/s per cell", fontsize=11)
@@ -122,4 +140,4 @@ def write_report(rows: Sequence[Mapping[str, Any]], hw: HardwareProfile, setting
     return [csv_path, md_path, *plot(rows, hw, out), hw_path]
 
 
-__all__ = ["errors", "markdown", "plot", "to_csv", "write_report"]
+__all__ = ["errors", "markdown", "plot", "spread", "to_csv", "write_report"]
