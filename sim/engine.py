@@ -61,7 +61,7 @@ from moesim.sim.rows import (
 )
 from moesim.sim.scratch import scratch_dir
 from moesim.sim.stepstats import StepSeries
-from moesim.sim.timing import Clock, ComputeModel, Links, timeline_events, timeline_misses
+from moesim.sim.timing import Clock, ComputeModel, Links, timeline_events, timeline_misses, timeline_shared
 from moesim.traces.trace import PHASE_NAMES, Trace
 from numba.typed import List
 from tqdm import tqdm
@@ -435,12 +435,22 @@ class _Runner:
         step_time = np.zeros(Tp)
         stall = np.zeros((Tp, self.L))
         c = self.clock
-        if self.general:
+        links = self.timing.links
+        if self.general and links.contended:  # fetches and compute share the machine (sim.timing)
+            block, (ev_row, ev_key, ev_src, _) = ev
+            c.reserve(n_ev)
+            timeline_shared(block.row_ptr, block.keys, self.L, attn, expert, head, ev_row[:n_ev], ev_key[:n_ev],
+                            ev_src[:n_ev], self.h2d_cost, self.ssd_cost, links.handoff_s, links.compute_slowdown,
+                            links.fetch_slowdown, c.clock, c.ready, c.queue, c.queue_key, c.queue_pos, c.key_seq,
+                            step_time, stall)
+        elif self.general:
             block, (ev_row, ev_key, ev_src, _) = ev
             timeline_events(block.row_ptr, block.keys, self.L, attn, expert, head, ev_row[:n_ev], ev_key[:n_ev],
-                            ev_src[:n_ev], self.h2d_cost, self.ssd_cost, c.clock, c.ready, step_time, stall)
-        else:
-            timeline_misses(step_acc - step_hits, attn, expert, head, self.h2d_cost, c.clock, step_time, stall)
+                            ev_src[:n_ev], self.h2d_cost, self.ssd_cost, links.handoff_s, c.clock, c.ready, step_time,
+                            stall)
+        else:  # demand misses only: a row's transfers never overlap compute, so contention is moot
+            timeline_misses(step_acc - step_hits, attn, expert, head, self.h2d_cost, links.handoff_s, c.clock,
+                            step_time, stall)
         t = self.totals
         t.whole_run_s += float(step_time.sum())
         if self.rec is not None and self.rec.step_time is not None:

@@ -12,6 +12,12 @@ What is measured (each best of a few repeats, wall clock via ``time.perf_counter
   reads after asking the kernel to drop the file's pages (``posix_fadvise(DONTNEED)``), which the
   notes flag because a page-cache hit would overstate the disk.
 * Host memory capacity.
+* With ``--model`` (a model profile) and no CUDA device (or ``--cpu-only``): the machine is
+  profiled as one whose expert cache is host memory (``fast_tier: host``), at that model's expert
+  shape (:mod:`sim.measure_experts`): the gated FFN's bandwidth as the compute bandwidth, the
+  decode throughput of every ``--formats`` entry, ``O_DIRECT`` reads of an expert-sized block, the
+  per-fetch hand-off and the contention between a decoding worker and the compute. Those are the
+  numbers :mod:`sim.timing` needs to predict :mod:`sim.executor` on this machine.
 
 Run ``python -m moesim.sim.measure --name my-box --out conf/hardware/my-box.yaml``; small sizes
 (``--size-mib``) give a quick, noisier profile.
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moesim.sim.profiles import GB, GIB, HardwareProfile, profile_from_mapping
+from moesim.sim.profiles import GB, GIB, HardwareProfile, ModelProfile, profile_from_mapping
 from moesim.traces.errors import internal_error, one_line
 from moesim.traces.io import atomic_write_text
 
@@ -59,20 +65,27 @@ def host_memcpy_gbps(size_bytes: int, repeats: int = 3) -> float:
     return size_bytes / _best(once, repeats) / GB
 
 
-def cpu_matmul_tflops(n: int, repeats: int = 3) -> float:
-    """float32 matmul throughput of the host CPU in TFLOP/s (2 n^3 per product)."""
+def cpu_matmul_tflops(n: int, repeats: int = 3, threads: int | None = None) -> float:
+    """float32 matmul throughput of the host CPU in TFLOP/s (2 n^3 per product), on ``threads``
+    torch threads (default: torch's)."""
     import torch
 
     a = torch.randn(n, n)
     b = torch.randn(n, n)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     def once() -> float:
         t = time.perf_counter()
         torch.mm(a, b)
         return time.perf_counter() - t
 
-    once()
-    return 2.0 * n ** 3 / _best(once, repeats) / 1e12
+    try:
+        once()
+        return 2.0 * n ** 3 / _best(once, repeats) / 1e12
+    finally:
+        torch.set_num_threads(before)
 
 
 def gpu_measurements(size_bytes: int, matmul_n: int, repeats: int = 3) -> dict[str, Any]:
@@ -196,8 +209,12 @@ def dram_gib() -> float:
 
 
 def measure(name: str, *, size_bytes: int, disk_dir: str | os.PathLike[str], matmul_n: int = 1024,
-            repeats: int = 3, use_gpu: bool | None = None) -> dict[str, Any]:
-    """Every field of a :class:`HardwareProfile` for this machine (unmeasured ones ``None``)."""
+            repeats: int = 3, use_gpu: bool | None = None, model: ModelProfile | None = None,
+            formats: Sequence[str] = ("bf16", "mxfp4"), compute_threads: int = 1, window_s: float = 1.0,
+            ) -> dict[str, Any]:
+    """Every field of a :class:`HardwareProfile` for this machine (unmeasured ones ``None``); with
+    ``model`` on a machine without CUDA, the host fast tier's fields too (module docstring), each
+    timed over windows of ``window_s`` seconds."""
     import torch
 
     cuda = torch.cuda.is_available() if use_gpu is None else use_gpu
@@ -226,10 +243,38 @@ def measure(name: str, *, size_bytes: int, disk_dir: str | os.PathLike[str], mat
                     "page-cache hits may overstate the disk"))
     notes.append("layer_overhead_us not measured (0)")
     data["dram_gib"] = dram_gib()
+    if model is not None and not cuda:
+        measured += _host_tier(data, model, formats, disk_dir, repeats, compute_threads, window_s, size_bytes, notes)
+    elif model is not None:
+        notes.append("--model given with a CUDA device: the expert-shape fields are measured for host-memory "
+                     "caches only (run with --cpu-only for those)")
     data["measured"] = ",".join(measured)
     data["notes"] = "; ".join(notes)
     profile_from_mapping(HardwareProfile, data, where=f"measured profile '{name}'")  # refuse a bad profile early
     return data
+
+
+def _host_tier(data: dict[str, Any], model: ModelProfile, formats: Sequence[str], disk_dir: str | os.PathLike[str],
+               repeats: int, threads: int, window_s: float, file_bytes: int, notes: list[str]) -> list[str]:
+    """Fill ``data`` as a host-memory fast tier measured at ``model``'s expert shape; the fields set."""
+    from moesim.sim.measure_experts import expert_measurements
+
+    tflops = cpu_matmul_tflops(512, repeats, threads=threads)
+    got = expert_measurements(model, formats, disk_dir, repeats=repeats, seconds=window_s, threads=threads,
+                              read_file_bytes=file_bytes)
+    direct = got.pop("o_direct")
+    data.update(got)
+    data.update(fast_tier="host", gpu_name="none (CPU: the expert cache is host memory)",
+                gpu_memory_gib=data["dram_gib"], gpu_tflops=round(tflops, 4))
+    notes.append(f"fast tier = host memory, measured at the expert shape of model '{model.name}' with "
+                 f"{threads} compute thread(s) and one decode thread, each timing the median of {repeats} "
+                 f"{window_s:g} s windows: gpu_bandwidth_gbps = float32 expert bytes / "
+                 "gated-FFN time, gpu_tflops = float32 512^3 matmul, nvme_* from expert-sized reads "
+                 + ("with O_DIRECT" if direct else "after posix_fadvise(DONTNEED)")
+                 + ", handoff_us = half the extra time of a decode handed to a worker over inline, slowdowns = FFN and decode loops "
+                 f"together over alone ({formats[0]})")
+    return ["fast_tier", "gpu_memory_gib", "gpu_bandwidth_gbps", "gpu_tflops", "decode_gbps", "handoff_us",
+            "compute_slowdown", "fetch_slowdown", "nvme_bandwidth_gbps", "nvme_latency_us"]
 
 
 def to_yaml(data: dict[str, Any]) -> str:
@@ -241,9 +286,25 @@ def to_yaml(data: dict[str, Any]) -> str:
     lines = ["# Written by sim.measure on this machine; field meanings: sim.profiles.HardwareProfile.",
              "# null = not measured here."]
     for f in dataclasses.fields(HardwareProfile):
-        lines.append(yaml.safe_dump({f.name: data.get(f.name, f.default)}, default_flow_style=False,
-                                    width=1000).strip())
+        value = data.get(f.name, f.default)
+        lines.append(yaml.safe_dump({f.name: value}, default_flow_style=False, width=1000, sort_keys=False).strip())
     return "\n".join(lines) + "\n"
+
+
+def _model_arg(name: str, formats: Sequence[str], parser: argparse.ArgumentParser) -> ModelProfile:
+    """The ``--model`` profile, with every ``--formats`` entry checked against its expert shape."""
+    from moesim.kernels.formats import FormatError
+    from moesim.sim.profiles import ProfileError, load_model_profile
+
+    try:
+        model = load_model_profile(name)
+        if not formats:
+            parser.error("--formats is empty")
+        for f in formats:
+            model.expert_bytes(f)
+    except (ProfileError, FormatError) as exc:
+        parser.error(f"--model/--formats: {one_line(exc)}")
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--matmul-n", type=int, default=2048, help="matrix size of the FLOP/s test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even if CUDA is available")
+    parser.add_argument("--model", help="a model profile (name in conf/model or a YAML path): also measure the "
+                        "expert cache in host memory at its expert shape (decode per format, FFN, reads, "
+                        "hand-off, contention)")
+    parser.add_argument("--formats", default="bf16,mxfp4", help="weight formats whose decode to measure with "
+                        "--model (comma separated)")
+    parser.add_argument("--compute-threads", type=int, default=1, help="torch threads of the compute with --model")
     try:
         args = parser.parse_args(argv)
         if args.size_mib < 1 or args.matmul_n < 1 or args.repeats < 1:
@@ -267,11 +334,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"more than half of this machine's {dram_gib()} GiB")
         if not os.path.isdir(args.disk_dir):
             parser.error(f"--disk-dir {args.disk_dir}: not a folder")
+        model = None
+        formats = [f for f in args.formats.split(",") if f]
+        if args.model is not None:
+            model = _model_arg(args.model, formats, parser)
+        if args.compute_threads < 1:
+            parser.error("--compute-threads must be positive")
     except SystemExit as exc:  # --help (0) or bad usage (2): a status, not an exception
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         data = measure(args.name, size_bytes=args.size_mib << 20, disk_dir=args.disk_dir, matmul_n=args.matmul_n,
-                       repeats=args.repeats, use_gpu=False if args.cpu_only else None)
+                       repeats=args.repeats, use_gpu=False if args.cpu_only else None, model=model, formats=formats,
+                       compute_threads=args.compute_threads)
         text = to_yaml(data)
         if args.out is None:
             sys.stdout.write(text)

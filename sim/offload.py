@@ -134,7 +134,8 @@ def simulate_offload(trace: Trace, model: ModelProfile | str, hardware: Hardware
                         pinned=pinned, params=l1.params, seed=seed, warmup_steps=warmup_steps,
                         cold_start_per_request=cold_start_per_request, tie_break=tie_break)
     timing = engine.Timing(ComputeModel.from_profiles(model, hw, compute_format or weight_format),
-                           Links.from_hardware(hw, need_ssd=l2 is not None), float(expert_bytes))
+                           Links.from_hardware(hw, need_ssd=l2 is not None, weight_format=weight_format),
+                           float(expert_bytes))
     run = engine.run(served, setup, decode_only=decode_only, lower=_lower(config, l2_cap),
                      prefetcher=_session(served, prefetcher, prefetch_params, seed), timing=timing,
                      active_field=active, chunk_steps=chunk_steps, progress=progress, scratch=scratch)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+FAST_TIERS = ("gpu", "host")
 GIB = 1 << 30
 GB = 1e9
 
@@ -160,6 +161,24 @@ class HardwareProfile:
     layer_overhead_us: fixed software time per MoE layer and decode step in microseconds (kernel
         launches, synchronisation), added to the attention/dense time.
     host_memcpy_gbps: host memory copy bandwidth in GB/s (recorded by ``sim.measure``; optional).
+    fast_tier: where the expert cache (L1) lives: ``"gpu"`` (GPU memory; a fetch crosses the
+        host-to-device link) or ``"host"`` (a CPU-only machine: the cache holds compute-ready
+        weights in host memory, a fetch is a decode of the stored bytes and nothing is copied;
+        the ``gpu_*`` compute fields then describe the CPU that runs the model, and the ``h2d_*``
+        fields are not used).
+    decode_gbps: per weight format, stored bytes per second that the fast tier decodes into
+        compute-ready weights on a fetch (measured at the expert shape by ``sim.measure``). A
+        format not listed costs no decode time (kernels that read the stored format directly).
+    handoff_us: the per-fetch software latency in microseconds of handing work between threads:
+        a worker that serves a link and sleeps while it has nothing to do is woken when a transfer
+        reaches it, and the computation, asleep while it waits for a transfer, is woken when it
+        ends (0 for a GPU profile: a copy engine does not sleep). Measured by ``sim.measure`` as
+        half the extra time of a decode handed to a worker thread over the same decode inline,
+        between two busy threads (what the scheduler of a loaded machine charges).
+    compute_slowdown / fetch_slowdown: how many times longer compute / a fetch takes while the
+        other runs at the same time (>= 1; 1 = no contention, as between a GPU's copy engine and
+        its SMs). On a CPU-only machine the fetch worker's decode and the model's matrix products
+        share cores and memory bandwidth; ``sim.measure`` runs both at once to measure it.
     measured: which fields were measured on the machine itself (comma separated; empty for a
         datasheet-derived profile).
     notes: free text (how the numbers were obtained, what was not measured).
@@ -181,11 +200,38 @@ class HardwareProfile:
     dram_gib: float | None
     layer_overhead_us: float = 0.0
     host_memcpy_gbps: float | None = None
+    fast_tier: str = "gpu"
+    decode_gbps: dict[str, float] | None = None
+    handoff_us: float = 0.0
+    compute_slowdown: float = 1.0
+    fetch_slowdown: float = 1.0
     measured: str = ""
     notes: str = ""
 
     def __post_init__(self) -> None:
-        _check_fields(self, where=f"hardware profile '{self.name}'")
+        where = f"hardware profile '{self.name}'"
+        _check_fields(self, where=where)
+        if self.fast_tier not in FAST_TIERS:
+            raise ProfileError(f"{where}: field 'fast_tier' must be one of {FAST_TIERS}, got {self.fast_tier!r}")
+        for name in ("compute_slowdown", "fetch_slowdown"):
+            if getattr(self, name) < 1.0:
+                raise ProfileError(f"{where}: field '{name}' must be >= 1 (1 = no contention), got "
+                                   f"{getattr(self, name)}")
+        if self.decode_gbps is not None:
+            if not isinstance(self.decode_gbps, Mapping):
+                raise ProfileError(f"{where}: field 'decode_gbps' must map format names to GB/s, got "
+                                   f"{self.decode_gbps!r}")
+            for fmt, rate in self.decode_gbps.items():
+                if (not isinstance(fmt, str) or isinstance(rate, bool) or not isinstance(rate, (int, float))
+                        or not math.isfinite(rate) or rate <= 0):
+                    raise ProfileError(f"{where}: field 'decode_gbps' entry {fmt!r}: {rate!r} is not a positive "
+                                       "number of GB/s")
+            object.__setattr__(self, "decode_gbps", {str(k): float(v) for k, v in self.decode_gbps.items()})
+
+    def decode_s_per_byte(self, weight_format: str) -> float:
+        """Seconds per stored byte to decode ``weight_format`` on a fetch (0 when not listed)."""
+        rate = (self.decode_gbps or {}).get(weight_format)
+        return 0.0 if rate is None else 1.0 / (float(rate) * GB)
 
     def require(self, *fields: str) -> None:
         """Raise :class:`ProfileError` naming every field in ``fields`` that is not set (``null``)."""
@@ -302,7 +348,7 @@ def _check_fields(obj: Any, *, where: str) -> None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ProfileError(f"{where}: field '{f.name}' must be a finite number, got {value!r}")
-            if value < 0 or (value == 0 and f.name != "layer_overhead_us"):
+            if value < 0 or (value == 0 and f.name not in ("layer_overhead_us", "handoff_us")):
                 raise ProfileError(f"{where}: field '{f.name}' must be positive, got {value}")
 
 
@@ -319,5 +365,5 @@ def _kernel_bytes(weight_format: str, shapes: list[tuple[int, int]]) -> int:
     return int(expert_bytes(weight_format, shapes))
 
 
-__all__ = ["CONF_DIR", "GB", "GIB", "HardwareProfile", "ModelProfile", "ProfileError", "list_profiles",
+__all__ = ["CONF_DIR", "FAST_TIERS", "GB", "GIB", "HardwareProfile", "ModelProfile", "ProfileError", "list_profiles",
            "load_hardware_profile", "load_model_profile", "profile_from_mapping"]

@@ -30,7 +30,7 @@ import tomllib
 REPO = Path(__file__).resolve().parents[1]
 ROOMS = ("sim", "kernels", "traces", "bench")
 SCRIPTS = ("moesim", "moesim-report", "moesim-analyze", "moesim-trace", "moesim-record", "moesim-replay",
-           "moesim-measure")
+           "moesim-measure", "moesim-fidelity")
 
 
 def _py_files(*folders: str) -> list[Path]:

@@ -220,22 +220,25 @@ def timeline_case(draw):
         (ev_row, ev_key, ev_src), costs
 
 
+HANDOFF = st.sampled_from([0.0, 2e-4]) | st.floats(0.0, 1e-3)
+
+
 @settings(max_examples=60, deadline=None)
-@given(timeline_case(), st.integers(1, 5))
-def test_jitted_timeline_equals_the_reference_piece_by_piece(case, piece_steps: int) -> None:
+@given(timeline_case(), st.integers(1, 5), HANDOFF)
+def test_jitted_timeline_equals_the_reference_piece_by_piece(case, piece_steps: int, handoff: float) -> None:
     rows, keys, ptr, n_keys, (attn, expert, head), (ev_row, ev_key, ev_src), (h2d, ssd) = case
     T, L = attn.shape
     want_step, want_stall = timeline_reference(rows, attn, expert, head,
                                                list(zip(ev_row.tolist(), ev_key.tolist(), ev_src.tolist(),
-                                                        strict=True)), h2d, ssd)
+                                                        strict=True)), h2d, ssd, handoff)
     clock = Clock.start(n_keys)
     step, stall = np.zeros(T), np.zeros((T, L))
     for a in range(0, T, piece_steps):  # the clocks carry over from piece to piece
         b = min(a + piece_steps, T)
         sel = (ev_row >= a * L) & (ev_row < b * L)
         timeline_events(ptr[a * L:b * L + 1] - ptr[a * L], keys[ptr[a * L]:ptr[b * L]], L, attn[a:b], expert[a:b],
-                        head[a:b], ev_row[sel] - a * L, ev_key[sel], ev_src[sel], h2d, ssd, clock.clock, clock.ready,
-                        step[a:b], stall[a:b])
+                        head[a:b], ev_row[sel] - a * L, ev_key[sel], ev_src[sel], h2d, ssd, handoff, clock.clock,
+                        clock.ready, step[a:b], stall[a:b])
     np.testing.assert_array_equal(step, want_step)
     np.testing.assert_array_equal(stall, want_stall)
     assert clock.clock[3] == pytest.approx(len(ev_row) * h2d, rel=1e-9)
@@ -243,8 +246,8 @@ def test_jitted_timeline_equals_the_reference_piece_by_piece(case, piece_steps: 
 
 
 @settings(max_examples=60, deadline=None)
-@given(timeline_case())
-def test_the_miss_count_timeline_equals_the_event_timeline_for_demand_misses(case) -> None:
+@given(timeline_case(), HANDOFF)
+def test_the_miss_count_timeline_equals_the_event_timeline_for_demand_misses(case, handoff: float) -> None:
     # Demand misses from DRAM only: each row's misses are its own keys not seen before (no eviction).
     rows, keys, ptr, n_keys, (attn, expert, head), _, (h2d, ssd) = case
     T, L = attn.shape
@@ -261,9 +264,9 @@ def test_the_miss_count_timeline_equals_the_event_timeline_for_demand_misses(cas
     ev_key = np.array([k for _, k in ev], np.int32)
     a, b = Clock.start(n_keys), Clock.start(n_keys)
     step_a, stall_a, step_b, stall_b = np.zeros(T), np.zeros((T, L)), np.zeros(T), np.zeros((T, L))
-    timeline_events(ptr, keys, L, attn, expert, head, ev_row, ev_key, np.ones(len(ev), np.int8), h2d, ssd, a.clock,
-                    a.ready, step_a, stall_a)
-    timeline_misses(misses, attn, expert, head, h2d, b.clock, step_b, stall_b)
+    timeline_events(ptr, keys, L, attn, expert, head, ev_row, ev_key, np.ones(len(ev), np.int8), h2d, ssd, handoff,
+                    a.clock, a.ready, step_a, stall_a)
+    timeline_misses(misses, attn, expert, head, h2d, handoff, b.clock, step_b, stall_b)
     np.testing.assert_array_equal(step_a, step_b)
     np.testing.assert_array_equal(stall_a, stall_b)
     np.testing.assert_array_equal(a.clock, b.clock)

@@ -8,6 +8,11 @@ times a power of two). No fastmath: ``nsz`` would lose -0.0 and ``nnan``/``ninf`
 blocks, and nothing else would be faster. Each decode also has a streaming twin (``*_stream``,
 parallel only) that writes every 16 bytes of output with one non-temporal store; :func:`decode_into`
 picks it for large, aligned outputs on x86-64 (:mod:`kernels.formats._stream`).
+
+The decode kernels release the GIL (``nogil``): an offloading engine decodes fetched experts on a
+worker thread while its main thread runs the model, and a decode that held the GIL would stop the
+main thread's Python between its torch calls (on the project's 2-core machine a Python loop ran at
+about a quarter of its speed beside a decode loop that held it).
 """
 
 from __future__ import annotations
@@ -195,41 +200,41 @@ def encode_fp4_ser(x_bits, blocks, scales, emax, max_frac, rceil):
         _encode_fp4_block(b, x_bits, x, blocks, scales, emax, max_frac, rceil, codes)
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True)
 def decode_fp4_par(blocks, scales, pairs, scale_table, out):
     src, dst = blocks.reshape(-1), out.reshape(-1)
     for b in prange(scales.shape[0]):
         _decode_fp4_block(b, src, scales, pairs, scale_table, dst)
 
 
-@njit
+@njit(nogil=True)
 def decode_fp4_ser(blocks, scales, pairs, scale_table, out):
     src, dst = blocks.reshape(-1), out.reshape(-1)
     for b in range(scales.shape[0]):
         _decode_fp4_block(b, src, scales, pairs, scale_table, dst)
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True)
 def decode_unpacked_par(codes, scales, lut, scale_table, out):
     src, dst = codes.reshape(-1), out.reshape(-1)
     for b in prange(scales.shape[0]):
         _decode_unpacked_block(b, src, scales, lut, scale_table, dst)
 
 
-@njit
+@njit(nogil=True)
 def decode_unpacked_ser(codes, scales, lut, scale_table, out):
     src, dst = codes.reshape(-1), out.reshape(-1)
     for b in range(scales.shape[0]):
         _decode_unpacked_block(b, src, scales, lut, scale_table, dst)
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True)
 def decode_bf16_par(data, packed, scales, lut, pairs, scale_table, out):
     for c in prange((scales.shape[0] + _CHUNK - 1) // _CHUNK):
         _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out)
 
 
-@njit
+@njit(nogil=True)
 def decode_bf16_ser(data, packed, scales, lut, pairs, scale_table, out):
     for c in range((scales.shape[0] + _CHUNK - 1) // _CHUNK):
         _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out)
@@ -238,7 +243,7 @@ def decode_bf16_ser(data, packed, scales, lut, pairs, scale_table, out):
 # ---- streaming decode (x86-64, large outputs): the same arithmetic, each 16 bytes of output written
 # ---- with one non-temporal store (:mod:`kernels.formats._stream`); ``out`` is 16-byte aligned, 1-d
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True)
 def decode_fp4_stream(blocks, scales, pairs, scale_table, out):
     src = blocks.reshape(-1)
     nb = scales.shape[0]
@@ -253,7 +258,7 @@ def decode_fp4_stream(blocks, scales, pairs, scale_table, out):
         store_fence()
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True)
 def decode_unpacked_stream(codes, scales, lut, scale_table, out):
     src = codes.reshape(-1)
     nb = scales.shape[0]
@@ -267,7 +272,7 @@ def decode_unpacked_stream(codes, scales, lut, scale_table, out):
         store_fence()
 
 
-@njit(parallel=True)
+@njit(parallel=True, nogil=True)
 def decode_bf16_stream(data, packed, scales, lut, pairs, scale_table, out):
     """Like :func:`_decode_bf16_chunk`, the bf16 bits of a block gathered in a 32-value scratch row
     and streamed from there: building each 8-lane store from scalars instead took twice the time
