@@ -31,8 +31,12 @@ from moesim.traces.trace import DECODE, Trace
 TIE_ROW, TIE_REVERSE, TIE_EXPERT_ID = 0, 1, 2
 TIE_BREAKS = {"row": TIE_ROW, "reverse": TIE_REVERSE, "expert_id": TIE_EXPERT_ID}
 ORGANISATIONS = ("shared", "per_layer")
-# A piece holds at most about this many (step, layer, slot) entries: ~50 MB of row arrays.
-PIECE_ENTRIES = 1 << 22
+# A piece holds at most about this many (step, layer, slot) entries: ~3 MB of row arrays, so that a
+# piece's keys, row bounds, times and hits stay in the processor's caches between the steps that make
+# and read them, and freed arrays are reused by the allocator instead of mapped afresh (page faults).
+# Measured on the real OLMoE trace, replay() end to end against 4 M entries a piece: 2.5-3.6x for LRU,
+# FIFO and CLOCK on the one-key stream, 1.1-1.9x on rows of 8.
+PIECE_ENTRIES = 1 << 18
 
 
 @njit
