@@ -1,5 +1,5 @@
 """Simulator throughput: LRU on a gpt-oss-20b-shaped trace, every policy against libCacheSim, and the
-one-pass LRU hit curve against one replay per size.
+one-pass LRU and OPT hit curves (every size) against one replay at one size.
 
 Run ``python -m pytest bench/test_bench_sim.py --benchmark-enable -p no:cacheprovider`` for the
 numbers (``extra_info`` holds accesses, accesses/s, hit counts and the speed ratio to libCacheSim,
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from moesim.bench.conftest import Stream, bench_stream, bench_trace, best_rate, oracle_general
-from moesim.sim.mrc import lru_hit_curve
+from moesim.sim.mrc import lru_hit_curve, opt_hit_curve
 from moesim.sim.policies import get_policy, list_policies, needs_next_use, replay_rows, resolve_params
 from moesim.sim.replay import replay
 from moesim.sim.rows import next_use_times
@@ -193,18 +193,55 @@ def test_policy_against_libcachesim(benchmark: Any, policy: str, oracle_file: Ca
         assert int(hits.sum()) == their_hits, (policy, int(hits.sum()), their_hits)
 
 
-# ---- one-pass hit curve -------------------------------------------------------------------------
+# ---- one-pass hit curves ------------------------------------------------------------------------
 
-def test_lru_curve_one_pass_vs_separate_runs(benchmark: Any) -> None:
-    """Hits at 12 cache sizes: one stack-distance pass against one LRU replay per size."""
+def test_lru_curve_one_pass_vs_one_replay(benchmark: Any) -> None:
+    """LRU hits at every size (``lru_hit_curve(trace)``: 1 ... L * E) against ONE ``replay`` at one
+    size, alternated round by round (``vs_one_replay``: the curve's time over the replay's; goal <= 2);
+    and against one replay per size at 12 sizes (``speedup_vs_separate``)."""
     trace = bench_trace(benchmark)
+    rounds = 1 if benchmark.disabled else SIDE_BY_SIDE_ROUNDS
+    lru_hit_curve(trace)
+    replay(trace, "lru", CAPACITY)
+    best_curve = best_one = float("inf")
+    curve = one = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        curve = lru_hit_curve(trace)
+        best_curve = min(best_curve, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        one = replay(trace, "lru", CAPACITY)
+        best_one = min(best_one, time.perf_counter() - t0)
+    assert curve is not None and one is not None
+    assert curve.hits[list(curve.sizes).index(CAPACITY)] == one.hits
     sizes = list(range(64, 64 * 13, 64))
-    curve = benchmark.pedantic(lru_hit_curve, args=(trace,), kwargs={"sizes": sizes},
-                               rounds=_rounds(benchmark), warmup_rounds=1)
     separate_s, separate = _timed(lambda: [replay(trace, "lru", c).hits for c in sizes], _rounds(benchmark))
-    assert curve.hits.tolist() == separate
+    assert [curve.hits[list(curve.sizes).index(c)] for c in sizes] == separate
+    benchmark.pedantic(lru_hit_curve, args=(trace,), rounds=_rounds(benchmark), warmup_rounds=1)
     accesses = trace.num_accesses()
-    rate = _record(benchmark, accesses, sizes=len(sizes), separate_runs_s=separate_s,
-                   separate_accesses_per_s=len(sizes) * accesses / separate_s)
-    if rate is not None:
-        benchmark.extra_info["speedup_vs_separate"] = separate_s / benchmark.stats.stats.min
+    _record(benchmark, accesses, sizes=len(curve.sizes), curve_s=best_curve, one_replay_s=best_one,
+            vs_one_replay=best_curve / best_one, separate_runs_12_s=separate_s,
+            speedup_vs_separate=separate_s / best_curve)
+
+
+def test_opt_curve_one_pass_vs_one_replay(benchmark: Any) -> None:
+    """OPT hits at every size from one pass (``opt_hit_curve``) against one OPT ``replay`` at one size,
+    alternated (``vs_one_replay``)."""
+    trace = bench_trace(benchmark)
+    rounds = 1 if benchmark.disabled else SIDE_BY_SIDE_ROUNDS
+    opt_hit_curve(trace)
+    replay(trace, "opt", CAPACITY)
+    best_curve = best_one = float("inf")
+    curve = one = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        curve = opt_hit_curve(trace)
+        best_curve = min(best_curve, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        one = replay(trace, "opt", CAPACITY)
+        best_one = min(best_one, time.perf_counter() - t0)
+    assert curve is not None and one is not None
+    assert curve.hits[list(curve.sizes).index(CAPACITY)] == one.hits
+    benchmark.pedantic(opt_hit_curve, args=(trace,), rounds=_rounds(benchmark), warmup_rounds=1)
+    _record(benchmark, trace.num_accesses(), sizes=len(curve.sizes), curve_s=best_curve, one_replay_s=best_one,
+            vs_one_replay=best_curve / best_one)

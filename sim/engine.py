@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ from moesim.sim.rows import (
     StepStream,
     build_rows,
     default_chunk_steps,
+    dense_row_hits,
+    dense_rows,
     pinned_hits,
     plan_stream,
     scatter_hits,
@@ -223,14 +226,16 @@ def run(trace: Trace, setup: CacheSetup, *, decode_only: bool = False, lower: Lo
     ``record``: keep per-step and per-entry records (memory grows with the trace; for tests and
     small studies). ``scratch``: where spilled arrays go (default: the temporary folder).
     ``path``: ``"auto"``, or ``"hierarchy"`` to take the hierarchy path even when the fast one
-    applies (the tests compare the two).
+    applies, or ``"rows"`` to take the fast path through :func:`sim.rows.build_rows` and the
+    policy's ``replay`` only, never its shortcuts (a fused ``replay_steps``, dense rows); the tests
+    compare them.
     """
     if (trace.num_layers, trace.num_experts) != (setup.layout.num_layers, setup.layout.num_experts):
         raise ConfigError(f"trace {trace.file or '<memory>'} has {trace.num_layers} layers x {trace.num_experts} "
                           f"experts but the cache was set up for {setup.layout.num_layers} x "
                           f"{setup.layout.num_experts}")
-    if path not in ("auto", "hierarchy"):
-        raise ConfigError(f"path must be 'auto' or 'hierarchy', got {path!r}")
+    if path not in ("auto", "hierarchy", "rows"):
+        raise ConfigError(f"path must be 'auto', 'hierarchy' or 'rows', got {path!r}")
     L, K = trace.num_layers, trace.width
     chunk_steps = default_chunk_steps(L, K) if chunk_steps is None else int(chunk_steps)
     stream = plan_stream(trace, chunk_steps, warmup_steps=setup.warmup_steps, cold_start=setup.cold_start,
@@ -247,7 +252,7 @@ def run(trace: Trace, setup: CacheSetup, *, decode_only: bool = False, lower: Lo
     with (scratch_dir(scratch) if needs_next_use(setup.policy) or timing is not None
           else contextlib.nullcontext("")) as tmp:
         runner = _Runner(trace, stream, setup, general, lower, prefetcher, timing, active_field, record, tmp,
-                         int(widest.max(initial=0)))
+                         int(widest.max(initial=0)), shortcuts=path == "auto")
         bar = tqdm(total=trace.num_steps, unit="step", desc=f"replay {setup.policy.NAME}", disable=not progress,
                    leave=False)
         for p, piece in enumerate(stream.pieces):
@@ -257,12 +262,55 @@ def run(trace: Trace, setup: CacheSetup, *, decode_only: bool = False, lower: Lo
         return runner.finish()
 
 
+def run_sizes(trace: Trace, setups: Sequence[CacheSetup], *, decode_only: bool = False,
+              chunk_steps: int | None = None, scratch: str | os.PathLike[str] | None = None) -> list[EngineRun]:
+    """:func:`run` of several L1 caches that differ only in capacity and seed (the sizes of a
+    hit-ratio curve), served in lock-step: each piece of the trace is read and turned into rows
+    (and, for OPT, its next-use times) once for all of them, then each cache serves it through the
+    fast path. Without a level below, a prefetcher or timing; the same results as one :func:`run`
+    per setup (the tests check it).
+    """
+    if not setups:
+        return []
+    first = setups[0]
+    for s in setups[1:]:
+        same = (s.policy is first.policy and s.layout.organisation == first.layout.organisation
+                and s.layout.tie_break == first.layout.tie_break
+                and np.array_equal(s.layout.pinned, first.layout.pinned)
+                and (s.warmup_steps, s.cold_start) == (first.warmup_steps, first.cold_start))
+        if not same:
+            raise ConfigError("run_sizes: the caches must differ only in capacity and seed")
+    if _uses_hierarchy(first, None, None):  # a policy that starts full has no fast path
+        return [run(trace, s, decode_only=decode_only, chunk_steps=chunk_steps, scratch=scratch) for s in setups]
+    if (trace.num_layers, trace.num_experts) != (first.layout.num_layers, first.layout.num_experts):
+        return [run(trace, s, decode_only=decode_only, chunk_steps=chunk_steps) for s in setups]  # refuses it
+    L, K = trace.num_layers, trace.width
+    chunk_steps = default_chunk_steps(L, K) if chunk_steps is None else int(chunk_steps)
+    stream = plan_stream(trace, chunk_steps, warmup_steps=first.warmup_steps, cold_start=first.cold_start,
+                         decode_only=decode_only)
+    if min(min(s.policy_slots) for s in setups) < K:
+        widest = _widest(stream, first.layout.pinned)
+        for s in setups:
+            _check_widths(s, widest)
+    with scratch_dir(scratch) if needs_next_use(first.policy) else contextlib.nullcontext("") as tmp:
+        next_use = NextUse(stream, first.layout, tmp) if needs_next_use(first.policy) else None
+        runners = [_Runner(trace, stream, s, False, LowerLevels(), None, None, None, False, tmp, K,
+                           next_use=next_use) for s in setups]
+        need_rows = any(not r.fused for r in runners)
+        for p, piece in enumerate(stream.pieces):
+            chunk = stream.read(piece)
+            rows = dense_rows(chunk, piece.step0, first.layout) if need_rows else None
+            for runner in runners:
+                runner.serve(p, piece, chunk, rows)
+        return [runner.finish() for runner in runners]
+
+
 class _Runner:
     """The state of one :func:`run` between pieces."""
 
     def __init__(self, trace: Trace, stream: StepStream, setup: CacheSetup, general: bool, lower: LowerLevels,
                  prefetcher: Any, timing: Timing | None, active_field: str | None, record: bool, tmp: str,
-                 widest: int) -> None:
+                 widest: int, shortcuts: bool = True, next_use: NextUse | None = None) -> None:
         self.trace, self.stream, self.setup, self.general = trace, stream, setup, general
         self.lower, self.prefetcher, self.timing = lower, prefetcher, timing
         self.active_field, self.record, self.widest = active_field, record, widest
@@ -274,8 +322,8 @@ class _Runner:
         self.policy = setup.policy
         self.states: list[Any] = setup.new_states(0)
         self.count_from = -1  # first counted row time
-        self.next_use = None
-        if needs_next_use(self.policy):
+        self.next_use = next_use
+        if needs_next_use(self.policy) and next_use is None:
             layout = self.layout.time_major() if general else self.layout
             self.next_use = NextUse(stream, layout, tmp, keep_empty=general,
                                     first_use=general and prefetcher is not None)
@@ -287,9 +335,15 @@ class _Runner:
             self.caps = np.asarray(setup.policy_slots, np.int64)
             self.routing = Layout.routing(L, E)
             self._preload()
-        self.fused = (not general and hasattr(self.policy, "replay_steps") and not self.layout.per_layer
+        # Shortcuts of the fast path, each held to the plain one (``path="rows"``) by the tests: a piece
+        # of full rows goes to the policy's ``replay`` without gathering (:func:`sim.rows.dense_rows`);
+        # otherwise rows wider than one key may go through the policy's fused ``replay_steps``, which
+        # reads the trace itself. Rows of one key keep to ``replay``: its one-key stream loop is the
+        # faster one (the fused loops serve any row width).
+        self.shortcuts = shortcuts and not general
+        self.fused = (self.shortcuts and hasattr(self.policy, "replay_steps") and not self.layout.per_layer
                       and not self.any_pinned and self.layout.tie_break == "row" and not record
-                      and self.next_use is None)
+                      and self.next_use is None and K > 1)
         self.clock = Clock.start(L * E) if timing is not None else None
         self.totals = TimingTotals() if timing is not None else None
         self.series = StepSeries(os.path.join(tmp, "step_time.f64")) if timing is not None else None
@@ -311,7 +365,9 @@ class _Runner:
                 base = j * self.E if self.layout.per_layer else 0
                 self.h.res1[base + self.policy.preloaded(state)] = 1
 
-    def serve(self, p: int, piece: Piece) -> None:
+    def serve(self, p: int, piece: Piece, chunk: np.ndarray | None = None, rows: Any = ()) -> None:
+        """Serve piece ``p``: its experts (``chunk``) and dense rows (``rows``, see
+        :func:`sim.rows.dense_rows`) are read here unless given (:func:`run_sizes` shares them)."""
         if piece.reset:
             self.states = self.setup.new_states(piece.epoch)
             if self.general:
@@ -320,12 +376,21 @@ class _Runner:
                 self._preload()
         if piece.counted and self.count_from < 0:
             self.count_from = piece.step0 * self.L
-        chunk = self.stream.read(piece)
+        if chunk is None:
+            chunk = self.stream.read(piece)
         Tp = chunk.shape[0]
         step_hits = np.zeros((Tp, self.L), np.int64)
         mask = (self.rec.hit_mask[piece.step0:piece.step0 + Tp] if self.rec is not None
                 else np.zeros((0, 0, 0), np.bool_))
-        step_acc = row_widths(chunk) if not self.fused else np.zeros_like(step_hits)
+        dense = None
+        if self.shortcuts and not self.fused:
+            dense = dense_rows(chunk, piece.step0, self.layout) if rows == () else rows
+        if dense is not None:
+            step_acc = np.full((Tp, self.L), self.K, np.int64)
+        elif self.fused:
+            step_acc = np.zeros_like(step_hits)  # the fused loop counts them
+        else:
+            step_acc = row_widths(chunk)
         pinned = 0
         if self.any_pinned:
             pinned_hits(chunk, self.E, self.layout.pinned, step_hits, mask, self.record)
@@ -333,6 +398,9 @@ class _Runner:
         if self.general:
             n_ev, ev = self._serve_hierarchy(p, piece, chunk, step_hits, mask)
             evictions = 0  # the hierarchy counts its own
+        elif dense is not None:
+            evictions = self._serve_dense(p, dense, step_hits, mask)
+            n_ev, ev = 0, None
         else:
             evictions = self._serve_fast(p, piece, chunk, step_hits, mask, step_acc)
             n_ev, ev = 0, None
@@ -341,6 +409,20 @@ class _Runner:
         self.counts.add(piece, step_acc, step_hits, self.stream.read_field("phase", piece), pinned, evictions)
         if self.timing is not None:
             self._time(piece, chunk, step_acc, step_hits, n_ev, ev)
+
+    def _serve_dense(self, p: int, rows: tuple[np.ndarray, np.ndarray, np.ndarray], step_hits: np.ndarray,
+                     mask: np.ndarray) -> int:
+        """A piece of full rows (:func:`sim.rows.dense_rows`) through the policy's ``replay``; a row's
+        hits are its ``K`` consecutive bytes of the hit vector."""
+        keys, row_ptr, row_time = rows
+        hits = np.empty(len(keys), np.uint8)
+        nu = self.next_use.of(p, 0) if self.next_use is not None else self.no_next
+        evictions = int(self.policy.replay(self.states[0], keys, row_ptr, row_time, nu,
+                                           self.layout.keys_per_instance, hits))
+        dense_row_hits(hits, self.K, step_hits.reshape(-1))
+        if self.record:
+            mask[...] = hits.reshape(mask.shape) != 0
+        return evictions
 
     def _serve_fast(self, p: int, piece: Piece, chunk: np.ndarray, step_hits: np.ndarray, mask: np.ndarray,
                     step_acc: np.ndarray) -> int:
@@ -509,4 +591,4 @@ class _Runner:
         return EngineRun(l1, counts, totals, self.rec, self.stream.num_steps, self.widest)
 
 
-__all__ = ["EngineRun", "LowerLevels", "Records", "Timing", "TimingTotals", "row_widths", "run"]
+__all__ = ["EngineRun", "LowerLevels", "Records", "Timing", "TimingTotals", "row_widths", "run", "run_sizes"]

@@ -9,7 +9,7 @@ needed at once, so they never evict each other. A cache is shared by all layers 
 capacity: an exact model, since the layers' caches do not interact).
 
 Memory: the trace is read in pieces of ``chunk_steps`` steps (policy state carries across them), so
-a memory-mapped trace larger than RAM replays in the memory of one piece (~50 MB by default) plus
+a memory-mapped trace larger than RAM replays in the memory of one piece (~3 MB by default) plus
 the policy state. OPT needs every access's next use, found in a backward pass over the pieces
 before the forward replay: 8 bytes per (non-pinned) access, kept in RAM for an in-memory trace and
 spilled to a scratch folder for a memory-mapped one.
@@ -52,7 +52,7 @@ def replay(trace: Trace, policy: str, capacity: int | None = None, *, capacity_b
     ``l * E + e``. ``tie_break``: order of a row's experts (``row`` as recorded, ``reverse``,
     ``expert_id``); it never changes whether they hit, only the recency / insertion order they
     leave (see :mod:`sim.rows`). ``seed`` seeds randomized policies (per cache instance and
-    restart, :func:`instance_seed`). ``chunk_steps`` sets the piece size (default ~4 M entries).
+    restart, :func:`instance_seed`). ``chunk_steps`` sets the piece size (default ~256 k entries).
     ``progress``: a progress bar over the trace (stderr). ``decode_only``: the prefill steps are
     left out (as the timing model sees the trace). ``record_steps``: per-step hit counts and a
     per-entry hit mask in the result (memory grows with the trace).

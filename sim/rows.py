@@ -31,8 +31,12 @@ from moesim.traces.trace import DECODE, Trace
 TIE_ROW, TIE_REVERSE, TIE_EXPERT_ID = 0, 1, 2
 TIE_BREAKS = {"row": TIE_ROW, "reverse": TIE_REVERSE, "expert_id": TIE_EXPERT_ID}
 ORGANISATIONS = ("shared", "per_layer")
-# A piece holds at most about this many (step, layer, slot) entries: ~50 MB of row arrays.
-PIECE_ENTRIES = 1 << 22
+# A piece holds at most about this many (step, layer, slot) entries: ~3 MB of row arrays, so that a
+# piece's keys, row bounds, times and hits stay in the processor's caches between the steps that make
+# and read them, and freed arrays are reused by the allocator instead of mapped afresh (page faults).
+# Measured on the real OLMoE trace, replay() end to end against 4 M entries a piece: 2.5-3.6x for LRU,
+# FIFO and CLOCK on the one-key stream, 1.1-1.9x on rows of 8.
+PIECE_ENTRIES = 1 << 18
 
 
 @njit
@@ -389,6 +393,38 @@ def build_rows(experts: np.ndarray, step0: int, layout: Layout, *, keep_empty: b
     return RowBlock(keys, row_ptr, row_time, src, inst_rows)
 
 
+def dense_rows(experts: np.ndarray, step0: int, layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The rows of ``experts`` as :func:`build_rows` gives them, when every (step, layer) row is full
+    (no padding), the cache is shared, nothing is pinned and the rows keep their recorded order (any
+    order for rows of one key): ``(keys, row_ptr, row_time)``; ``None`` when this does not apply.
+
+    Such rows need no gathering: the keys are the experts plus their layer's base ``l * E`` in trace
+    order, row ``r`` spans ``[r * K, (r + 1) * K)`` and runs at ``step0 * L + r``. One vectorised
+    add instead of :func:`build_rows`' per-row copy, and no ``src`` map back to the trace (a row's
+    hits are the ``K`` bytes at its place): measured ~8 ns per access less on the real OLMoE trace
+    (6.5 M accesses, rows of 8), a third of ARC's whole ``replay()`` time there.
+    """
+    if layout.per_layer or (layout.tie_break != "row" and experts.shape[2] > 1) or experts.size == 0:
+        return None
+    if layout.pinned.any() or int(experts.min()) < 0:
+        return None
+    T, L, K = experts.shape
+    keys = np.add(experts, (np.arange(L, dtype=np.int32) * layout.num_experts)[:, None], dtype=np.int32)
+    row_ptr = np.arange(0, T * L * K + 1, K, dtype=np.int64)
+    row_time = np.arange(step0 * L, (step0 + T) * L, dtype=np.int64)
+    return keys.reshape(-1), row_ptr, row_time
+
+
+@njit
+def dense_row_hits(hits, width, step_hits_flat):
+    """``step_hits_flat[r]`` = the hits of row ``r`` of :func:`dense_rows` (``width`` keys each)."""
+    for r in range(step_hits_flat.shape[0]):
+        h = 0
+        for j in range(r * width, (r + 1) * width):
+            h += hits[j]
+        step_hits_flat[r] = h
+
+
 def iter_row_blocks(experts: np.ndarray, pieces: list[Piece], layout: Layout,
                     reverse: bool = False) -> Iterator[tuple[Piece, np.ndarray, RowBlock]]:
     """(piece, its experts as an in-memory array, its rows), reading one piece at a time."""
@@ -441,9 +477,11 @@ class NextUse:
         nxt = [np.full(n_keys, NEVER, np.int64) for _ in range(n_inst)]
         for p in range(len(stream.pieces) - 1, -1, -1):
             piece = stream.pieces[p]
-            block = build_rows(stream.read(piece), piece.step0, layout, keep_empty=keep_empty)
+            chunk = stream.read(piece)
+            dense = None if keep_empty else dense_rows(chunk, piece.step0, layout)
+            block = build_rows(chunk, piece.step0, layout, keep_empty=keep_empty) if dense is None else None
             for j in range(n_inst):
-                keys, row_ptr, row_time, _ = block.instance(j)
+                keys, row_ptr, row_time = dense if block is None else block.instance(j)[:3]
                 nu = np.empty(len(keys), np.int64)
                 next_use_backward(keys, row_ptr, row_time, nxt[j], nu)
                 if spill:

@@ -1,12 +1,24 @@
 """Shared pieces of the specialised policy loops: the one-key-row check, trace <-> CSR rows for the
-fused paths, and bit sets over ``uint64`` words. No module-level NAME: the policy registry skips it."""
+fused paths, and bit sets over ``uint64`` words (with a popcount). No module-level NAME: the policy
+registry skips it."""
 
 from __future__ import annotations
 
 import numpy as np
 from moesim.kernels.jit import njit
+from numba.core.extending import intrinsic
 
 ONE = np.uint64(1)
+
+
+@intrinsic
+def popcount(typingctx, src):
+    """The set bits of an integer: LLVM's ``ctpop`` (one ``popcnt`` instruction on x86-64)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return src(src), codegen
 
 
 @njit(inline="always")
