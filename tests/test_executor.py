@@ -125,6 +125,9 @@ def test_the_schedule_hits_what_replay_hits_for_every_policy(trace, policy: str)
         assert sched.counts["l1_hits"] == want.hits
 
 
+MIN_CAPACITY = {"s3fifo": 2}  # S3-FIFO keeps a small and a main queue, one slot each at least
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(traces(max_steps=12, min_steps=1), st.sampled_from(["lru", "fifo", "opt", "s3fifo", "arc", "watermark"]),
        st.integers(0, 3), st.sampled_from([None, "inclusive", "exclusive"]),
@@ -132,7 +135,7 @@ def test_the_schedule_hits_what_replay_hits_for_every_policy(trace, policy: str)
 def test_the_schedule_equals_the_hierarchy_on_random_traces(tr, policy: str, extra: int, l2: str | None, pf: str,
                                                             budget: int | None) -> None:
     tr = decode_only(tr)
-    cap = tr.width + extra
+    cap = max(tr.width + extra, MIN_CAPACITY.get(policy, 1))
     l2_cap = None if l2 is None else cap + 1 + extra
     incl = l2 != "exclusive"
     setup = setup_cache(tr.num_layers, tr.num_experts, policy, cap, warmup_steps=min(1, tr.num_steps))
