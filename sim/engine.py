@@ -209,9 +209,12 @@ class _Counts:
             self.phases[int(value)] += (int(step_acc[sel].sum()), int(step_hits[sel].sum()))
 
 
-def _uses_hierarchy(setup: CacheSetup, lower: LowerLevels | None, prefetcher: Any) -> bool:
+def _uses_hierarchy(setup: CacheSetup, lower: LowerLevels | None, prefetcher: Any, timing: Any = None) -> bool:
+    """Whether the rows need the hierarchy loop. A policy that starts full (``PRELOADS``) needs it
+    only under the timing model, which charges each streamed-through miss (a bypass) as its own
+    transfer; its hits and misses alone come from its ``replay`` like any other policy's."""
     return (prefetcher is not None or (lower is not None and lower.l2_capacity is not None)
-            or bool(getattr(setup.policy, "PRELOADS", False)))
+            or (timing is not None and bool(getattr(setup.policy, "PRELOADS", False))))
 
 
 def run(trace: Trace, setup: CacheSetup, *, decode_only: bool = False, lower: LowerLevels | None = None,
@@ -240,7 +243,7 @@ def run(trace: Trace, setup: CacheSetup, *, decode_only: bool = False, lower: Lo
     chunk_steps = default_chunk_steps(L, K) if chunk_steps is None else int(chunk_steps)
     stream = plan_stream(trace, chunk_steps, warmup_steps=setup.warmup_steps, cold_start=setup.cold_start,
                          decode_only=decode_only)
-    general = path == "hierarchy" or _uses_hierarchy(setup, lower, prefetcher)
+    general = path == "hierarchy" or _uses_hierarchy(setup, lower, prefetcher, timing)
     # The widest row: to refuse a cache that cannot hold one, and for the hierarchy's room rule. A
     # pass over the trace, skipped when no row can be wider than the cache (most replays).
     if general or min(setup.policy_slots) < K:
@@ -280,8 +283,6 @@ def run_sizes(trace: Trace, setups: Sequence[CacheSetup], *, decode_only: bool =
                 and (s.warmup_steps, s.cold_start) == (first.warmup_steps, first.cold_start))
         if not same:
             raise ConfigError("run_sizes: the caches must differ only in capacity and seed")
-    if _uses_hierarchy(first, None, None):  # a policy that starts full has no fast path
-        return [run(trace, s, decode_only=decode_only, chunk_steps=chunk_steps, scratch=scratch) for s in setups]
     if (trace.num_layers, trace.num_experts) != (first.layout.num_layers, first.layout.num_experts):
         return [run(trace, s, decode_only=decode_only, chunk_steps=chunk_steps) for s in setups]  # refuses it
     L, K = trace.num_layers, trace.width
