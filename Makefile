@@ -49,7 +49,7 @@ run: venv
 
 # The default test suite (slow tests excluded; `make test-all` runs everything).
 test: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 test-all: venv
 	$(PY) -m pytest -q
