@@ -5,19 +5,18 @@ special (no guard: small promoting everything, an empty main, ghost hits, the bo
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.policies import lirs, reference_rows, replay_rows, resolve_params, s3fifo
-from policy_loop_support import csr, queue, row_traces
+from moesim.sim.policies import lirs, replay_rows, s3fifo
+from policy_support import csr, lirs_meaning, new_policy_state, row_traces, s3fifo_meaning, serve_csr
+from policy_support import three_ways as check_three_ways
 
 POLICIES = {"s3fifo": s3fifo, "lirs": lirs}
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-NO_NEXT = np.zeros(0, np.int64)
 KNOBS = {
     "s3fifo": st.fixed_dictionaries({"small_ratio": st.sampled_from([0.1, 0.3, 0.5]),
                                      "ghost_ratio": st.sampled_from([0.0, 0.9, 2.0]),
@@ -27,45 +26,13 @@ KNOBS = {
 }
 
 
-def new_state(module: ModuleType, cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
-    return module.make_state(cap, num_keys, resolve_params(module, params), 0)
-
-
-def serve(fn: Any, state: tuple, keys, row_ptr, row_time, num_keys: int) -> tuple[list[int], int]:
-    hits = np.zeros(len(keys), np.uint8)
-    evictions = fn(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
-    return hits.tolist(), int(evictions)
-
-
-def meaning(state: tuple) -> list:
-    """What a state says about the cache: its queues in order (the links of keys on no list are
-    leftovers that nothing reads) and every other array as it is."""
-    if len(state) == 5:  # s3fifo: prv, nxt, where, freq, cnt
-        prv, nxt, where, freq, cnt = state
-        n = len(where)
-        return [queue(prv, nxt, n + j) for j in range(3)] + [where.tolist(), freq.tolist(), cnt.tolist()]
-    sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state  # lirs: S, then Q and the non-resident list
-    n = flags.shape[1]
-    return [queue(sprv, snxt, n), queue(qprv, qnxt, n), queue(qprv, qnxt, n + 1), flags.tolist(),
-            qwhere.tolist(), cnt.tolist()]
-
-
-def same_state(a: tuple, b: tuple) -> bool:
-    return meaning(a) == meaning(b)
+MEANINGS = {"s3fifo": s3fifo_meaning, "lirs": lirs_meaning}
 
 
 def three_ways(name: str, rows: list[list[int]], cap: int, num_keys: int,
                params: dict[str, Any] | None = None) -> tuple[list[int], int]:
     """replay, the per-access loop and the reference agree, and both loops leave the same state."""
-    module = POLICIES[name]
-    keys, row_ptr, row_time = csr(rows)
-    s1, s2 = new_state(module, cap, num_keys, params), new_state(module, cap, num_keys, params)
-    got = serve(module.replay, s1, keys, row_ptr, row_time, num_keys)
-    slow = serve(module.replay_by_access, s2, keys, row_ptr, row_time, num_keys)
-    ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, cap, num_keys, params)
-    assert got == slow == (ref_hits.tolist(), ref_ev), name
-    assert same_state(s1, s2)
-    return got
+    return check_three_ways(name, rows, cap, num_keys, params, meaning=MEANINGS[name])
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -88,11 +55,11 @@ def test_state_left_by_replay_reads_the_same_through_access(name: str, data, ext
     cap = max(2, max(len(r) for r in rows) + extra)
     c = int(cut * len(rows))
     a, b = csr(rows[:c]), csr(rows[c:])
-    s1, s2 = new_state(module, cap, num_keys, None), new_state(module, cap, num_keys, None)
-    first = serve(module.replay, s1, *a, num_keys), serve(module.replay_by_access, s2, *a, num_keys)
-    assert first[0] == first[1] and same_state(s1, s2)
-    second = serve(module.replay_by_access, s1, *b, num_keys), serve(module.replay, s2, *b, num_keys)
-    assert second[0] == second[1] and same_state(s1, s2)
+    s1, s2 = new_policy_state(module, cap, num_keys, None), new_policy_state(module, cap, num_keys, None)
+    first = serve_csr(module.replay, s1, *a, num_keys), serve_csr(module.replay_by_access, s2, *a, num_keys)
+    assert first[0] == first[1] and MEANINGS[name](s1) == MEANINGS[name](s2)
+    second = serve_csr(module.replay_by_access, s1, *b, num_keys), serve_csr(module.replay, s2, *b, num_keys)
+    assert second[0] == second[1] and MEANINGS[name](s1) == MEANINGS[name](s2)
     whole, ev = replay_rows(module, *csr(rows), cap, num_keys)
     assert first[0][0] + second[0][0] == whole.tolist() and first[0][1] + second[0][1] == ev
 
@@ -131,8 +98,8 @@ def test_s3fifo_small_promotes_everything_then_main_evicts() -> None:
     params = {"small_ratio": 0.5, "move_threshold": 1, "prefill_main": False, "ghost_ratio": 0.0}
     hits, evictions = three_ways("s3fifo", rows, 4, 5, params)
     assert hits == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0] and evictions == 3
-    state = new_state(s3fifo, 4, 5, params)
-    serve(s3fifo.replay, state, *csr(rows), 5)
+    state = new_policy_state(s3fifo, 4, 5, params)
+    serve_csr(s3fifo.replay, state, *csr(rows), 5)
     where = state[2]
     assert where.tolist() == [s3fifo.SMALL, s3fifo.SMALL, s3fifo.MAIN, s3fifo.MAIN, s3fifo.NONE]
 
@@ -146,8 +113,8 @@ def test_s3fifo_ghost_hit_goes_to_main() -> None:
     params = {"prefill_main": False}
     hits, evictions = three_ways("s3fifo", rows, 4, 5, params)
     assert hits == [0] * 7 and evictions == 3
-    state = new_state(s3fifo, 4, 5, params)
-    serve(s3fifo.replay, state, *csr(rows), 5)
+    state = new_policy_state(s3fifo, 4, 5, params)
+    serve_csr(s3fifo.replay, state, *csr(rows), 5)
     where = state[2]
     assert where.tolist() == [s3fifo.MAIN, s3fifo.MAIN, s3fifo.GHOST, s3fifo.SMALL, s3fifo.SMALL]
 
@@ -159,8 +126,8 @@ def test_lirs_stack_bound_drops_the_oldest_non_resident_entries() -> None:
     hits, _ = three_ways("lirs", rows, 4, 40, {"stack_ratio": 1.0})
     # the three LIR keys 0 1 2 (Llirs = 3) survive the scan: all their later requests hit
     assert hits[-30:] == [1] * 30
-    state = new_state(lirs, 4, 40, {"stack_ratio": 1.0})
-    serve(lirs.replay, state, *csr(rows), 40)
+    state = new_policy_state(lirs, 4, 40, {"stack_ratio": 1.0})
+    serve_csr(lirs.replay, state, *csr(rows), 40)
     assert state[-1][lirs.N_S] <= 4
 
 
@@ -170,8 +137,8 @@ def test_lirs_miss_in_stack_becomes_lir() -> None:
     rows = [[k] for k in [0, 1, 2, 3, 2]]
     hits, evictions = three_ways("lirs", rows, 3, 4)
     assert hits == [0] * 5 and evictions == 2
-    state = new_state(lirs, 3, 4, None)
-    serve(lirs.replay, state, *csr(rows), 4)
+    state = new_policy_state(lirs, 3, 4, None)
+    serve_csr(lirs.replay, state, *csr(rows), 4)
     flags = state[4]
     assert flags[0].tolist() == [1, 1, 1, 0]  # resident: 0 1 2 (3 was evicted by 2's miss)
     assert flags[1].tolist() == [0, 1, 1, 0]  # LIR: 1 2

@@ -6,42 +6,17 @@ state that ``access`` reads the same way, and handles the cases its data structu
 from __future__ import annotations
 
 import itertools
-from types import ModuleType
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.policies import clock, fifo, random_evict, reference_rows, replay_rows, sieve
-from policy_loop_support import csr, row_traces
+from moesim.sim.policies import clock, fifo, random_evict, replay_rows, sieve
+from policy_support import csr, row_traces, serve_csr, three_ways
 
 POLICIES = {"fifo": fifo, "clock": clock, "sieve": sieve, "random": random_evict}
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_NEXT = np.zeros(0, np.int64)
-
-
-def by_access(module: ModuleType, state: tuple, keys, row_ptr, row_time) -> tuple[list[int], int]:
-    hits = np.zeros(len(keys), np.uint8)
-    # state[1] is a per-key array in all four states: its length is the number of keys
-    evictions = module.replay_by_access(state, keys, row_ptr, row_time, NO_NEXT, len(state[1]), hits)
-    return hits.tolist(), int(evictions)
-
-
-def fast(module: ModuleType, state: tuple, keys, row_ptr, row_time) -> tuple[list[int], int]:
-    hits = np.zeros(len(keys), np.uint8)
-    evictions = module.replay(state, keys, row_ptr, row_time, NO_NEXT, len(state[1]), hits)
-    return hits.tolist(), int(evictions)
-
-
-def three_ways(name: str, rows: list[list[int]], cap: int, num_keys: int, seed: int = 0) -> tuple[list[int], int]:
-    """replay, the per-access loop and the reference agree; returns (hits, evictions)."""
-    module = POLICIES[name]
-    keys, row_ptr, row_time = csr(rows)
-    got = fast(module, module.make_state(cap, num_keys, {}, seed), keys, row_ptr, row_time)
-    slow = by_access(module, module.make_state(cap, num_keys, {}, seed), keys, row_ptr, row_time)
-    ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, cap, num_keys, seed=seed)
-    assert got == slow == (ref_hits.tolist(), ref_ev), name
-    return got
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -49,7 +24,7 @@ def three_ways(name: str, rows: list[list[int]], cap: int, num_keys: int, seed: 
 @given(data=row_traces(), extra=st.integers(0, 6), seed=st.integers(0, 2**32))
 def test_replay_equals_per_access_and_reference(name: str, data, extra: int, seed: int) -> None:
     rows, num_keys = data
-    three_ways(name, rows, max(len(r) for r in rows) + extra, num_keys, seed)
+    three_ways(POLICIES[name], rows, max(len(r) for r in rows) + extra, num_keys, seed=seed)
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -67,8 +42,10 @@ def test_state_left_by_replay_reads_the_same_through_access(name: str, data, ext
     b_keys, b_ptr, b_time = csr(rows[c:])
     s1 = module.make_state(cap, num_keys, {}, seed)
     s2 = module.make_state(cap, num_keys, {}, seed)
-    first = fast(module, s1, a_keys, a_ptr, a_time), by_access(module, s2, a_keys, a_ptr, a_time)
-    second = by_access(module, s1, b_keys, b_ptr, b_time), fast(module, s2, b_keys, b_ptr, b_time)
+    first = (serve_csr(module.replay, s1, a_keys, a_ptr, a_time, num_keys),
+             serve_csr(module.replay_by_access, s2, a_keys, a_ptr, a_time, num_keys))
+    second = (serve_csr(module.replay_by_access, s1, b_keys, b_ptr, b_time, num_keys),
+              serve_csr(module.replay, s2, b_keys, b_ptr, b_time, num_keys))
     assert first[0] == first[1] and second[0] == second[1]
     whole, ev = replay_rows(module, *csr(rows), cap, num_keys, seed=seed)
     assert first[0][0] + second[0][0] == whole.tolist() and first[0][1] + second[0][1] == ev
@@ -79,7 +56,7 @@ def test_rows_as_wide_as_the_cache(name: str) -> None:
     # Capacity 4, rows of 4 fresh keys: each row evicts the whole previous row (nothing else is
     # there), and a repeated row hits in full.
     rows = [[0, 1, 2, 3], [4, 5, 6, 7], [4, 5, 6, 7], [3, 2, 1, 0], [8, 9, 10, 11], [11, 10, 9, 8]]
-    hits, evictions = three_ways(name, rows, 4, 12, seed=1)
+    hits, evictions = three_ways(POLICIES[name], rows, 4, 12, seed=1)
     assert hits == [0] * 8 + [1] * 4 + [0] * 8 + [1] * 4
     assert evictions == 12
 
@@ -93,7 +70,7 @@ def test_one_key_stream_over_many_bit_words(name: str) -> None:
     rows = [[int(k)] for k in skewed]
     distinct = len(set(skewed.tolist()))
     for cap in (65, 130, 200):
-        hits, evictions = three_ways(name, rows, cap, 300, seed=2)
+        hits, evictions = three_ways(POLICIES[name], rows, cap, 300, seed=2)
         # every miss inserts; all but the first ``min(cap, distinct)`` evict
         assert evictions == len(rows) - sum(hits) - min(cap, distinct)
         assert 0 < sum(hits) < len(rows)
@@ -106,7 +83,7 @@ def test_fifo_keeps_a_guarded_head_and_leaves_holes_behind_it() -> None:
     hits, evictions = three_ways("fifo", rows, 2, 21)
     assert hits == [0, 0] + [1, 0] * 599 and evictions == 599
     state = fifo.make_state(2, 21, {}, 0)
-    fast(fifo, state, *csr(rows))
+    serve_csr(fifo.replay, state, *csr(rows), 21)
     ring, resident, counters = state
     # 601 insertions into 64 entries: the ring compacted (0 never left the head); the window holds
     # 0 and the last new key (20), holes between them dropped at the last compaction or not yet.
@@ -146,7 +123,8 @@ def test_random_leaves_the_generator_where_access_leaves_it() -> None:
     keys, row_ptr, row_time = csr(rows)
     s1 = random_evict.make_state(6, 30, {}, 9)
     s2 = random_evict.make_state(6, 30, {}, 9)
-    assert fast(random_evict, s1, keys, row_ptr, row_time) == by_access(random_evict, s2, keys, row_ptr, row_time)
+    assert (serve_csr(random_evict.replay, s1, keys, row_ptr, row_time, 30)
+            == serve_csr(random_evict.replay_by_access, s2, keys, row_ptr, row_time, 30))
     assert s1[3][0] == s2[3][0] and s1[0].tolist() == s2[0].tolist()
 
 

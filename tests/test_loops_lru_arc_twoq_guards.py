@@ -7,44 +7,19 @@ only guarded keys)."""
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.policies import arc, lru, reference_rows, replay_rows, resolve_params, twoq
-from policy_loop_support import csr, row_traces
+from moesim.sim.policies import arc, lru, replay_rows, twoq
+from policy_support import csr, new_policy_state, row_traces, serve_csr, three_ways
 
 POLICIES = {"lru": lru, "arc": arc, "twoq": twoq}
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-NO_NEXT = np.zeros(0, np.int64)
 TWOQ_KNOBS = ({"kin_ratio": 0.25, "kout_ratio": 0.5}, {"kin_ratio": 0.5, "kout_ratio": 0.0},
               {"kin_ratio": 0.1, "kout_ratio": 2.0})
-
-
-def new_state(module: ModuleType, cap: int, num_keys: int, params: dict[str, Any] | None = None) -> tuple:
-    return module.make_state(cap, num_keys, resolve_params(module, params), 0)
-
-
-def run(loop: Any, state: tuple, keys, row_ptr, row_time, num_keys: int) -> tuple[list[int], int]:
-    hits = np.zeros(len(keys), np.uint8)
-    evictions = loop(state, keys, row_ptr, row_time, NO_NEXT, num_keys, hits)
-    return hits.tolist(), int(evictions)
-
-
-def three_ways(name: str, rows: list[list[int]], cap: int, num_keys: int,
-               params: dict[str, Any] | None = None) -> tuple[list[int], int]:
-    """replay, the per-access loop and the reference agree; returns (hits, evictions)."""
-    module = POLICIES[name]
-    keys, row_ptr, row_time = csr(rows)
-    got = run(module.replay, new_state(module, cap, num_keys, params), keys, row_ptr, row_time, num_keys)
-    slow = run(module.replay_by_access, new_state(module, cap, num_keys, params), keys, row_ptr, row_time,
-               num_keys)
-    ref_hits, ref_ev = reference_rows(module, keys, row_ptr, row_time, cap, num_keys, params=params)
-    assert got == slow == (ref_hits.tolist(), ref_ev), name
-    return got
 
 
 def lru_order(state: tuple) -> list[int]:
@@ -86,11 +61,11 @@ def test_state_left_by_replay_reads_the_same_through_access(name: str, data, ext
     c = int(cut * len(rows))
     a = csr(rows[:c])
     b = csr(rows[c:])
-    s1 = new_state(module, cap, num_keys)
-    s2 = new_state(module, cap, num_keys)
-    first = run(module.replay, s1, *a, num_keys), run(module.replay_by_access, s2, *a, num_keys)
+    s1 = new_policy_state(module, cap, num_keys)
+    s2 = new_policy_state(module, cap, num_keys)
+    first = serve_csr(module.replay, s1, *a, num_keys), serve_csr(module.replay_by_access, s2, *a, num_keys)
     same_cache(name, s1, s2)
-    second = run(module.replay_by_access, s1, *b, num_keys), run(module.replay, s2, *b, num_keys)
+    second = serve_csr(module.replay_by_access, s1, *b, num_keys), serve_csr(module.replay, s2, *b, num_keys)
     same_cache(name, s1, s2)
     assert first[0] == first[1] and second[0] == second[1]
     whole, ev = replay_rows(module, *csr(rows), cap, num_keys)
@@ -128,12 +103,12 @@ def test_capacity_below_the_row_width(name: str) -> None:
     module = POLICIES[name]
     keys, row_ptr, row_time = csr([[0], [1], [2, 3, 4]])
     if name == "lru":
-        hits, _ = run(module.replay, new_state(module, 2, 5), keys, row_ptr, row_time, 5)
+        hits, _ = serve_csr(module.replay, new_policy_state(module, 2, 5), keys, row_ptr, row_time, 5)
         assert hits == [0] * 5
         return
     for loop in (module.replay, module.replay_by_access):
         with pytest.raises(ValueError, match="every resident is guarded"):
-            run(loop, new_state(module, 2, 5), keys, row_ptr, row_time, 5)
+            serve_csr(loop, new_policy_state(module, 2, 5), keys, row_ptr, row_time, 5)
 
 
 def test_lru_stale_entries_and_compaction_on_a_stream() -> None:
@@ -143,8 +118,8 @@ def test_lru_stale_entries_and_compaction_on_a_stream() -> None:
     rows = [[0], [1], [2]] + [[1 + k % 2] for k in range(1000)] + [[3], [0]]
     hits, evictions = three_ways("lru", rows, 3, 4)
     assert hits == [0, 0, 0] + [1] * 1000 + [0, 0] and evictions == 2
-    state = new_state(lru, 3, 4)
-    run(lru.replay, state, *csr(rows), 4)
+    state = new_policy_state(lru, 3, 4)
+    serve_csr(lru.replay, state, *csr(rows), 4)
     # 1005 entries were appended; a tail position below that shows the ring was compacted
     assert lru_order(state) == [2, 3, 0] and state[3][1] < 1005
 
@@ -163,8 +138,8 @@ def test_arc_by_hand_with_guards() -> None:
     # |T1| = p takes T2's LRU: 0 to B2; 2 into T2. [0]: a B2 hit, p = 0, REPLACE: 1 to B1.
     hits, evictions = three_ways("arc", [[0], [1], [2, 0], [1], [2], [0]], 2, 3)
     assert hits == [0, 0, 0, 1, 0, 0, 0] and evictions == 4
-    state = new_state(arc, 2, 3)
-    run(arc.replay, state, *csr([[0], [1], [2, 0], [1], [2], [0]]), 3)
+    state = new_policy_state(arc, 2, 3)
+    serve_csr(arc.replay, state, *csr([[0], [1], [2, 0], [1], [2], [0]]), 3)
     where, cnt, p = state[2], state[3], state[4]
     assert where.tolist() == [arc.T2, arc.B1, arc.T2] and cnt[:4].tolist() == [0, 2, 1, 0] and p[0] == 0.0
 
@@ -186,8 +161,8 @@ def test_twoq_by_hand_with_guards() -> None:
     rows = [[0], [1], [2], [3], [4, 0, 1], [2], [5]]
     hits, evictions = three_ways("twoq", rows, 4, 6)
     assert hits == [0, 0, 0, 0, 0, 1, 1, 0, 0] and evictions == 3
-    state = new_state(twoq, 4, 6)
-    run(twoq.replay, state, *csr(rows), 6)
+    state = new_policy_state(twoq, 4, 6)
+    serve_csr(twoq.replay, state, *csr(rows), 6)
     where, cnt = state[2], state[3]
     assert where.tolist() == [twoq.AOUT, twoq.AOUT, twoq.AM, twoq.AIN, twoq.AIN, twoq.AIN]
     assert cnt[:3].tolist() == [3, 2, 1]
@@ -202,8 +177,8 @@ def test_twoq_am_fully_guarded_falls_back_to_a1in() -> None:
     knobs = {"kin_ratio": 0.5, "kout_ratio": 1.0}
     hits, evictions = three_ways("twoq", rows, 2, 4, knobs)
     assert hits == [0, 0, 0, 0, 0, 1, 0] and evictions == 4
-    state = new_state(twoq, 2, 4, knobs)
-    run(twoq.replay, state, *csr(rows), 4)
+    state = new_policy_state(twoq, 2, 4, knobs)
+    serve_csr(twoq.replay, state, *csr(rows), 4)
     assert state[2].tolist() == [twoq.NONE, twoq.AM, twoq.AOUT, twoq.AIN]
 
 

@@ -12,14 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.policies import s3fifo
-from policy_loop_support import (
+from policy_support import (
     check_rows_and_cut,
     new_policy_state,
-    queue,
     serve,
     serve_in_parts,
     three_ways_state,
     wide_rows,
+)
+from policy_support import (
+    s3fifo_meaning as meaning,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,14 +30,6 @@ LOOPS = {"replay": s3fifo.replay, "replay_by_access": s3fifo.replay_by_access}
 
 def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
     return new_policy_state(s3fifo, cap, num_keys, params)
-
-
-def meaning(state: tuple) -> list:
-    """The queues front first (links of keys on no list are leftovers nothing reads), then where,
-    freq and the counters."""
-    prv, nxt, where, freq, cnt = state
-    n = len(where)
-    return [queue(prv, nxt, n + j) for j in range(3)] + [where.tolist(), freq.tolist(), cnt.tolist()]
 
 
 def three_ways(rows: list[list[int]], cap: int, num_keys: int,

@@ -19,7 +19,7 @@ from moesim.sim.policies import (
     resolve_params,
 )
 from moesim.sim.rows import next_use_times
-from policy_loop_support import csr
+from policy_support import csr
 
 NO_NEXT = np.zeros(0, np.int64)
 SEED = 3  # Random draws from it; the other policies ignore it
