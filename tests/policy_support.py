@@ -17,6 +17,11 @@ from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve
 
 NO_NEXT = np.zeros(0, np.int64)
 
+# The policies whose exact counts are worked out by hand, by test file (test_policies_core.py,
+# test_policies_advanced.py); together they are every registered policy (tests/test_registries.py).
+CORE = ["clock", "fifo", "lfu", "lfuda", "lru", "opt", "random", "sieve", "static"]
+ADVANCED = ["arc", "layeraware", "lirs", "s3fifo", "twoq", "watermark"]
+
 # One key per row, capacity 3 in the by-hand tests. Position: key
 #   0:4 1:2 2:0 3:1 4:0 5:3 6:0 7:3 8:4 9:1 10:0 11:4 12:2 13:3 14:1
 SEQ = [4, 2, 0, 1, 0, 3, 0, 3, 4, 1, 0, 4, 2, 3, 1]

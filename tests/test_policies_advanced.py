@@ -12,9 +12,8 @@ from moesim.sim.errors import ConfigError
 from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_params
 from moesim.sim.policies import watermark as wm
 from moesim.sim.rows import next_use_reference
-from policy_support import SEQ, csr, hits_at, run, short_row_traces, try_run
+from policy_support import ADVANCED, SEQ, csr, hits_at, run, short_row_traces, try_run
 
-ADVANCED = ["arc", "layeraware", "lirs", "s3fifo", "twoq", "watermark"]
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ONE_PER_ROW = [[k] for k in SEQ]  # SEQ = 4 2 0 1 0 3 0 3 4 1 0 4 2 3 1 (positions 0..14)
 

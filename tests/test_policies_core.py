@@ -15,9 +15,8 @@ from moesim.sim.kernel import NEVER
 from moesim.sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_params
 from moesim.sim.policies import lru as lru_mod
 from moesim.sim.rows import next_use_reference, next_use_times
-from policy_support import SEQ, csr, hits_at, run, short_row_traces, try_run
+from policy_support import CORE, SEQ, csr, hits_at, run, short_row_traces, try_run
 
-CORE = ["clock", "fifo", "lfu", "lfuda", "lru", "opt", "random", "sieve", "static"]
 DEMAND = [p for p in CORE if p != "static"]  # the policies that insert on every miss
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -43,8 +43,9 @@ def plan_rows(plan) -> list[list[tuple[int, int]]]:
     return [plan.row(r) for r in range(plan.num_rows)]
 
 
-def test_registry_lists_the_four_prefetchers_and_refuses_unknown_knobs() -> None:
-    assert list_prefetchers() == ["affinity", "none", "oracle", "speculative"]
+def test_registry_finds_the_shipped_prefetchers_and_refuses_unknown_knobs() -> None:
+    # every registered prefetcher is checked against its config in test_registries.py
+    assert {"affinity", "none", "oracle", "speculative"} <= set(list_prefetchers())
     with pytest.raises(ConfigError, match="unknown prefetcher"):
         get_prefetcher("psychic")
     with pytest.raises(ConfigError, match="lookahed"):

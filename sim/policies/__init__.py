@@ -26,6 +26,8 @@ are helpers and are skipped. Every policy module provides:
 
 Optional attributes: ``NEEDS_NEXT_USE = True`` if ``access`` reads ``next_use`` (the engine then
 computes it; otherwise ``replay`` gets an empty array and the loop passes ``NEVER``);
+``LAYER_CLOCK = True`` if ``make_state`` reads ``_num_layers`` (the policy counts in the layer clock,
+so a replay outside the engine must pass the trace's layer context);
 ``PRELOADS = True`` if the cache starts full (then it may beat OPT, which starts empty), with
 ``preloaded(state) -> keys`` saying what it holds; ``more_victims(state, out) -> int`` (``@njit``)
 for a policy that may evict several keys for one request (see below).

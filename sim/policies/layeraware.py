@@ -87,6 +87,7 @@ from moesim.sim.kernel import HIT, MISS, replay_kernel
 from moesim.sim.policies import _knobs
 
 NAME = "layeraware"
+LAYER_CLOCK = True  # counts in the layer clock: make_state reads _num_layers
 PARAMS: dict[str, Any] = {"predictor": "gap", "alpha": 0.3}
 
 PREDICTORS = ("gap", "age")

@@ -54,6 +54,7 @@ from moesim.sim.kernel import HIT, MISS, replay_kernel
 from moesim.sim.policies import _knobs
 
 NAME = "watermark"
+LAYER_CLOCK = True  # counts in the layer clock: make_state reads _num_layers
 PARAMS: dict[str, Any] = {"high": 1.0, "low": 0.75, "score": "recency", "decay": 1.0, "weight": 0.5}
 
 SCORES = ("recency", "frequency", "mix")
