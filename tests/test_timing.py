@@ -26,11 +26,11 @@ from moesim.sim.timing import (
     Links,
     timeline_events,
     timeline_misses,
-    timeline_reference,
 )
 from moesim.sim.validation import ExplicitBitsModel, markdown_table, run_validation
 from moesim.traces.synth import generate_preset
 from moesim.traces.trace import TraceMeta, make_trace
+from naive import timeline_reference
 
 REL = 1e-12
 H, I_SIZE = 64, 32
