@@ -132,7 +132,7 @@ def test_the_schedule_hits_what_replay_hits_for_every_policy(trace, policy: str)
 def test_the_schedule_equals_the_hierarchy_on_random_traces(tr, policy: str, extra: int, l2: str | None, pf: str,
                                                             budget: int | None) -> None:
     tr = decode_only(tr)
-    cap = tr.width + extra
+    cap = max(2, tr.width + extra)  # S3-FIFO needs two slots
     l2_cap = None if l2 is None else cap + 1 + extra
     incl = l2 != "exclusive"
     setup = setup_cache(tr.num_layers, tr.num_experts, policy, cap, warmup_steps=min(1, tr.num_steps))
