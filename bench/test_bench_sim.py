@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from moesim.bench.conftest import Stream, bench_stream, bench_trace, best_rate, oracle_general
 from moesim.sim.mrc import lru_hit_curve, opt_hit_curve
-from moesim.sim.policies import get_policy, list_policies, needs_next_use, replay_rows, resolve_params
+from moesim.sim.policies import get_policy, list_policies, needs_next_use, replay_rows, resolve_policy_params
 from moesim.sim.replay import replay
 from moesim.sim.rows import next_use_times
 
@@ -104,7 +104,7 @@ def _ours(benchmark: Any, policy: str, s: Stream) -> tuple[np.ndarray, Callable[
     (its hit vector, a function that times one more replay from a fresh state in seconds)."""
     module = get_policy(policy)
     context = {"num_layers": s.num_layers, "num_experts": s.num_experts} if policy in LAYER_CLOCK else {}
-    params = resolve_params(module, _params(policy, s), **context)
+    params = resolve_policy_params(module, _params(policy, s), **context)
     # An oracle policy runs in libCacheSim's clock (one tick per request): with the layer clock the
     # experts of one row would share a next-use time and tie, which libCacheSim never sees.
     times = np.arange(len(s.keys), dtype=np.int64) if needs_next_use(module) else s.row_time

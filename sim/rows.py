@@ -25,7 +25,7 @@ from itertools import pairwise
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import NEVER
+from moesim.sim.row_loop import NEVER
 from moesim.traces.trace import DECODE, Trace
 
 TIE_ROW, TIE_REVERSE, TIE_EXPERT_ID = 0, 1, 2

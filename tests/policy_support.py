@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_policy_params
 
 NO_NEXT = np.zeros(0, np.int64)
 
@@ -151,7 +151,7 @@ def wide_rows(draw: Any) -> tuple[list[list[int]], int]:
 
 def new_policy_state(module: Any, cap: int, num_keys: int, params: dict[str, Any] | None = None,
                      seed: int = 0) -> tuple:
-    return module.make_state(cap, num_keys, resolve_params(module, params), seed)
+    return module.make_state(cap, num_keys, resolve_policy_params(module, params), seed)
 
 
 def _three_ways(policy: str | ModuleType, rows: list[list[int]], cap: int, num_keys: int,

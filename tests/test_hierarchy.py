@@ -9,11 +9,11 @@ from hierarchy_reference import prefetch_next_use, reference_hierarchy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import NEVER
 from moesim.sim.levels import HierarchyConfig, Level
 from moesim.sim.offload import simulate_hierarchy
 from moesim.sim.prefetch import plan_from_lists, routing_rows
 from moesim.sim.replay import replay
+from moesim.sim.row_loop import NEVER
 from moesim.traces.trace import TraceMeta, make_trace
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.policies import clock, fifo, random_evict, replay_rows, sieve
+from moesim.sim.policies import clock, fifo, replay_rows, sieve
+from moesim.sim.policies import random as random_policy
 from policy_support import csr, row_traces, serve_csr, three_ways
 
-POLICIES = {"fifo": fifo, "clock": clock, "sieve": sieve, "random": random_evict}
+POLICIES = {"fifo": fifo, "clock": clock, "sieve": sieve, "random": random_policy}
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NO_NEXT = np.zeros(0, np.int64)
 
@@ -121,10 +122,10 @@ def test_random_leaves_the_generator_where_access_leaves_it() -> None:
     rows = [[int(k)] for k in rng.integers(0, 30, 500)] + [rng.choice(30, 3, replace=False).tolist()
                                                           for _ in range(100)]
     keys, row_ptr, row_time = csr(rows)
-    s1 = random_evict.make_state(6, 30, {}, 9)
-    s2 = random_evict.make_state(6, 30, {}, 9)
-    assert (serve_csr(random_evict.replay, s1, keys, row_ptr, row_time, 30)
-            == serve_csr(random_evict.replay_by_access, s2, keys, row_ptr, row_time, 30))
+    s1 = random_policy.make_state(6, 30, {}, 9)
+    s2 = random_policy.make_state(6, 30, {}, 9)
+    assert (serve_csr(random_policy.replay, s1, keys, row_ptr, row_time, 30)
+            == serve_csr(random_policy.replay_by_access, s2, keys, row_ptr, row_time, 30))
     assert s1[3][0] == s2[3][0] and s1[0].tolist() == s2[0].tolist()
 
 

@@ -9,9 +9,9 @@ import itertools
 
 import numpy as np
 import pytest
-from moesim.sim.kernel import replay_kernel
 from moesim.sim.policies import lfuda as lfuda_mod
 from moesim.sim.policies import reference_rows
+from moesim.sim.row_loop import row_loop
 from numba import njit
 from policy_support import csr, random_rows
 
@@ -20,7 +20,7 @@ CAP = 5
 
 @njit
 def _by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def mixed_rows(seed: int, run: int) -> list[list[int]]:

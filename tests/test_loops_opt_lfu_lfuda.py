@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.kernel import replay_kernel
 from moesim.sim.policies import get_policy, reference_rows, replay_rows
 from moesim.sim.policies import lfu as lfu_mod
 from moesim.sim.policies import lfuda as lfuda_mod
 from moesim.sim.policies import opt as opt_mod
+from moesim.sim.row_loop import row_loop
 from moesim.sim.rows import next_use_times
 from numba import njit
 from policy_support import csr, random_rows
@@ -25,17 +25,17 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 @njit
 def _opt_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(opt_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(opt_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 @njit
 def _lfu_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(lfu_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(lfu_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 @njit
 def _lfuda_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 BY_ACCESS: dict[str, Callable] = {"opt": _opt_by_access, "lfu": _lfu_by_access, "lfuda": _lfuda_by_access}

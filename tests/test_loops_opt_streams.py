@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.kernel import NEVER
 from moesim.sim.policies import opt, reference_rows
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import next_use_times
 from policy_support import csr
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_policy_params
 from moesim.sim.policies import watermark as wm
 from moesim.sim.rows import next_use_reference
 from policy_support import ADVANCED, SEQ, csr, hits_at, run, short_row_traces, try_run
@@ -24,7 +24,7 @@ def run_layers(policy: str, rows: list[list[int]], capacity: int, num_keys: int,
     module = get_policy(policy)
     keys, row_ptr, default_time = csr(rows)
     row_time = default_time if row_time is None else row_time
-    p = resolve_params(module, params, num_layers=num_layers, num_experts=max(1, num_keys // num_layers))
+    p = resolve_policy_params(module, params, num_layers=num_layers, num_experts=max(1, num_keys // num_layers))
     state = module.make_state(capacity, num_keys, p, 0)
     hits = np.zeros(len(keys), np.uint8)
     ev = module.replay(state, keys, row_ptr, row_time, np.zeros(0, np.int64), num_keys, hits)
@@ -250,7 +250,7 @@ def test_layeraware_per_layer_cache_uses_its_layer() -> None:
     # A per-layer instance (keys = expert ids) gets _layer; every key has that layer, so the layer
     # term is constant and the jitted state agrees with the reference.
     module = get_policy("layeraware")
-    p = resolve_params(module, None, layer=2, num_layers=3, num_experts=4)
+    p = resolve_policy_params(module, None, layer=2, num_layers=3, num_experts=4)
     state = module.make_state(2, 4, p, 0)
     assert state[0].tolist() == [2, 2, 2, 2]
     rows = [[0, 1], [2], [0, 3], [1], [2, 0]]

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import NEVER
-from moesim.sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_policy_params
 from moesim.sim.policies import lru as lru_mod
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import next_use_reference, next_use_times
 from policy_support import CORE, SEQ, csr, hits_at, run, short_row_traces, try_run
 
@@ -46,8 +46,8 @@ def test_unknown_policy_lists_the_known_ones() -> None:
 
 def test_unknown_parameter_is_refused_with_the_policy_name() -> None:
     with pytest.raises(ConfigError, match=r"policy 'lru' has no parameter\(s\) \['size'\]"):
-        resolve_params(get_policy("lru"), {"size": 3})
-    p = resolve_params(get_policy("static"), {"keys": [1]}, layer=2, num_layers=4, num_experts=8)
+        resolve_policy_params(get_policy("lru"), {"size": 3})
+    p = resolve_policy_params(get_policy("static"), {"keys": [1]}, layer=2, num_layers=4, num_experts=8)
     assert p == {"keys": [1], "_layer": 2, "_num_layers": 4, "_num_experts": 8}
 
 
@@ -315,7 +315,7 @@ def test_loops_never_spin_when_every_resident_is_guarded(name: str) -> None:
     module = get_policy(name)
     keys, row_ptr, row_time = csr(WIDE_ROWS)
     next_use = np.full(len(keys), NEVER, np.int64) if getattr(module, "NEEDS_NEXT_USE", False) else np.zeros(0, np.int64)
-    params = resolve_params(module, {"keys": [0]} if name == "static" else None)
+    params = resolve_policy_params(module, {"keys": [0]} if name == "static" else None)
     for loop_name in ("replay", "replay_by_access"):
         loop = getattr(module, loop_name, None)
         if loop is None:

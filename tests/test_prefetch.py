@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
 from moesim.sim.levels import HierarchyConfig, Level
 from moesim.sim.offload import simulate_hierarchy, simulate_offload
-from moesim.sim.prefetch import get_prefetcher, list_prefetchers, make_plan, plan_from_lists, resolve_params
+from moesim.sim.prefetch import (
+    get_prefetcher,
+    list_prefetchers,
+    make_plan,
+    plan_from_lists,
+    resolve_prefetch_params,
+)
 from moesim.sim.prefetch.speculative import predictions
 from moesim.sim.profiles import HardwareProfile, ModelProfile
 from moesim.traces.trace import TraceMeta, make_trace
@@ -49,7 +55,7 @@ def test_registry_finds_the_shipped_prefetchers_and_refuses_unknown_knobs() -> N
     with pytest.raises(ConfigError, match="unknown prefetcher"):
         get_prefetcher("psychic")
     with pytest.raises(ConfigError, match="lookahed"):
-        resolve_params(get_prefetcher("oracle"), {"lookahed": 2})
+        resolve_prefetch_params(get_prefetcher("oracle"), {"lookahed": 2})
 
 
 @pytest.mark.parametrize(("name", "params", "match"), [
@@ -74,7 +80,7 @@ def test_affinity_learns_transitions_online() -> None:
     # r4 (expert 2): nothing known about 2.  r5 learns 2 -> 0.  r6 (expert 2): prefetch key 3 for r7.
     plan = make_plan("affinity", AFF)
     assert plan_rows(plan) == [[], [], [(4, 3)], [], [], [], [(3, 7)], []]
-    assert plan.equals(get_prefetcher("affinity").reference(AFF, resolve_params(get_prefetcher("affinity"), {}), 0))
+    assert plan.equals(get_prefetcher("affinity").reference(AFF, resolve_prefetch_params(get_prefetcher("affinity"), {}), 0))
 
 
 def test_affinity_wrap_predicts_the_next_steps_first_layer() -> None:
@@ -150,7 +156,7 @@ def test_plans_equal_their_references(trace, choice, seed: int, chunk_steps) -> 
     name, params = choice
     module = get_prefetcher(name)
     plan = make_plan(name, trace, params, seed, chunk_steps=chunk_steps)
-    assert plan.equals(module.reference(trace, resolve_params(module, params), seed))
+    assert plan.equals(module.reference(trace, resolve_prefetch_params(module, params), seed))
     plan.check(trace.num_steps * trace.num_layers, trace.num_layers * trace.num_experts)
 
 

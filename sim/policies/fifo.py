@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "fifo"
 PARAMS: dict[str, Any] = {}
@@ -263,4 +263,4 @@ def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
