@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
+from moesim.sim.policies._loops import pow2_at_least
 from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "fifo"
@@ -44,11 +45,7 @@ def ring_size(capacity: int, num_keys: int) -> int:
     At most ``min(capacity, num_keys)`` keys are live and a row adds at most ``num_keys`` (distinct)
     entries, so after a compaction every row fits.
     """
-    need = min(max(capacity, 1), num_keys) + num_keys
-    m = 64
-    while m < need:
-        m *= 2
-    return m
+    return pow2_at_least(min(max(capacity, 1), num_keys) + num_keys)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:

@@ -50,7 +50,15 @@ import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.policies import _knobs
 from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink
-from moesim.sim.policies._loops import ONE, clear_bit, get_bit, next_row, one_key_prefix, set_bit
+from moesim.sim.policies._loops import (
+    ONE,
+    clear_bit,
+    get_bit,
+    next_row,
+    one_key_prefix,
+    pow2_at_least,
+    set_bit,
+)
 from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
@@ -209,14 +217,6 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit
-def _pow2_at_least(n):
-    m = 64
-    while m < n:
-        m *= 2
-    return m
-
-
-@njit
 def _log_compact(ring, pos, head, tail, mask):
     """Keep only the current entries of a log, in order, from ``head`` on; returns the new tail.
     An entry ``q`` is current while ``pos[key] == q`` (``pos`` is -1 for a key on no list). A log
@@ -292,7 +292,7 @@ def _serve_stream(state, keys, hits):
     nothing)."""
     sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
     n = flags.shape[1]
-    big = _pow2_at_least(2 * (n + 1))
+    big = pow2_at_least(2 * (n + 1))
     rings = np.empty((3, big), np.int64)
     pos = np.full((3, n), -1, np.int64)
     code = np.empty(n, np.uint8)

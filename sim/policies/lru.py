@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.policies._loops import one_key_prefix
+from moesim.sim.policies._loops import one_key_prefix, pow2_at_least
 from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "lru"
@@ -45,10 +45,7 @@ PARAMS: dict[str, Any] = {}
 
 def ring_size(num_keys: int) -> int:
     """The smallest power of two holding ``2 * num_keys`` entries (and at least 64)."""
-    m = 64
-    while m < 2 * num_keys:
-        m *= 2
-    return m
+    return pow2_at_least(2 * num_keys)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:

@@ -48,7 +48,7 @@ import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.policies import _knobs
 from moesim.sim.policies._lists import new_lists, push_back, unlink
-from moesim.sim.policies._loops import next_row, one_key_prefix
+from moesim.sim.policies._loops import next_row, one_key_prefix, pow2_at_least
 from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "s3fifo"
@@ -189,14 +189,6 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit
-def _pow2_at_least(n):
-    m = 64
-    while m < n:
-        m *= 2
-    return m
-
-
 @njit(forceinline=True)
 def _list_to_ring(nxt, sentinel, ring):
     """The keys of one list, front first, into ``ring[0:size]``; returns the size."""
@@ -240,11 +232,11 @@ def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
     threshold = cnt[THRESHOLD]
     prefill = cnt[PREFILL] != 0
     has_evicted = cnt[HAS_EVICTED] != 0
-    m = _pow2_at_least(cap + 1)
+    m = pow2_at_least(cap + 1)
     mask = (m - 1) & NONNEG
     sring = np.empty(m, np.int64)
     mring = np.empty(m, np.int64)
-    gm = _pow2_at_least(2 * (ghost_cap + 1))
+    gm = pow2_at_least(2 * (ghost_cap + 1))
     gmask = (gm - 1) & NONNEG
     gring = np.empty(gm, np.int64)
     gpos = np.empty(n, np.int64)

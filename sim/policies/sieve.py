@@ -40,6 +40,7 @@ from moesim.sim.policies._loops import (
     clear_bit,
     get_bit,
     one_key_prefix,
+    pow2_at_least,
     rows_to_steps,
     set_bit,
     steps_to_rows,
@@ -70,11 +71,7 @@ _BYTE = np.uint64(0xFF)
 
 def ring_size(capacity: int, num_keys: int) -> int:
     """The smallest power of two (at least 64) holding twice the live keys plus one row of new keys."""
-    need = 2 * min(max(capacity, 1), num_keys) + num_keys
-    m = 64
-    while m < need:
-        m *= 2
-    return m
+    return pow2_at_least(2 * min(max(capacity, 1), num_keys) + num_keys)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
