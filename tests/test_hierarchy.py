@@ -14,19 +14,7 @@ from moesim.sim.offload import simulate_hierarchy
 from moesim.sim.prefetch import plan_from_lists, routing_rows
 from moesim.sim.replay import replay
 from moesim.sim.row_loop import NEVER
-from moesim.traces.trace import TraceMeta, make_trace
-
-
-def trace_of(rows: list[list[list[int]]], num_experts: int):
-    """rows[t][l] = experts of step t at layer l (padded with -1 to a common width)."""
-    L = len(rows[0])
-    K = max(len(x) for step in rows for x in step)
-    arr = np.full((len(rows), L, K), -1, np.int16)
-    for t, step in enumerate(rows):
-        for layer, ids in enumerate(step):
-            arr[t, layer, :len(ids)] = ids
-    return make_trace(arr, TraceMeta(model="hand", num_layers=L, num_experts=num_experts, top_k=1))
-
+from strategies import trace_of
 
 # Keys 0 1 0 1 2 0 on one layer: the worked example in the comments below.
 HAND = trace_of([[[0]], [[1]], [[0]], [[1]], [[2]], [[0]]], num_experts=4)

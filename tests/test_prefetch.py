@@ -20,17 +20,7 @@ from moesim.sim.prefetch import (
 from moesim.sim.prefetch.speculative import predictions
 from moesim.sim.profiles import HardwareProfile, ModelProfile
 from moesim.traces.trace import TraceMeta, make_trace
-
-
-def trace_of(rows: list[list[list[int]]], num_experts: int, top_k: int = 1, **kw):
-    """rows[t][l] = experts of step t at layer l (padded with -1 to a common width)."""
-    L = len(rows[0])
-    K = max(len(x) for step in rows for x in step)
-    arr = np.full((len(rows), L, K), -1, np.int16)
-    for t, step in enumerate(rows):
-        for layer, ids in enumerate(step):
-            arr[t, layer, :len(ids)] = ids
-    return make_trace(arr, TraceMeta(model="hand", num_layers=L, num_experts=num_experts, top_k=top_k), **kw)
+from strategies import trace_of
 
 
 def model(num_layers: int, num_experts: int = 4) -> ModelProfile:
