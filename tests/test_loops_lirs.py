@@ -4,7 +4,8 @@ around guarded blocks, the stack bound, the every-resident-guarded error, one-ke
 mixed, the state carried between calls; exact hits on hand-made rows, and on random row traces
 ``replay`` == ``replay_by_access`` == ``reference`` with the same state left behind. Then the stream
 loop: long runs of one-key rows on logs whose positions double as list memberships, carried across
-blocks and loops."""
+blocks and loops, the bound on S, and runs around the log threshold. The checks LIRS shares with
+S3-FIFO are in test_loops_s3fifo_lirs.py."""
 
 from __future__ import annotations
 
@@ -226,3 +227,54 @@ def test_lirs_log_compaction_keeps_order() -> None:
     rows = [[k % 2] for k in range(5000)] + [[2], [3], [0], [4]]
     hits, _ = three_ways(rows, 3, 5, {"hir_ratio": 0.34})[:2]
     assert sum(hits) == 4998 + 1
+
+
+# ---- the one-key fast path: hand-made rows, runs around the log threshold --------------------
+
+def test_lirs_stack_bound_drops_the_oldest_non_resident_entries() -> None:
+    # stack_ratio 1 bounds S at C entries; a scan over many keys fills S with non-resident HIR
+    # entries that the bound must drop, with the fast loop exactly as with the per-access loop.
+    rows = [[k % 3] for k in range(30)] + [[k] for k in range(3, 40)] + [[k % 3] for k in range(30)]
+    hits, _ = three_ways(rows, 4, 40, {"stack_ratio": 1.0})[:2]
+    # the three LIR keys 0 1 2 (Llirs = 3) survive the scan: all their later requests hit
+    assert hits[-30:] == [1] * 30
+    state = new_state(4, 40, {"stack_ratio": 1.0})
+    serve(lirs.replay, state, rows, 40)
+    assert state[-1][lirs.N_S] <= 4
+
+
+def test_lirs_miss_in_stack_becomes_lir() -> None:
+    # C=3 (Llirs 2, Lhirs 1). 0 1 are LIR; 2 is HIR in S and Q; 3 evicts 2 (non-resident, still in
+    # S); 2 again: a miss found in S, so it becomes LIR on top and the bottom LIR (0) is demoted to Q.
+    rows = [[k] for k in [0, 1, 2, 3, 2]]
+    hits, evictions = three_ways(rows, 3, 4)[:2]
+    assert hits == [0] * 5 and evictions == 2
+    state = new_state(3, 4, None)
+    serve(lirs.replay, state, rows, 4)
+    flags = state[4]
+    assert flags[0].tolist() == [1, 1, 1, 0]  # resident: 0 1 2 (3 was evicted by 2's miss)
+    assert flags[1].tolist() == [0, 1, 1, 0]  # LIR: 1 2
+
+
+@pytest.mark.parametrize("params", [{}, {"stack_ratio": 1.0}, {"stack_ratio": 0.0}, {"hir_ratio": 0.3}])
+def test_lirs_runs_around_the_log_threshold(params: dict[str, float]) -> None:
+    # 30 keys: a run of one-key rows of at least 30 + 64 = 94 rows goes to the logs, a shorter one
+    # stays on the lists. Runs of 93, 94 and 95 rows and single rows, each followed by a wide row,
+    # switch between the three loops with the state carried through.
+    rng = np.random.default_rng(4)
+    rows: list[list[int]] = []
+    for length in (93, 94, 95, 1, 0, 300, 5):
+        rows += [[int(k)] for k in np.minimum(rng.zipf(1.4, length), 30) - 1]
+        rows.append(rng.choice(30, 3, replace=False).tolist())
+    hits, evictions = three_ways(rows, 6, 30, params)[:2]
+    assert evictions == len(hits) - sum(hits) - 6
+
+
+@pytest.mark.parametrize("params", [{"stack_ratio": 1.0}, {"stack_ratio": 0.0}, {"hir_ratio": 0.3}])
+def test_lirs_long_skewed_stream_with_knobs(params: dict[str, float]) -> None:
+    # 6000 requests over 300 keys: the logs of S, Q and the non-resident list fill and compact many
+    # times; the bound on S (or its absence) and a large Q change which entries go stale.
+    rng = np.random.default_rng(12)
+    rows = [[int(k)] for k in np.minimum(rng.zipf(1.2, 6000), 300) - 1]
+    hits, _ = three_ways(rows, 20, 300, params)[:2]
+    assert 0 < sum(hits) < len(rows)
