@@ -227,3 +227,30 @@ def check_rows_and_cut(module: Any, meaning: Callable[[tuple], list], rows: list
         state = new_policy_state(module, cap, num_keys, params)
         assert serve_in_parts([first, second], state, rows, [0, c, len(rows)], num_keys) == (hits, evictions)
         assert meaning(state) == final
+
+
+def arc_meaning(state: tuple) -> list:
+    """What an ARC state says: its four lists in order (links of keys on no list are leftovers
+    nothing reads), where each key is, the list sizes and ``p``."""
+    prv, nxt, where, cnt, p = state
+    n = len(where)
+    return [queue(prv, nxt, n + j) for j in range(4)] + [where.tolist(), cnt.tolist(), p.tolist()]
+
+
+def lru_meaning(state: tuple) -> list:
+    """What an LRU state says: the resident keys from least to most recently used (the current
+    entries of the recency log), the resident flags and the size (where the log window lies depends
+    on when it was compacted)."""
+    ring, last, resident, st_ = state
+    mask = len(ring) - 1
+    order = [int(ring[q & mask]) for q in range(int(st_[0]), int(st_[1])) if last[ring[q & mask]] == q]
+    return [[k for k in order if resident[k]], resident.tolist(), st_[2:].tolist()]
+
+
+def lru_order(state: tuple) -> list[int]:
+    """The resident keys of an LRU state, least recently used first (its current ring entries)."""
+    ring, last, resident, st_ = state
+    order = [int(ring[q % len(ring)]) for q in range(int(st_[0]), int(st_[1]))
+             if last[ring[q % len(ring)]] == q]
+    assert sorted(order) == np.flatnonzero(resident).tolist() and len(order) == st_[2]
+    return order
