@@ -1,7 +1,9 @@
-"""The specialised row loops of FIFO, CLOCK, SIEVE and Random: each ``replay`` gives exactly what the
-shared per-access loop over ``access`` gives and what the plain-Python ``reference`` gives, leaves a
-state that ``access`` reads the same way, and handles the cases its data structure makes special
-(ring wrap-around and compaction, holes behind a guarded key, bit words, one-key streams)."""
+"""The specialised row loops of FIFO, CLOCK, SIEVE and Random, checked alike: each ``replay`` gives
+exactly what the shared per-access loop over ``access`` gives and what the plain-Python
+``reference`` gives, leaves a state that ``access`` reads the same way, and handles rows as wide as
+the cache, one-key streams over many bit words and fused steps. The cases of one policy (ring
+wrap-around and compaction, holes behind a guarded key, the hand, the generator) are in
+test_loops_fifo.py, test_loops_clock.py, test_loops_sieve.py and test_loops_random.py."""
 
 from __future__ import annotations
 
@@ -75,58 +77,6 @@ def test_one_key_stream_over_many_bit_words(name: str) -> None:
         # every miss inserts; all but the first ``min(cap, distinct)`` evict
         assert evictions == len(rows) - sum(hits) - min(cap, distinct)
         assert 0 < sum(hits) < len(rows)
-
-
-def test_fifo_keeps_a_guarded_head_and_leaves_holes_behind_it() -> None:
-    # Key 0 is in every row, so it stays the oldest entry (guarded, a hit) while each new key evicts
-    # the one before it from behind it: hole after hole, until the 64-entry ring compacts.
-    rows = [[0, 1 + k % 20] for k in range(600)]
-    hits, evictions = three_ways("fifo", rows, 2, 21)
-    assert hits == [0, 0] + [1, 0] * 599 and evictions == 599
-    state = fifo.make_state(2, 21, {}, 0)
-    serve_csr(fifo.replay, state, *csr(rows), 21)
-    ring, resident, counters = state
-    # 601 insertions into 64 entries: the ring compacted (0 never left the head); the window holds
-    # 0 and the last new key (20), holes between them dropped at the last compaction or not yet.
-    assert counters[0] == 0 and counters[1] < len(ring)
-    window = [int(ring[q % len(ring)]) for q in range(counters[0], counters[1])]
-    assert [k for k in window if k >= 0] == [0, 20]
-    assert resident.tolist() == [1] + [0] * 19 + [1]
-
-
-def test_fifo_ring_wraps_on_a_stream() -> None:
-    # Capacity 3 over a cyclic stream of 5 keys: FIFO misses every request; 1000 requests go round
-    # the smallest ring (64 entries) many times.
-    rows = [[k % 5] for k in range(1000)]
-    hits, evictions = three_ways("fifo", rows, 3, 5)
-    assert sum(hits) == 0 and evictions == 997
-
-
-def test_sieve_hand_restarts_from_the_oldest_after_evicting_the_newest() -> None:
-    # Capacity 2. [0 1]; 0 hit (0 visited); 2: clear 0, evict 1 (the newest): the hand restarts from
-    # the oldest; [0 2]; 3: 0 is unvisited now, evict it (a hand left past the newest, where 2 was
-    # appended, would have evicted 2). Then 2 hits.
-    hits, evictions = three_ways("sieve", [[0], [1], [0], [2], [3], [2]], 2, 4)
-    assert hits == [0, 0, 1, 0, 0, 1] and evictions == 2
-
-
-def test_clock_protected_slots_are_skipped_untouched() -> None:
-    # Capacity 3: [0 1 2], bits 0:1 1:0 2:0. Row [3, 1, 2]: 1 and 2 are protected, 0's bit is set,
-    # so the hand clears 0, passes 1 and 2 untouched and comes back to evict 0. Row [1, 2, 3] hits.
-    hits, evictions = three_ways("clock", [[0], [1], [2], [0], [3, 1, 2], [1, 2, 3]], 3, 4)
-    assert hits == [0, 0, 0, 1, 0, 1, 1, 1, 1, 1] and evictions == 1
-
-
-def test_random_leaves_the_generator_where_access_leaves_it() -> None:
-    rng = np.random.default_rng(4)
-    rows = [[int(k)] for k in rng.integers(0, 30, 500)] + [rng.choice(30, 3, replace=False).tolist()
-                                                          for _ in range(100)]
-    keys, row_ptr, row_time = csr(rows)
-    s1 = random_policy.make_state(6, 30, {}, 9)
-    s2 = random_policy.make_state(6, 30, {}, 9)
-    assert (serve_csr(random_policy.replay, s1, keys, row_ptr, row_time, 30)
-            == serve_csr(random_policy.replay_by_access, s2, keys, row_ptr, row_time, 30))
-    assert s1[3][0] == s2[3][0] and s1[0].tolist() == s2[0].tolist()
 
 
 @pytest.mark.parametrize("name", ["clock", "sieve", "random", "fifo"])
