@@ -90,7 +90,7 @@ def cache_metrics(trace: Trace, profile: str | None) -> dict[str, Any]:
     out["mi"] = float(interlayer_mi(trace).mean()) if L > 1 else 0.0
     out["coverage"] = out["accuracy"] = math.nan
     if profile is not None:
-        from moesim.sim.timing import simulate_offload
+        from moesim.sim.offload import simulate_offload
 
         o = simulate_offload(trace, profile, PREFETCH_HARDWARE, PREFETCH_FORMAT, l1=sizes[3], prefetcher="affinity")
         out["coverage"] = math.nan if o.prefetch_coverage is None else float(o.prefetch_coverage)
