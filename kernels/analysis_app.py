@@ -25,6 +25,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from moesim.sim.profiles import CONF_DIR
 from moesim.traces.io import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -32,7 +33,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 # ruff: noqa: UP045
 
 log = logging.getLogger("moesim")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass

@@ -267,7 +267,9 @@ def test_duplicate_expert_in_a_row(tmp_path: Path) -> None:
 
 
 def test_duplicate_pads_are_not_duplicates() -> None:
-    make_trace(np.array([[[-1, 3, -1]]], np.int16), meta(L=1))
+    trace = make_trace(np.array([[[-1, 3, -1]]], np.int16), meta(L=1))
+    assert trace.num_accesses() == 1
+    assert trace.experts.tolist() == [[[-1, 3, -1]]]
 
 
 def test_layers_disagree_with_metadata(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from moesim.traces.trace import Trace
 PLOT_NAMES = ("popularity.png", "reuse_distance_cdf.png", "layer_affinity.png")
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a reader never sees half a file) and close it."""
     out = Path(path)
     try:
         with atomic_path(out) as tmp:
@@ -44,7 +45,7 @@ def popularity_heatmap(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("MoE layer")
     ax.set_title(f"{stats.model}: expert popularity")
     fig.colorbar(im, ax=ax, label="share of the layer's accesses")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def reuse_distance_cdf(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
@@ -72,7 +73,7 @@ def reuse_distance_cdf(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("fraction of accesses with distance <= x - 1")
     ax.set_title(f"{stats.model}: reuse distance (thin: one line per layer)")
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def affinity_matrix(stats: TraceStats, layer: int | None = None) -> np.ndarray:
@@ -97,7 +98,7 @@ def affinity_heatmap(stats: TraceStats, path: str | os.PathLike[str], layer: int
     ax.set_ylabel("expert at layer l")
     ax.set_title(f"{stats.model}: inter-layer affinity ({which})")
     fig.colorbar(im, ax=ax, label="P(expert at l + 1 | expert at l)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_all(trace: Trace, out_dir: str | os.PathLike[str], stats: TraceStats | None = None) -> list[Path]:
