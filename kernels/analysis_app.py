@@ -25,7 +25,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from moesim.traces.io import atomic_write_text
+from moesim.kernels.files import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 # The package's conf/ (moesim/conf when installed), found here rather than imported from sim/:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
-from moesim.traces.plots import save_png
+from moesim.kernels.files import save_png
 
 PLOT_NAMES = ("error_by_format.png", "error_by_layer.png", "sqnr_vs_bits.png")
 Rows = Sequence[dict[str, Any]]

@@ -50,9 +50,9 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from moesim.kernels.files import atomic_write_text
 from moesim.sim.config import register_configs
 from moesim.sim.profiles import CONF_DIR
-from moesim.traces.io import atomic_write_text
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("moesim")

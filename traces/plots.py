@@ -15,23 +15,11 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
-from moesim.traces.io import atomic_path
+from moesim.kernels.files import save_png
 from moesim.traces.stats import TraceStats, compute_stats
 from moesim.traces.trace import Trace
 
 PLOT_NAMES = ("popularity.png", "reuse_distance_cdf.png", "layer_affinity.png")
-
-
-def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (a reader never sees half a file) and close it."""
-    out = Path(path)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return out
 
 
 def popularity_heatmap(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
