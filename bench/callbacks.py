@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hydra.experimental.callback import Callback
+from moesim.sim.profiles import CONF_DIR
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("moesim")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def sweep_choices(config: DictConfig, group: str) -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from moesim.sim.kernel import NEVER
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import next_use_times
 from moesim.traces.synth import generate_preset
 from moesim.traces.trace import Trace

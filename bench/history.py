@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from moesim.bench.style import header
-from moesim.traces.io import atomic_path
+from moesim.kernels.files import atomic_path
 
 
 def load_runs(root: str | Path) -> list[dict[str, Any]]:

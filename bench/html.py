@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.bench import tables
-from moesim.traces.io import atomic_write_text
+from moesim.kernels.files import atomic_write_text
 
 
 @dataclass

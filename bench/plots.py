@@ -32,8 +32,8 @@ from moesim.bench import style
 from moesim.bench.aggregate import BREAKDOWN, swept_columns
 from moesim.bench.context import subtitle
 from moesim.bench.frontier import frontier
+from moesim.kernels.files import atomic_path
 from moesim.sim.mrc import HitCurve
-from moesim.traces.io import atomic_path
 
 Rows = Sequence[Mapping[str, Any]]
 Series = dict[str, tuple[list[float], list[float]]]

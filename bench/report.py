@@ -22,8 +22,8 @@ from moesim.bench.aggregate import collect, swept_columns, write_table
 from moesim.bench.context import sweep_context
 from moesim.bench.frontier import FRONTIER_COLUMNS, frontier, is_bound
 from moesim.bench.mrc import CURVE_COLUMNS, curve_rows, measured_points, sweep_curves
-from moesim.traces.errors import internal_error, one_line
-from moesim.traces.io import atomic_write_text
+from moesim.kernels.files import atomic_write_text
+from moesim.kernels.messages import internal_error, one_line
 
 log = logging.getLogger("moesim")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from moesim.traces.io import atomic_path, atomic_write_text
+from moesim.kernels.files import atomic_path, atomic_write_text
 
 Rows = Sequence[Mapping[str, Any]]
 

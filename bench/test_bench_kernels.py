@@ -262,6 +262,9 @@ def test_torch_lut_mxfp4_decode(benchmark) -> None:
     out = torch.zeros(scales.size, 32)
     benchmark.pedantic(torch_lut_decode, args=(tb, ts, out), rounds=1 if benchmark.disabled else 5,
                        warmup_rounds=1)
+    # the timed decode gives this package's values, bit for bit
+    want = MXFP4.decode(_encoded_dict(nbytes), dtype="float32").reshape(-1)
+    assert np.array_equal(out.numpy().reshape(-1).view(np.uint32), want.view(np.uint32))
     _record(benchmark, nbytes, "decode-torch", THREADS)
 
 
@@ -288,7 +291,12 @@ def test_numba_mxfp4_encode(benchmark, threads: int) -> None:
 def test_torch_mxfp4_encode(benchmark) -> None:
     nbytes = _size(benchmark)
     tw = torch.from_numpy(_weights(nbytes))
-    benchmark.pedantic(torch_encode, args=(tw,), rounds=1 if benchmark.disabled else 3, warmup_rounds=1)
+    t_blocks, t_scales = benchmark.pedantic(torch_encode, args=(tw,), rounds=1 if benchmark.disabled else 3,
+                                            warmup_rounds=1)
+    # the timed encode gives this package's blocks and scales, byte for byte
+    blocks, scales = _encoded(nbytes)
+    assert np.array_equal(t_blocks.numpy().reshape(-1), blocks.reshape(-1))
+    assert np.array_equal(t_scales.numpy().reshape(-1), scales)
     _record(benchmark, nbytes, "encode-torch", THREADS)
 
 

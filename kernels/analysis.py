@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 from moesim.kernels import metrics
 from moesim.kernels.checkpoint import Checkpoint, ExpertMatrix, ReadUnit
+from moesim.kernels.files import atomic_path, atomic_write_text
 from moesim.kernels.formats import get_format
 from moesim.kernels.formats.base import FormatError
-from moesim.traces.io import atomic_path, atomic_write_text
 
 BACKENDS = ("numba", "reference", "mlx")
 TABLES = ("inventory", "matrix_stats", "quant_error", "summary", "format_deltas", "warnings")
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 analysed, 1 the checkpoint or an output failed, 2 bad usage. Errors are one line."""
-    from moesim.traces.errors import internal_error, one_line
+    from moesim.kernels.messages import internal_error, one_line
 
     try:
         args = build_parser().parse_args(argv)

@@ -25,14 +25,17 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from moesim.traces.io import atomic_write_text
+from moesim.kernels.files import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+# The package's conf/ (moesim/conf when installed), found here rather than imported from sim/:
+# kernels/ is the lowest floor and imports nothing above it.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # OmegaConf needs typing.Optional rather than ``X | None`` in dataclass fields.
 # ruff: noqa: UP045
 
 log = logging.getLogger("moesim")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass

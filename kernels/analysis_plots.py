@@ -19,21 +19,10 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
-from moesim.traces.io import atomic_path
+from moesim.kernels.files import save_png
 
 PLOT_NAMES = ("error_by_format.png", "error_by_layer.png", "sqnr_vs_bits.png")
 Rows = Sequence[dict[str, Any]]
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    out = Path(path)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return out
 
 
 def _formats(errors: Rows) -> list[str]:
@@ -60,7 +49,7 @@ def error_by_format(errors: Rows, path: str | os.PathLike[str], *, metric: str =
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} across expert matrices" + (f" ({dropped} non-finite left out)" if dropped else ""))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def error_by_layer(errors: Rows, path: str | os.PathLike[str], *, metric: str = "sqnr_db") -> Path:
@@ -88,7 +77,7 @@ def error_by_layer(errors: Rows, path: str | os.PathLike[str], *, metric: str = 
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -120,7 +109,7 @@ def sqnr_vs_bits(summary: Rows, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("SQNR, pooled over expert matrices (dB)")
     ax.set_title("SQNR vs bits per weight" + (f" (exact, not drawn: {', '.join(lost)})" if lost else ""))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_all(tables: dict[str, Rows], out_dir: str | os.PathLike[str]) -> list[Path]:

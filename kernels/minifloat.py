@@ -111,13 +111,6 @@ E5M2 = _make("e5m2", 5, 2, 15, ieee=True, fn_nan=False)
 SPECS: dict[str, MiniFloatSpec] = {s.name: s for s in (E2M1, E2M3, E3M2, E4M3, E5M2)}
 
 
-def get_spec(name: str) -> MiniFloatSpec:
-    try:
-        return SPECS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown minifloat format {name!r}; known: {sorted(SPECS)}") from None
-
-
 # ---- plain numpy reference -------------------------------------------------------------------------
 
 def decode_ref(codes: np.ndarray, spec: MiniFloatSpec) -> np.ndarray:

@@ -50,13 +50,13 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from moesim.kernels.files import atomic_write_text
 from moesim.sim.config import register_configs
-from moesim.traces.io import atomic_write_text
+from moesim.sim.profiles import CONF_DIR
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("moesim")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
 
 register_configs()
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from moesim.sim.errors import ConfigError
-from moesim.sim.policies import get_policy, resolve_params
+from moesim.sim.policies import get_policy, resolve_policy_params
 from moesim.sim.rows import ORGANISATIONS, TIE_BREAKS, Layout
 
 
@@ -183,8 +183,8 @@ def setup_cache(num_layers: int, num_experts: int, policy: str, capacity: int | 
         if int(table.sum()) > total:
             raise ConfigError(f"{int(table.sum())} pinned experts exceed the capacity of {total}")
         slots = (total - int(table.sum()),)
-    inst_params = tuple(resolve_params(module, params, layer=j if layout.per_layer else -1, num_layers=L,
-                                       num_experts=E) for j in range(layout.num_instances))
+    inst_params = tuple(resolve_policy_params(module, params, layer=j if layout.per_layer else -1, num_layers=L,
+                                              num_experts=E) for j in range(layout.num_instances))
     setup = CacheSetup(module, layout, total, layer_caps, slots, inst_params, dict(params or {}), seed,
                        warmup_steps, bool(cold_start_per_request))
     setup.new_states(0)  # validates the policy's knobs before any work is done

@@ -44,10 +44,10 @@ from moesim.sim.hierarchy import (
     pack,
     restart,
 )
-from moesim.sim.kernel import NEVER
 from moesim.sim.policies import needs_next_use
 from moesim.sim.prefetch import PieceRouting, PrefetchPlan, empty_plan
 from moesim.sim.result import HitCounts, ReplayResult
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import (
     Layout,
     NextUse,

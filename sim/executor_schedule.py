@@ -51,9 +51,9 @@ from moesim.sim.hierarchy import (
     SRC_SSD,
     UNLIMITED,
 )
-from moesim.sim.kernel import BYPASS, HIT, NEVER, no_more_victims
 from moesim.sim.policies import needs_next_use
 from moesim.sim.prefetch import PrefetchPlan, empty_plan, make_plan
+from moesim.sim.row_loop import BYPASS, HIT, NEVER, no_more_victims
 from moesim.sim.rows import build_rows, next_use_backward
 from moesim.traces.trace import Trace
 

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from moesim.kernels.files import atomic_path
 from moesim.kernels.formats import get_format
 from moesim.sim.errors import ConfigError
 from moesim.sim.profiles import ModelProfile
-from moesim.traces.io import atomic_path, read_header
+from moesim.traces.io import read_header
 
 ALIGN = 4096
 MATRICES = ("gate", "up", "down")

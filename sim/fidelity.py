@@ -283,7 +283,7 @@ def _row(c: Cell, runs: Sequence[Any], p: Any, model: ModelProfile, s: Settings,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 written, 1 a run or the output failed, 2 bad usage. Errors are one line."""
-    from moesim.traces.errors import internal_error, one_line
+    from moesim.kernels.messages import internal_error, one_line
 
     parser = argparse.ArgumentParser(prog="moesim-fidelity", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for fidelity.csv / .md / .png / .svg")

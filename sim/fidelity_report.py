@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from moesim.kernels.files import atomic_path, atomic_write_text
 from moesim.sim.profiles import HardwareProfile
-from moesim.traces.io import atomic_path, atomic_write_text
 
 
 def errors(rows: Sequence[Mapping[str, Any]], measured: str = "measured_tokens_per_s",

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import BYPASS, HIT, NEVER
+from moesim.sim.row_loop import BYPASS, HIT, NEVER
 
 COUNTERS = ("l1_hits", "l1_misses", "l1_bypass", "l1_evictions", "l1_evictions_warmup", "l1_fills", "l2_hits", "l2_misses",
             "demand_from_ssd", "ssd_reads", "l2_fills", "demotions", "l2_evictions", "prefetch_issued",

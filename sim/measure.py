@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from moesim.kernels.files import atomic_write_text
+from moesim.kernels.messages import internal_error, one_line
 from moesim.sim.profiles import GB, GIB, HardwareProfile, ModelProfile, profile_from_mapping
-from moesim.traces.errors import internal_error, one_line
-from moesim.traces.io import atomic_write_text
 
 DISK_BLOCK = 1 << 20  # bytes per sequential read call
 LATENCY_BLOCK = 4096

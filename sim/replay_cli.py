@@ -24,12 +24,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from moesim.kernels.files import atomic_write_text
+from moesim.kernels.messages import internal_error, one_line
 from moesim.sim.errors import ConfigError
 from moesim.sim.pinning import choose_pinned
 from moesim.sim.policies import list_policies
 from moesim.sim.replay import replay, resolve_capacity
-from moesim.traces.errors import TraceError, internal_error, one_line
-from moesim.traces.io import atomic_write_text, load_any
+from moesim.traces.errors import TraceError
+from moesim.traces.io import load_any
 
 
 def _parse_param(text: str) -> tuple[str, Any]:

@@ -25,7 +25,7 @@ from itertools import pairwise
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import NEVER
+from moesim.sim.row_loop import NEVER
 from moesim.traces.trace import DECODE, Trace
 
 TIE_ROW, TIE_REVERSE, TIE_EXPERT_ID = 0, 1, 2
@@ -435,27 +435,6 @@ def iter_row_blocks(experts: np.ndarray, pieces: list[Piece], layout: Layout,
 
 def default_chunk_steps(num_layers: int, width: int) -> int:
     return max(1, PIECE_ENTRIES // max(1, num_layers * width))
-
-
-def build_rows_reference(experts: np.ndarray, num_experts: int, pinned: set[int], organisation: str,
-                         tie_break: str) -> list[tuple[list[list[int]], list[int]]]:
-    """Plain-Python rows per instance: [(rows of keys, row times)], for the tests."""
-    T, L, _ = experts.shape
-    per_layer = organisation == "per_layer"
-    out: list[tuple[list[list[int]], list[int]]] = [([], []) for _ in range(L if per_layer else 1)]
-    for t in range(T):
-        for layer in range(L):
-            row = [int(e) for e in experts[t, layer] if e >= 0 and layer * num_experts + int(e) not in pinned]
-            if tie_break == "reverse":
-                row = row[::-1]
-            elif tie_break == "expert_id":
-                row = sorted(row)
-            if not row:
-                continue
-            j = layer if per_layer else 0
-            out[j][0].append(row if per_layer else [layer * num_experts + e for e in row])
-            out[j][1].append(t * L + layer)
-    return out
 
 
 class NextUse:

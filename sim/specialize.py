@@ -52,7 +52,7 @@ def _generated_dir() -> Path:
 
 def specialize(loop_module: str, loop_name: str, policy: ModuleType, args: list[str]) -> Any:
     """The cached ``run(*args)`` that calls ``loop_module.loop_name(access, more_victims, *args)``
-    with ``policy``'s ``access`` and its ``more_victims`` (:func:`sim.kernel.no_more_victims` when
+    with ``policy``'s ``access`` and its ``more_victims`` (:func:`sim.row_loop.no_more_victims` when
     it evicts one key at a time).
 
     ``loop_name`` must be an ``@njit(inline="always")`` function whose first two parameters are
@@ -62,7 +62,7 @@ def specialize(loop_module: str, loop_name: str, policy: ModuleType, args: list[
     key = (loop_module, loop_name, name)
     if key in _loaded:
         return _loaded[key]
-    victims = (name, "more_victims") if hasattr(policy, "more_victims") else ("moesim.sim.kernel",
+    victims = (name, "more_victims") if hasattr(policy, "more_victims") else ("moesim.sim.row_loop",
                                                                              "no_more_victims")
     for module_name in (loop_module, name):
         if not re.fullmatch(r"[A-Za-z_][\w.]*", module_name):

@@ -414,46 +414,4 @@ def timeline_shared(row_ptr, keys, num_layers, attn, expert, head, ev_row, ev_ke
     queue_pos[1] = end
 
 
-def timeline_reference(widths_steps: list[list[list[int]]], attn: np.ndarray, expert: np.ndarray,
-                       head: np.ndarray, events: list[tuple[int, int, int]], h2d_cost: float,
-                       ssd_cost: float, handoff: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Plain-Python timeline over a whole run: ``widths_steps[t][l]`` are the row's keys (pinned
-    excluded), ``events`` (row, key, source) in issue order. Returns (seconds per step, stall per row)."""
-    T = len(widths_steps)
-    L = len(widths_steps[0]) if T else 0
-    ready: dict[int, float] = {}
-    free = {"h2d": 0.0, "ssd": 0.0}
-    by_row: dict[int, list[tuple[int, int]]] = {}
-    for r, k, s in events:
-        by_row.setdefault(r, []).append((k, s))
-
-    def start(at: float, link: str) -> float:  # a worker that is idle when the input comes must be woken
-        return at + handoff if free[link] <= at else free[link]
-
-    now = 0.0
-    step_time = np.zeros(T)
-    stall = np.zeros((T, L))
-    for t in range(T):
-        begin = now
-        for layer in range(L):
-            r = t * L + layer
-            routed = now + float(attn[t, layer])
-            for k, s in by_row.get(r, []):
-                at = routed
-                if s == SRC_SSD:
-                    at = start(at, "ssd") + ssd_cost
-                    free["ssd"] = at
-                free["h2d"] = start(at, "h2d") + h2d_cost
-                ready[k] = free["h2d"]
-            go = max([routed] + [ready.get(k, 0.0) for k in widths_steps[t][layer]])
-            if go > routed:
-                go += handoff
-            stall[t, layer] = go - routed
-            now = go + float(expert[t, layer])
-        now += float(head[t])
-        step_time[t] = now - begin
-    return step_time, stall
-
-
-__all__ = ["Clock", "ComputeModel", "Links", "timeline_events", "timeline_misses", "timeline_reference",
-           "timeline_shared"]
+__all__ = ["Clock", "ComputeModel", "Links", "timeline_events", "timeline_misses", "timeline_shared"]

@@ -14,9 +14,9 @@ import numpy as np
 from moesim.sim.cache_setup import resolve_capacity
 from moesim.sim.errors import ConfigError
 from moesim.sim.hierarchy import COUNTERS, KIND_DEMAND, KIND_PREFETCH, SRC_DRAM, SRC_L1, SRC_SSD
-from moesim.sim.kernel import NEVER
 from moesim.sim.levels import HierarchyConfig
 from moesim.sim.prefetch import PrefetchPlan, RoutingRows, empty_plan, routing_rows
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import next_use_reference
 from moesim.traces.trace import Trace
 

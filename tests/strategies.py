@@ -1,10 +1,23 @@
-"""Hypothesis strategies shared by the engine's tests (random traces with requests and phases)."""
+"""Traces shared by the engine's tests: hand-made ones from nested lists, and a hypothesis strategy
+for random traces with requests and phases."""
 
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
 from moesim.traces.trace import DECODE, PREFILL, TraceMeta, make_trace
+
+
+def trace_of(rows: list[list[list[int]]], num_experts: int = 4, top_k: int = 1, **kw):
+    """A hand-made trace: ``rows[t][l]`` are the experts of step ``t`` at layer ``l`` (padded with -1
+    to a common width); ``kw`` are the optional per-step fields of :func:`make_trace`."""
+    L = len(rows[0])
+    K = max(len(x) for step in rows for x in step)
+    arr = np.full((len(rows), L, K), -1, np.int16)
+    for t, step in enumerate(rows):
+        for layer, ids in enumerate(step):
+            arr[t, layer, :len(ids)] = ids
+    return make_trace(arr, TraceMeta(model="hand", num_layers=L, num_experts=num_experts, top_k=top_k), **kw)
 
 
 @st.composite

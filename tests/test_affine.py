@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from codec_support import assert_backends_agree, u8
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -24,10 +25,6 @@ from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
 NAMES = sorted(FORMATS)
 
 
-def u8(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
 def unpacked_codes(fmt: AffineFormat, enc: dict[str, np.ndarray]) -> np.ndarray:
     c = enc["codes"]
     if fmt.bits == 8:
@@ -35,23 +32,6 @@ def unpacked_codes(fmt: AffineFormat, enc: dict[str, np.ndarray]) -> np.ndarray:
     out = np.empty((*c.shape[:-1], c.shape[-1] * 2), np.uint8)
     out[..., 0::2], out[..., 1::2] = c & 15, c >> 4
     return out
-
-
-def assert_backends_agree(fmt: AffineFormat, x: np.ndarray) -> dict[str, np.ndarray]:
-    a = fmt.encode(x)
-    b = fmt.encode(x, backend="reference")
-    c = {k: v.numpy() for k, v in fmt.encode_torch(torch.from_numpy(x)).items()}
-    assert a.keys() == b.keys() == c.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype == c[k].dtype and a[k].shape == b[k].shape == c[k].shape, k
-        assert np.array_equal(u8(a[k]), u8(b[k])), f"numba != reference in {k}"
-        assert np.array_equal(u8(a[k]), u8(c[k])), f"numba != torch in {k}"
-    d_nb = fmt.decode(a)
-    d_ref = fmt.decode(a, backend="reference")
-    d_t = fmt.decode_torch({k: torch.from_numpy(v) for k, v in a.items()}).numpy()
-    assert np.array_equal(d_nb.view(np.uint32), d_ref.view(np.uint32))
-    assert np.array_equal(d_nb.view(np.uint32), d_t.view(np.uint32))
-    return a
 
 
 # ---- hand-derived vectors ------------------------------------------------------------------------

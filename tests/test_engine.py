@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from moesim.sim import engine
 from moesim.sim.cache_setup import setup_cache
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import BYPASS, HIT, MISS
-from moesim.sim.policies import get_policy, list_policies, resolve_params
+from moesim.sim.policies import get_policy, list_policies, resolve_policy_params
 from moesim.sim.prefetch import FixedPlan, plan_from_lists
 from moesim.sim.profiles import HardwareProfile, ModelProfile
+from moesim.sim.row_loop import BYPASS, HIT, MISS
 from moesim.sim.rows import plan_stream
 from moesim.sim.stepstats import StepSeries
 from moesim.sim.timing import ComputeModel, Links
@@ -131,8 +131,8 @@ def test_every_policy_meets_the_hierarchy_contract(policy: str) -> None:
         else:
             assert c["l1_bypass"] == 0 and c["prefetch_issued"] > 0
     # access() speaks the contract's codes: a fresh cache misses (or declines) a key, then hits it.
-    state = module.make_state(4, L * E, resolve_params(module, policy_params(policy, L, E, "shared", 4),
-                                                        num_layers=L, num_experts=E), 0)
+    state = module.make_state(4, L * E, resolve_policy_params(module, policy_params(policy, L, E, "shared", 4),
+                                                               num_layers=L, num_experts=E), 0)
     guard = np.full(L * E, -1, np.int64)
     first = module.access(state, 5, 0, 10, guard, 0)
     assert first in (MISS, BYPASS, HIT)

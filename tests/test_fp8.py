@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from codec_support import assert_backends_agree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -14,11 +15,8 @@ from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
 from moesim.kernels.formats.fp8 import FORMATS, FP8Format
 
 NAMES = sorted(FORMATS)
+ENCODED = {"codes", "scale", "shape"}  # the arrays every encoding holds
 F32_MAX = float(np.finfo(np.float32).max)
-
-
-def u8(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 def fp8_values(fmt: FP8Format) -> np.ndarray:
@@ -35,22 +33,6 @@ def fp8_values(fmt: FP8Format) -> np.ndarray:
     return np.where(c >= 128, -mag, mag)
 
 
-def assert_backends_agree(fmt: FP8Format, x: np.ndarray) -> dict[str, np.ndarray]:
-    a = fmt.encode(x)
-    b = fmt.encode(x, backend="reference")
-    c = {k: v.numpy() for k, v in fmt.encode_torch(torch.from_numpy(x)).items()}
-    assert a.keys() == b.keys() == c.keys() == {"codes", "scale", "shape"}
-    for k in a:
-        assert a[k].dtype == b[k].dtype == c[k].dtype and a[k].shape == b[k].shape == c[k].shape, k
-        assert np.array_equal(u8(a[k]), u8(b[k])), f"numba != reference in {k}"
-        assert np.array_equal(u8(a[k]), u8(c[k])), f"numba != torch in {k}"
-    d_nb = fmt.decode(a)
-    assert np.array_equal(d_nb.view(np.uint32), fmt.decode(a, backend="reference").view(np.uint32))
-    d_t = fmt.decode_torch({k: torch.from_numpy(v) for k, v in a.items()}).numpy()
-    assert np.array_equal(d_nb.view(np.uint32), d_t.view(np.uint32))
-    return a
-
-
 # ---- hand-derived vectors ------------------------------------------------------------------------
 
 def test_e4m3_per_channel_hand_vector() -> None:
@@ -58,7 +40,7 @@ def test_e4m3_per_channel_hand_vector() -> None:
     x = np.zeros((3, 8), np.float32)
     x[0] = [448, 1.0, -2.0, 0.0, 1.0625, 1.1875, -0.0, 0.001]
     x[2, :2] = [-896, 2]
-    enc = assert_backends_agree(fmt, x)
+    enc = assert_backends_agree(fmt, x, ENCODED)
     assert enc["scale"].tolist() == [[1.0], [0.0], [2.0]]
     # 1.0625 ties 1.0 (0x38) / 1.125 (0x39) -> 0x38; 1.1875 ties 0x39 / 1.25 (0x3A) -> 0x3A;
     # 0.001 is above half the smallest subnormal 2^-9 -> 0x01; -0.0 keeps its sign
@@ -73,7 +55,7 @@ def test_e4m3_per_channel_hand_vector() -> None:
 def test_e5m2_per_channel_hand_vector() -> None:
     fmt = get_format("fp8-e5m2-channel")
     x = np.float32([[57344, 1.0, -0.5, 3.0, 1.125, 2.0**-16]])
-    enc = assert_backends_agree(fmt, x)
+    enc = assert_backends_agree(fmt, x, ENCODED)
     assert enc["scale"].tolist() == [[1.0]]
     # 1.125 ties 1.0 (0x3C) / 1.25 (0x3D) -> 0x3C; 2^-16 is E5M2's smallest subnormal (0x01)
     assert enc["codes"][0].tolist() == [0x7B, 0x3C, 0xB8, 0x42, 0x3C, 0x01]
@@ -82,7 +64,7 @@ def test_e5m2_per_channel_hand_vector() -> None:
 def test_per_tensor_shares_one_scale() -> None:
     fmt = get_format("fp8-e4m3-tensor")
     x = np.float32([[1.0, -4.0], [0.0, 0.0], [896.0, 0.5]])
-    enc = assert_backends_agree(fmt, x)
+    enc = assert_backends_agree(fmt, x, ENCODED)
     assert enc["scale"].shape == () and float(enc["scale"]) == 2.0
     assert enc["codes"].tolist() == [[0x30, 0xC0], [0, 0], [0x7E, 0x28]]
     assert np.array_equal(fmt.decode(enc), x)
@@ -106,7 +88,7 @@ def weights(draw: st.DrawFn) -> np.ndarray:
 @settings(max_examples=30, deadline=None)
 @given(x=weights())
 def test_numba_reference_and_torch_agree_bit_for_bit(name: str, x: np.ndarray) -> None:
-    assert_backends_agree(FORMATS[name], x)
+    assert_backends_agree(FORMATS[name], x, ENCODED)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -152,10 +134,10 @@ def test_bits_per_weight_counts_every_stored_byte() -> None:
 
 def test_one_dimensional_and_leading_axes() -> None:
     fmt = get_format("fp8-e4m3-channel")
-    enc = assert_backends_agree(fmt, np.float32([3.0, -1.0, 0.5]))
+    enc = assert_backends_agree(fmt, np.float32([3.0, -1.0, 0.5]), ENCODED)
     assert enc["scale"].shape == (1,)
     x = np.random.default_rng(1).standard_normal((2, 3, 5)).astype(np.float32)
-    enc = assert_backends_agree(fmt, x)
+    enc = assert_backends_agree(fmt, x, ENCODED)
     assert enc["scale"].shape == (2, 3, 1) and enc["shape"].tolist() == [2, 3, 5]
     assert np.array_equal(fmt.decode(enc, dtype="bfloat16"), f32_to_bf16_bits(fmt.decode(enc)))
     t = fmt.decode_torch({k: torch.from_numpy(v) for k, v in enc.items()}, dtype=torch.bfloat16)

@@ -9,24 +9,12 @@ from hierarchy_reference import prefetch_next_use, reference_hierarchy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import NEVER
 from moesim.sim.levels import HierarchyConfig, Level
 from moesim.sim.offload import simulate_hierarchy
 from moesim.sim.prefetch import plan_from_lists, routing_rows
 from moesim.sim.replay import replay
-from moesim.traces.trace import TraceMeta, make_trace
-
-
-def trace_of(rows: list[list[list[int]]], num_experts: int):
-    """rows[t][l] = experts of step t at layer l (padded with -1 to a common width)."""
-    L = len(rows[0])
-    K = max(len(x) for step in rows for x in step)
-    arr = np.full((len(rows), L, K), -1, np.int16)
-    for t, step in enumerate(rows):
-        for layer, ids in enumerate(step):
-            arr[t, layer, :len(ids)] = ids
-    return make_trace(arr, TraceMeta(model="hand", num_layers=L, num_experts=num_experts, top_k=1))
-
+from moesim.sim.row_loop import NEVER
+from strategies import trace_of
 
 # Keys 0 1 0 1 2 0 on one layer: the worked example in the comments below.
 HAND = trace_of([[[0]], [[1]], [[0]], [[1]], [[2]], [[0]]], num_experts=4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from codec_support import assert_backends_agree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -14,6 +15,7 @@ from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
 from moesim.kernels.formats.nf4 import CODEBOOK, THRESHOLDS
 
 FMT = get_format("nf4")
+ENCODED = {"codes", "absmax", "shape"}  # the arrays every encoding holds
 F32_MAX = float(np.finfo(np.float32).max)
 
 # bitsandbytes' dQuantizeNF4 decision-tree constants, sorted (transcribed, not computed).
@@ -23,30 +25,10 @@ BNB_THRESHOLDS = [-0.8480964004993439, -0.6106329262256622, -0.4599952697753906,
                   0.5016634166240692, 0.6427869200706482, 0.8614784181118011]
 
 
-def u8(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
 def unpack(codes: np.ndarray) -> np.ndarray:
     out = np.empty((*codes.shape[:-1], codes.shape[-1] * 2), np.uint8)
     out[..., 0::2], out[..., 1::2] = codes >> 4, codes & 15  # first element in the high nibble
     return out
-
-
-def assert_backends_agree(x: np.ndarray) -> dict[str, np.ndarray]:
-    a = FMT.encode(x)
-    b = FMT.encode(x, backend="reference")
-    c = {k: v.numpy() for k, v in FMT.encode_torch(torch.from_numpy(x)).items()}
-    assert a.keys() == b.keys() == c.keys() == {"codes", "absmax", "shape"}
-    for k in a:
-        assert a[k].dtype == b[k].dtype == c[k].dtype and a[k].shape == b[k].shape == c[k].shape, k
-        assert np.array_equal(u8(a[k]), u8(b[k])), f"numba != reference in {k}"
-        assert np.array_equal(u8(a[k]), u8(c[k])), f"numba != torch in {k}"
-    d_nb = FMT.decode(a)
-    assert np.array_equal(d_nb.view(np.uint32), FMT.decode(a, backend="reference").view(np.uint32))
-    d_t = FMT.decode_torch({k: torch.from_numpy(v) for k, v in a.items()}).numpy()
-    assert np.array_equal(d_nb.view(np.uint32), d_t.view(np.uint32))
-    return a
 
 
 def test_codebook_is_bitsandbytes_and_thresholds_are_its_decision_tree() -> None:
@@ -58,7 +40,7 @@ def test_codebook_is_bitsandbytes_and_thresholds_are_its_decision_tree() -> None
 
 def test_codebook_values_map_to_their_own_codes() -> None:
     x = np.tile(CODEBOOK, 4)[None, :]  # absmax 1: the normalised values are the codebook itself
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["absmax"].tolist() == [[1.0]]
     assert unpack(enc["codes"])[0].tolist() == list(range(16)) * 4
     assert enc["codes"][0, :2].tolist() == [0x01, 0x23]  # high nibble first
@@ -67,7 +49,7 @@ def test_codebook_values_map_to_their_own_codes() -> None:
 
 def test_scaled_codebook_decodes_to_codebook_times_absmax() -> None:
     x = (np.tile(CODEBOOK, 4) * np.float32(-2.5))[None, :]  # absmax 2.5, order reversed by the sign
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["absmax"].tolist() == [[2.5]]
     codes = unpack(enc["codes"])[0]
     # -2.5 * c is exactly 2.5 * (-c); -c is a codebook value only at -1/1 and 0
@@ -79,7 +61,7 @@ def test_values_exactly_on_a_threshold_take_the_lower_code() -> None:
     x[0, 0] = 1.0  # absmax 1 -> inv 1, normalised values are exact
     x[0, 1:16] = THRESHOLDS
     x[0, 16:31] = np.nextafter(THRESHOLDS, np.float32(np.inf))
-    codes = unpack(assert_backends_agree(x)["codes"])[0]
+    codes = unpack(assert_backends_agree(FMT, x, ENCODED)["codes"])[0]
     assert codes[1:16].tolist() == list(range(15))
     assert codes[16:31].tolist() == list(range(1, 16))
 
@@ -87,7 +69,7 @@ def test_values_exactly_on_a_threshold_take_the_lower_code() -> None:
 def test_zero_block_encodes_to_the_zero_code_and_decodes_to_zero() -> None:
     x = np.zeros((2, 128), np.float32)
     x[1, 64:] = np.linspace(-1, 1, 64)
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["absmax"].tolist() == [[0.0, 0.0], [0.0, 1.0]]
     assert (enc["codes"][0] == 0x77).all() and (enc["codes"][1, :32] == 0x77).all()
     assert not FMT.decode(enc)[0].any()
@@ -108,7 +90,7 @@ def weights(draw: st.DrawFn) -> np.ndarray:
 @settings(max_examples=60, deadline=None)
 @given(weights())
 def test_numba_reference_and_torch_agree_bit_for_bit(x: np.ndarray) -> None:
-    assert_backends_agree(x)
+    assert_backends_agree(FMT, x, ENCODED)
 
 
 @settings(max_examples=40, deadline=None)
@@ -140,7 +122,7 @@ def test_bits_per_weight_and_stored_bytes() -> None:
 
 def test_bfloat16_decode_and_leading_axes() -> None:
     x = np.random.default_rng(1).standard_normal((2, 3, 128)).astype(np.float32)
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["codes"].shape == (2, 3, 64) and enc["absmax"].shape == (2, 3, 2)
     assert enc["shape"].tolist() == [2, 3, 128]
     assert np.array_equal(FMT.decode(enc, dtype="bfloat16"), f32_to_bf16_bits(FMT.decode(enc)))

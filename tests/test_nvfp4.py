@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from codec_support import assert_backends_agree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -15,12 +16,9 @@ from moesim.kernels.formats import get_format
 from moesim.kernels.formats.base import FormatError, f32_to_bf16_bits
 
 FMT = get_format("nvfp4")
+ENCODED = {"codes", "scale", "tensor_scale", "shape"}  # the arrays every encoding holds
 F32_MAX = float(np.finfo(np.float32).max)
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)  # code order
-
-
-def u8(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 def unpack(codes: np.ndarray) -> np.ndarray:
@@ -36,22 +34,6 @@ def e4m3_value(code: np.ndarray) -> np.ndarray:
     return np.where(e == 0, m * 2.0**-9, (1 + m / 8) * 2.0 ** (e - 7))
 
 
-def assert_backends_agree(x: np.ndarray) -> dict[str, np.ndarray]:
-    a = FMT.encode(x)
-    b = FMT.encode(x, backend="reference")
-    c = {k: v.numpy() for k, v in FMT.encode_torch(torch.from_numpy(x)).items()}
-    assert a.keys() == b.keys() == c.keys() == {"codes", "scale", "tensor_scale", "shape"}
-    for k in a:
-        assert a[k].dtype == b[k].dtype == c[k].dtype and a[k].shape == b[k].shape == c[k].shape, k
-        assert np.array_equal(u8(a[k]), u8(b[k])), f"numba != reference in {k}"
-        assert np.array_equal(u8(a[k]), u8(c[k])), f"numba != torch in {k}"
-    d_nb = FMT.decode(a)
-    assert np.array_equal(d_nb.view(np.uint32), FMT.decode(a, backend="reference").view(np.uint32))
-    d_t = FMT.decode_torch({k: torch.from_numpy(v) for k, v in a.items()}).numpy()
-    assert np.array_equal(d_nb.view(np.uint32), d_t.view(np.uint32))
-    return a
-
-
 def with_unit_tensor_scale(*blocks: list[float]) -> np.ndarray:
     """Rows of one 16-wide block each, plus a last row whose amax 2688 makes the tensor scale 1."""
     rows = [np.pad(np.float32(b), (0, 16 - len(b))) for b in blocks]
@@ -62,7 +44,7 @@ def with_unit_tensor_scale(*blocks: list[float]) -> np.ndarray:
 
 def test_e2m1_values_with_block_amax_6_and_tensor_scale_1() -> None:
     x = with_unit_tensor_scale(list(E2M1))
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["tensor_scale"].dtype == np.float32 and enc["tensor_scale"].shape == ()
     assert float(enc["tensor_scale"]) == 1.0
     assert enc["scale"].tolist() == [[0x38], [0x7E]]  # 1.0 and 448 in E4M3
@@ -75,14 +57,14 @@ def test_e2m1_values_with_block_amax_6_and_tensor_scale_1() -> None:
 def test_element_ties_go_to_the_even_code() -> None:
     halfway = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -2.5, -0.25]
     x = with_unit_tensor_scale([6.0, *halfway])
-    codes = unpack(assert_backends_agree(x)["codes"])[0]
+    codes = unpack(assert_backends_agree(FMT, x, ENCODED)["codes"])[0]
     # 0.25->0, 0.75->1.0, 1.25->1.0, 1.75->2.0, 2.5->2.0, 3.5->4.0, 5->4.0, -2.5->-2.0, -0.25->-0
     assert codes[1:10].tolist() == [0, 2, 2, 4, 4, 6, 6, 0xC, 0x8]
 
 
 def test_block_scale_rounds_to_nearest_even_e4m3_and_elements_saturate() -> None:
     x = with_unit_tensor_scale([6.375, -6.375], [6.75, 5.0])
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     # 6.375 / 6 = 1.0625: halfway between 1.0 (0x38) and 1.125 (0x39) -> 0x38; 6.75 / 6 = 1.125 -> 0x39
     assert enc["scale"][:2, 0].tolist() == [0x38, 0x39]
     codes = unpack(enc["codes"])
@@ -95,7 +77,7 @@ def test_block_scales_below_the_smallest_normal_e4m3_take_the_floor() -> None:
     # s = amax / 6 with tensor scale 1; s below 2^-6 is raised to 2^-6 (code 0x08), so r = 64
     x = with_unit_tensor_scale([0.005, -0.004, 0.0039, -0.0, 2.0**-8, 3 * 2.0**-8],
                                [6 * 2.0**-6, 2.0**-7], [6 * 2.0**-7, 2.0**-9])
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["scale"][:3, 0].tolist() == [0x08, 0x08, 0x08]  # raised; exactly 2^-6; raised
     codes = unpack(enc["codes"])
     # 0.005 * 64 = 0.32 -> 0.5; -0.256 -> -0.5; 0.2496 -> 0; -0.0 keeps its sign; 0.25 ties to 0; 0.75 ties to 1
@@ -109,12 +91,12 @@ def test_block_scales_below_the_smallest_normal_e4m3_take_the_floor() -> None:
 def test_zero_blocks_and_the_all_zero_tensor() -> None:
     x = np.zeros((2, 32), np.float32)
     x[0, 5] = -0.0
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert float(enc["tensor_scale"]) == 0.0 and (enc["scale"] == 0x08).all()
     assert unpack(enc["codes"])[0].tolist() == [0] * 5 + [8] + [0] * 26  # r = 0: signed zeros
     assert not FMT.decode(enc).any()
     x[1, 20] = -3.0
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["scale"].tolist() == [[0x08, 0x08], [0x08, 0x7E]]
     # -3 -> -6 * (ts * 448), with ts = 3 / 2688 rounded to float32: -3 up to that rounding
     ts = enc["tensor_scale"]
@@ -133,7 +115,7 @@ def test_a_tensor_scale_whose_reciprocal_overflows_saturates_every_nonzero_eleme
     # amax 1e-37: ts ~ 3.7e-41 (subnormal), 1 / ts = inf, so r = inf and |x| * r saturates at 6
     x = np.zeros((1, 16), np.float32)
     x[0, :4] = [1e-37, -1e-38, 0.0, -0.0]
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     with np.errstate(over="ignore"):
         assert np.isinf(np.float32(1.0) / enc["tensor_scale"])
     assert unpack(enc["codes"])[0, :4].tolist() == [7, 15, 0, 0]  # 0 * inf is NaN, encoded +0
@@ -157,7 +139,7 @@ def weights(draw: st.DrawFn) -> np.ndarray:
 @settings(max_examples=60, deadline=None)
 @given(weights())
 def test_numba_reference_and_torch_agree_bit_for_bit(x: np.ndarray) -> None:
-    assert_backends_agree(x)
+    assert_backends_agree(FMT, x, ENCODED)
 
 
 @settings(max_examples=40, deadline=None)
@@ -206,7 +188,7 @@ def test_bits_per_weight_counts_every_stored_byte() -> None:
 
 def test_bfloat16_decode_and_leading_axes() -> None:
     x = np.random.default_rng(1).standard_normal((2, 3, 32)).astype(np.float32) * 1e-3
-    enc = assert_backends_agree(x)
+    enc = assert_backends_agree(FMT, x, ENCODED)
     assert enc["codes"].shape == (2, 3, 16) and enc["scale"].shape == (2, 3, 2)
     assert np.array_equal(FMT.decode(enc, dtype="bfloat16"), f32_to_bf16_bits(FMT.decode(enc)))
     t = FMT.decode_torch({k: torch.from_numpy(v) for k, v in enc.items()}, dtype=torch.bfloat16)

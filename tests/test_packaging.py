@@ -74,6 +74,19 @@ def test_code_imports_the_packages_only_under_moesim() -> None:
     assert not bad, "import these as moesim.<package>:\n" + "\n".join(bad)
 
 
+def test_kernels_import_nothing_from_the_floors_above() -> None:
+    # The formats (and the few helpers every floor shares: jit, files, messages) are the lowest
+    # floor: the traces, the simulator and the reports use them, never the reverse.
+    bad = []
+    for path in _py_files("kernels"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            bad += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names
+                    if n.startswith(("moesim.sim", "moesim.bench", "moesim.traces"))]
+    assert not bad, "kernels/ imports from above it:\n" + "\n".join(bad)
+
+
 def test_jitted_modules_compile_only_through_the_package_njit() -> None:
     bad = []
     for path in _py_files("sim", "kernels", "traces"):

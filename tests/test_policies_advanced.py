@@ -9,12 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import get_policy, reference_rows, replay_rows, resolve_policy_params
 from moesim.sim.policies import watermark as wm
 from moesim.sim.rows import next_use_reference
-from test_policies_core import SEQ, csr, hits_at, row_traces, run, try_run
+from policy_support import ADVANCED, SEQ, csr, hits_at, run, short_row_traces, try_run
 
-ADVANCED = ["arc", "layeraware", "lirs", "s3fifo", "twoq", "watermark"]
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ONE_PER_ROW = [[k] for k in SEQ]  # SEQ = 4 2 0 1 0 3 0 3 4 1 0 4 2 3 1 (positions 0..14)
 
@@ -25,7 +24,7 @@ def run_layers(policy: str, rows: list[list[int]], capacity: int, num_keys: int,
     module = get_policy(policy)
     keys, row_ptr, default_time = csr(rows)
     row_time = default_time if row_time is None else row_time
-    p = resolve_params(module, params, num_layers=num_layers, num_experts=max(1, num_keys // num_layers))
+    p = resolve_policy_params(module, params, num_layers=num_layers, num_experts=max(1, num_keys // num_layers))
     state = module.make_state(capacity, num_keys, p, 0)
     hits = np.zeros(len(keys), np.uint8)
     ev = module.replay(state, keys, row_ptr, row_time, np.zeros(0, np.int64), num_keys, hits)
@@ -251,7 +250,7 @@ def test_layeraware_per_layer_cache_uses_its_layer() -> None:
     # A per-layer instance (keys = expert ids) gets _layer; every key has that layer, so the layer
     # term is constant and the jitted state agrees with the reference.
     module = get_policy("layeraware")
-    p = resolve_params(module, None, layer=2, num_layers=3, num_experts=4)
+    p = resolve_policy_params(module, None, layer=2, num_layers=3, num_experts=4)
     state = module.make_state(2, 4, p, 0)
     assert state[0].tolist() == [2, 2, 2, 2]
     rows = [[0, 1], [2], [0, 3], [1], [2, 0]]
@@ -342,7 +341,7 @@ def test_bad_knobs_are_refused(policy: str, params: dict, message: str) -> None:
 
 @pytest.mark.parametrize("policy", ["arc", "lirs", "s3fifo", "twoq"])
 @SETTINGS
-@given(data=row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6))
+@given(data=short_row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6))
 def test_jitted_equals_reference(policy: str, data, extra: int) -> None:
     rows, num_keys = data
     cap = max(2, max(len(r) for r in rows) + extra)
@@ -350,7 +349,7 @@ def test_jitted_equals_reference(policy: str, data, extra: int) -> None:
 
 
 @SETTINGS
-@given(data=row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6),
+@given(data=short_row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6),
        small=st.sampled_from([0.1, 0.3, 0.5]), ghost=st.sampled_from([0.0, 0.9, 2.0]),
        threshold=st.integers(1, 3), prefill=st.booleans())
 def test_s3fifo_knobs_jitted_equals_reference(data, extra, small, ghost, threshold, prefill) -> None:
@@ -361,7 +360,7 @@ def test_s3fifo_knobs_jitted_equals_reference(data, extra, small, ghost, thresho
 
 
 @SETTINGS
-@given(data=row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6),
+@given(data=short_row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6),
        kin=st.sampled_from([0.1, 0.25, 0.5]), kout=st.sampled_from([0.0, 0.5, 2.0]),
        hir=st.sampled_from([0.01, 0.3]), stack=st.sampled_from([0.0, 1.0, 2.0]))
 def test_twoq_lirs_knobs_jitted_equals_reference(data, extra, kin, kout, hir, stack) -> None:
@@ -372,7 +371,7 @@ def test_twoq_lirs_knobs_jitted_equals_reference(data, extra, kin, kout, hir, st
 
 
 @SETTINGS
-@given(data=row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6), layers=st.integers(1, 4),
+@given(data=short_row_traces(max_keys=16, max_rows=80), extra=st.integers(0, 6), layers=st.integers(1, 4),
        high=st.sampled_from([1.0, 0.9, 0.75]), low=st.sampled_from([0.25, 0.5, 0.75]),
        score=st.sampled_from(["recency", "frequency", "mix"]), decay=st.sampled_from([1.0, 0.8, 0.5]),
        weight=st.sampled_from([0.0, 0.3, 1.0]))
@@ -388,7 +387,7 @@ def test_watermark_jitted_equals_reference(data, extra, layers, high, low, score
 # ---- OPT bound --------------------------------------------------------------------------------
 
 @SETTINGS
-@given(data=row_traces(max_keys=12, max_rows=60), extra=st.integers(0, 5))
+@given(data=short_row_traces(max_keys=12, max_rows=60), extra=st.integers(0, 5))
 def test_opt_beats_every_advanced_policy(data, extra: int) -> None:
     rows, num_keys = data
     keys, row_ptr, row_time = csr(rows)

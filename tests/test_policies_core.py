@@ -11,42 +11,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import NEVER
-from moesim.sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_params
+from moesim.sim.policies import get_policy, list_policies, reference_rows, replay_rows, resolve_policy_params
 from moesim.sim.policies import lru as lru_mod
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import next_use_reference, next_use_times
+from policy_support import CORE, SEQ, csr, hits_at, run, short_row_traces, try_run
 
-CORE = ["clock", "fifo", "lfu", "lfuda", "lru", "opt", "random", "sieve", "static"]
 DEMAND = [p for p in CORE if p != "static"]  # the policies that insert on every miss
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
-
-
-def run(policy: str, rows: list[list[int]], capacity: int, num_keys: int, **kw) -> tuple[list[int], int]:
-    """Jitted and reference runs must agree; returns (hit vector, evictions)."""
-    keys, row_ptr, row_time = csr(rows)
-    h1, e1 = replay_rows(policy, keys, row_ptr, row_time, capacity, num_keys, **kw)
-    h2, e2 = reference_rows(policy, keys, row_ptr, row_time, capacity, num_keys, **kw)
-    assert h1.tolist() == h2.tolist() and e1 == e2, (policy, h1, h2, e1, e2)
-    return h1.tolist(), e1
 
 
 def demand_policies() -> list[str]:
     """Every registered policy that starts empty and inserts on a miss (the other engineer's too)."""
     return [n for n in list_policies() if not getattr(get_policy(n), "PRELOADS", False)]
-
-
-def try_run(policy: str, keys, row_ptr, row_time, capacity, num_keys, seed=0):
-    """(hits, evictions), or None when the policy refuses this capacity (e.g. it needs >= 2 slots)."""
-    try:
-        return replay_rows(policy, keys, row_ptr, row_time, capacity, num_keys, seed=seed)
-    except ConfigError:
-        return None
 
 
 # ---- registry ---------------------------------------------------------------------------------
@@ -69,19 +46,12 @@ def test_unknown_policy_lists_the_known_ones() -> None:
 
 def test_unknown_parameter_is_refused_with_the_policy_name() -> None:
     with pytest.raises(ConfigError, match=r"policy 'lru' has no parameter\(s\) \['size'\]"):
-        resolve_params(get_policy("lru"), {"size": 3})
-    p = resolve_params(get_policy("static"), {"keys": [1]}, layer=2, num_layers=4, num_experts=8)
+        resolve_policy_params(get_policy("lru"), {"size": 3})
+    p = resolve_policy_params(get_policy("static"), {"keys": [1]}, layer=2, num_layers=4, num_experts=8)
     assert p == {"keys": [1], "_layer": 2, "_num_layers": 4, "_num_experts": 8}
 
 
-# ---- exact counts on a hand-made trace --------------------------------------------------------
-# One key per row, capacity 3. Position: key
-#   0:4 1:2 2:0 3:1 4:0 5:3 6:0 7:3 8:4 9:1 10:0 11:4 12:2 13:3 14:1
-SEQ = [4, 2, 0, 1, 0, 3, 0, 3, 4, 1, 0, 4, 2, 3, 1]
-
-
-def hits_at(*positions: int) -> list[int]:
-    return [1 if i in positions else 0 for i in range(len(SEQ))]
+# ---- exact counts on a hand-made trace (SEQ, capacity 3) --------------------------------------
 
 
 def test_lru_by_hand() -> None:
@@ -197,19 +167,9 @@ def test_rows_as_wide_as_the_cache_hit_when_repeated(policy: str) -> None:
 
 # ---- jitted == reference ----------------------------------------------------------------------
 
-@st.composite
-def row_traces(draw, max_keys: int = 10, max_rows: int = 40, max_width: int = 4):
-    num_keys = draw(st.integers(2, max_keys))
-    width = draw(st.integers(1, min(max_width, num_keys)))
-    n_rows = draw(st.integers(1, max_rows))
-    rows = [draw(st.lists(st.integers(0, num_keys - 1), min_size=1, max_size=width, unique=True))
-            for _ in range(n_rows)]
-    return rows, num_keys
-
-
 @pytest.mark.parametrize("policy", CORE)
 @SETTINGS
-@given(data=row_traces(), extra=st.integers(0, 4), seed=st.integers(0, 2**32))
+@given(data=short_row_traces(), extra=st.integers(0, 4), seed=st.integers(0, 2**32))
 def test_jitted_equals_reference(policy: str, data, extra: int, seed: int) -> None:
     rows, num_keys = data
     cap = max(len(r) for r in rows) + extra
@@ -218,7 +178,7 @@ def test_jitted_equals_reference(policy: str, data, extra: int, seed: int) -> No
 
 
 @SETTINGS
-@given(data=row_traces(max_keys=40, max_rows=150), extra=st.integers(0, 30))
+@given(data=short_row_traces(max_keys=40, max_rows=150), extra=st.integers(0, 30))
 def test_lru_fast_replay_equals_the_per_access_loop(data, extra: int) -> None:
     # Long traces over few keys make the recency log wrap and compact (ring of 64 entries).
     rows, num_keys = data
@@ -248,7 +208,7 @@ def test_lru_state_carries_across_blocks() -> None:
 
 
 @SETTINGS
-@given(data=row_traces())
+@given(data=short_row_traces())
 def test_next_use_times_match_the_reference(data) -> None:
     rows, num_keys = data
     keys, row_ptr, _ = csr(rows)
@@ -299,7 +259,7 @@ def brute_force_max_hits(rows: list[list[int]], capacity: int) -> int:
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=row_traces(max_keys=6, max_rows=9, max_width=3), extra=st.integers(0, 2))
+@given(data=short_row_traces(max_keys=6, max_rows=9, max_width=3), extra=st.integers(0, 2))
 def test_opt_is_optimal(data, extra: int) -> None:
     rows, num_keys = data
     cap = max(len(r) for r in rows) + extra
@@ -308,7 +268,7 @@ def test_opt_is_optimal(data, extra: int) -> None:
 
 
 @SETTINGS
-@given(data=row_traces(max_keys=12, max_rows=60), extra=st.integers(0, 5), seed=st.integers(0, 1000))
+@given(data=short_row_traces(max_keys=12, max_rows=60), extra=st.integers(0, 5), seed=st.integers(0, 1000))
 def test_no_policy_beats_opt(data, extra: int, seed: int) -> None:
     rows, num_keys = data
     keys, row_ptr, row_time = csr(rows)
@@ -321,7 +281,7 @@ def test_no_policy_beats_opt(data, extra: int, seed: int) -> None:
 
 
 @SETTINGS
-@given(data=row_traces(max_keys=12, max_rows=60))
+@given(data=short_row_traces(max_keys=12, max_rows=60))
 def test_lru_and_opt_never_lose_hits_when_the_cache_grows(data) -> None:
     rows, num_keys = data
     keys, row_ptr, row_time = csr(rows)
@@ -355,7 +315,7 @@ def test_loops_never_spin_when_every_resident_is_guarded(name: str) -> None:
     module = get_policy(name)
     keys, row_ptr, row_time = csr(WIDE_ROWS)
     next_use = np.full(len(keys), NEVER, np.int64) if getattr(module, "NEEDS_NEXT_USE", False) else np.zeros(0, np.int64)
-    params = resolve_params(module, {"keys": [0]} if name == "static" else None)
+    params = resolve_policy_params(module, {"keys": [0]} if name == "static" else None)
     for loop_name in ("replay", "replay_by_access"):
         loop = getattr(module, loop_name, None)
         if loop is None:
@@ -366,5 +326,10 @@ def test_loops_never_spin_when_every_resident_is_guarded(name: str) -> None:
             loop(state, keys, row_ptr, row_time, next_use, 5, hits)
             assert hits[1:].tolist() == [0, 0, 0, 0]
         else:
-            with pytest.raises(ValueError, match=f"{name}: every resident is guarded"):
+            try:
                 loop(state, keys, row_ptr, row_time, next_use, 5, hits)
+            except ValueError as exc:
+                assert f"{name}: every resident is guarded" in str(exc)
+            else:
+                pytest.fail(f"{name}.{loop_name} let a row wider than the cache overflow: if that is the "
+                            "policy's rule, add it to OVERFLOWING above")

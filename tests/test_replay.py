@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.errors import ConfigError
 from moesim.sim.pinning import choose_pinned, expert_counts
-from moesim.sim.policies import get_policy, resolve_params
+from moesim.sim.policies import get_policy, resolve_policy_params
 from moesim.sim.replay import instance_seed, replay, resolve_capacity
 from moesim.sim.replay_cli import main as cli_main
 from moesim.sim.rows import next_use_reference
@@ -72,7 +72,7 @@ def naive_replay(trace: Trace, policy: str, capacity: int, *, organisation: str 
             row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
             row_time = np.array(times, np.int64)
             nu = next_use_reference(keys, row_ptr, row_time)
-            p = resolve_params(module, params, layer=j if per_layer else -1, num_layers=L, num_experts=E)
+            p = resolve_policy_params(module, params, layer=j if per_layer else -1, num_layers=L, num_experts=E)
             hits, _ = module.reference(keys, row_ptr, row_time, nu, caps[j], E if per_layer else L * E, p,
                                        instance_seed(seed, j, epoch if cold_start else 0))
             for r, (t, layer) in enumerate(where):

@@ -20,14 +20,9 @@ from moesim.traces.plots import (
     popularity_heatmap,
     reuse_distance_cdf,
 )
-from moesim.traces.stats_kernel import (
-    reuse_chunk,
-    reuse_chunk_reference,
-    stack_distances_reference,
-    transitions_chunk,
-    transitions_chunk_reference,
-)
+from moesim.traces.stats_kernel import reuse_chunk, transitions_chunk
 from moesim.traces.trace import PAD, Trace, TraceMeta, make_trace
+from naive import reuse_chunk_reference, stack_distances_reference, transitions_chunk_reference
 
 
 def trace_of(rows: list, E: int, request_id: list[int] | None = None, **kw: object) -> Trace:

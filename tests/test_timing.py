@@ -26,11 +26,11 @@ from moesim.sim.timing import (
     Links,
     timeline_events,
     timeline_misses,
-    timeline_reference,
 )
 from moesim.sim.validation import ExplicitBitsModel, markdown_table, run_validation
 from moesim.traces.synth import generate_preset
-from moesim.traces.trace import TraceMeta, make_trace
+from naive import timeline_reference
+from strategies import trace_of
 
 REL = 1e-12
 H, I_SIZE = 64, 32
@@ -52,16 +52,6 @@ def hardware(*, gpu_gbps: float = 1.0, tflops: float = 1.0, h2d_gbps: float = 0.
                            gpu_bandwidth_gbps=gpu_gbps, gpu_tflops=tflops, h2d_bandwidth_gbps=h2d_gbps,
                            h2d_latency_us=h2d_us, nvme_bandwidth_gbps=nvme_gbps, nvme_latency_us=nvme_us,
                            dram_gib=1.0, layer_overhead_us=overhead_us)
-
-
-def trace_of(rows: list[list[list[int]]], num_experts: int = 4, top_k: int = 1, **kw):
-    L = len(rows[0])
-    K = max(len(x) for step in rows for x in step)
-    arr = np.full((len(rows), L, K), -1, np.int16)
-    for t, step in enumerate(rows):
-        for layer, ids in enumerate(step):
-            arr[t, layer, :len(ids)] = ids
-    return make_trace(arr, TraceMeta(model="toy", num_layers=L, num_experts=num_experts, top_k=top_k), **kw)
 
 
 # Memory-bound toy numbers (1 GB/s GPU, 1 TFLOP/s): every part costs its bytes / 1e9.

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from moesim.kernels import files
 from moesim.traces import io
 from moesim.traces.errors import (
     CorruptTraceFileError,
@@ -147,8 +148,8 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path: Path) -> None:
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
-    io.atomic_write_text(path, "old")
-    with pytest.raises(RuntimeError), io.atomic_path(path) as tmp:
+    files.atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError), files.atomic_path(path) as tmp:
         tmp.write_text("half")
         raise RuntimeError("crash mid-write")
     assert path.read_text() == "old"
@@ -174,7 +175,7 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_
 
     monkeypatch.setattr(io.os, "fsync", fsync)
     monkeypatch.setattr(io.os, "replace", replace)
-    io.atomic_write_text(tmp_path / "t.txt", "hello")
+    files.atomic_write_text(tmp_path / "t.txt", "hello")
     assert events == [("fsync", "file of 5 bytes"), ("replace", "t.txt"), ("fsync", "folder")]
 
 
@@ -267,7 +268,9 @@ def test_duplicate_expert_in_a_row(tmp_path: Path) -> None:
 
 
 def test_duplicate_pads_are_not_duplicates() -> None:
-    make_trace(np.array([[[-1, 3, -1]]], np.int16), meta(L=1))
+    trace = make_trace(np.array([[[-1, 3, -1]]], np.int16), meta(L=1))
+    assert trace.num_accesses() == 1
+    assert trace.experts.tolist() == [[[-1, 3, -1]]]
 
 
 def test_layers_disagree_with_metadata(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from moesim.kernels.messages import internal_error, one_line
 from moesim.traces import oracle_general
-from moesim.traces.errors import TraceError, internal_error, one_line
+from moesim.traces.errors import TraceError
 from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
 from moesim.traces.io import load_any, save_any
 from moesim.traces.plots import plot_all

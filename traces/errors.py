@@ -58,21 +58,3 @@ class CorruptTraceFileError(TraceError):
 
 class ImportFormatError(TraceError):
     """A foreign routing file (npz, jsonl, csv...) that does not have the expected form."""
-
-
-# ---- one line per error, for the command-line tools ----------------------------------------------
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (a message spanning lines is joined with ' | ')."""
-    text = str(exc).strip() or type(exc).__name__
-    parts = [p.strip() for p in text.splitlines() if p.strip()]
-    return " | ".join(parts)
-
-
-def internal_error(exc: BaseException) -> str:
-    """The line printed for an exception no check anticipated: its type and message and what to do,
-    without the traceback a user cannot act on."""
-    if isinstance(exc, MemoryError):
-        return "out of memory (the input is larger than this machine can hold)"
-    return (f"unexpected {type(exc).__name__}: {one_line(exc)} (if the inputs are valid, this is a bug in "
-            "moesim: please report it with the command line)")

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moesim.traces.errors import one_line
+from moesim.kernels.files import atomic_write_text
+from moesim.kernels.messages import one_line
 from moesim.traces.fit_kernel import nll_and_grad, routing_moments
 from moesim.traces.fitstats import request_lengths, trace_stats
-from moesim.traces.io import atomic_write_text
 from moesim.traces.lbfgs import minimize
 from moesim.traces.synth import (
     MODEL_SHAPES,

@@ -27,8 +27,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from moesim.kernels.files import atomic_path
 from moesim.traces.errors import TraceError
-from moesim.traces.io import atomic_path
 from moesim.traces.trace import Trace
 
 RECORD = np.dtype([("time", "<u4"), ("obj_id", "<u8"), ("size", "<u4"), ("next", "<i8")])

@@ -15,22 +15,11 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
-from moesim.traces.io import atomic_path
+from moesim.kernels.files import save_png
 from moesim.traces.stats import TraceStats, compute_stats
 from moesim.traces.trace import Trace
 
 PLOT_NAMES = ("popularity.png", "reuse_distance_cdf.png", "layer_affinity.png")
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    out = Path(path)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return out
 
 
 def popularity_heatmap(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
@@ -44,7 +33,7 @@ def popularity_heatmap(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("MoE layer")
     ax.set_title(f"{stats.model}: expert popularity")
     fig.colorbar(im, ax=ax, label="share of the layer's accesses")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def reuse_distance_cdf(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
@@ -72,7 +61,7 @@ def reuse_distance_cdf(stats: TraceStats, path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("fraction of accesses with distance <= x - 1")
     ax.set_title(f"{stats.model}: reuse distance (thin: one line per layer)")
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def affinity_matrix(stats: TraceStats, layer: int | None = None) -> np.ndarray:
@@ -97,7 +86,7 @@ def affinity_heatmap(stats: TraceStats, path: str | os.PathLike[str], layer: int
     ax.set_ylabel("expert at layer l")
     ax.set_title(f"{stats.model}: inter-layer affinity ({which})")
     fig.colorbar(im, ax=ax, label="P(expert at l + 1 | expert at l)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_all(trace: Trace, out_dir: str | os.PathLike[str], stats: TraceStats | None = None) -> list[Path]:

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moesim.kernels.messages import internal_error, one_line
 from moesim.traces import strict
-from moesim.traces.errors import TraceError, internal_error, one_line
+from moesim.traces.errors import TraceError
 
 # Hub kernels would replace layers with downloaded code; this project also has its own top-level
 # package named `kernels`, which transformers must never take for Hugging Face's. Nothing is fetched.

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from moesim.kernels.files import atomic_path
 from moesim.traces.errors import ShapeMismatchError
-from moesim.traces.io import atomic_path, load
+from moesim.traces.io import load
 from moesim.traces.trace import EXPERT_DTYPE, GATE_DTYPE, STEP_FIELDS, Trace, TraceMeta, make_trace
 
 # Tensor order in the file, and each field's dtype and per-step shape kind.

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moesim.traces.io import atomic_path
+from moesim.kernels.files import atomic_path
 from moesim.traces.stats_kernel import (
     GAP_BINS,
     new_state,

@@ -1,4 +1,4 @@
-"""LRU stack distances of expert accesses in the layer clock, jitted and plain.
+"""LRU stack distances of expert accesses in the layer clock, and per-token reuse and transitions, jitted.
 
 Keys are ``l * E + e`` (a cache shared by all layers). Global step ``s = t * L + l`` serves row
 ``(t, l)``; all experts of one row are requested at the same step. The *stack distance* of an
@@ -11,12 +11,11 @@ The jitted kernel keeps, per key, the *slot* of its last access (one slot per no
 order) and a Fenwick tree counting keys by slot, so the distance is ``live - prefix(slot(x))``:
 O(log S) per access. Slots are renumbered (densely, preserving order and ties) when they run out,
 so the tree stays ``O(num_keys)`` large whatever the trace length; its state carries over from one
-chunk of steps to the next, which lets a memory-mapped trace be streamed.
+chunk of steps to the next, which lets a memory-mapped trace be streamed. The plain-Python
+definitions the tests hold these kernels to are in ``tests/naive.py``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -142,32 +141,6 @@ def stack_distance_chunk(experts, first_step, num_experts, last_slot, last_step,
                 last_step[key] = step
 
 
-def stack_distances_reference(rows: Iterable[np.ndarray], num_layers: int, num_experts: int
-                              ) -> list[tuple[int, int, int | None, int | None]]:
-    """Plain-Python definition: ``(layer, key, distance, gap)`` per access, in replay order.
-
-    ``rows`` yields ``[L, K]`` arrays, one per token; distance and gap are None for a first access.
-    The distance counts, by brute force, the keys whose last access lies strictly after ``x``'s.
-    """
-    last: dict[int, int] = {}
-    out: list[tuple[int, int, int | None, int | None]] = []
-    t = 0
-    for token in rows:
-        for layer in range(num_layers):
-            step = t * num_layers + layer
-            keys = [layer * num_experts + int(e) for e in token[layer] if e >= 0]
-            for x in keys:
-                if x in last:
-                    d = sum(1 for y, s in last.items() if y != x and s > last[x])
-                    out.append((layer, x, d, step - last[x]))
-                else:
-                    out.append((layer, x, None, None))
-            for x in keys:
-                last[x] = step
-        t += 1
-    return out
-
-
 # ---- per-token statistics: step-to-step reuse and inter-layer transitions ---------------------------
 
 @njit
@@ -191,18 +164,6 @@ def reuse_chunk(experts, prev_row, has_prev, hits, total):
                         break
 
 
-def reuse_chunk_reference(experts: np.ndarray, prev_row: np.ndarray, has_prev: np.ndarray, hits: np.ndarray,
-                          total: np.ndarray) -> None:
-    """numpy twin of :func:`reuse_chunk` (a K x K comparison per row)."""
-    if experts.shape[0] == 0:
-        return
-    prev = np.concatenate([prev_row[None], experts[:-1]])[has_prev]
-    cur = experts[has_prev]
-    same = (cur[..., :, None] == prev[..., None, :]) & (prev >= 0)[..., None, :]
-    hits += (same.any(axis=-1) & (cur >= 0)).sum(axis=(0, 2))
-    total += (cur >= 0).sum(axis=(0, 2))
-
-
 @njit
 def transitions_chunk(experts, counts):
     """Add 1 to ``counts[l, i, j]`` for every ``i`` in row ``(t, l)`` and ``j`` in row ``(t, l + 1)``."""
@@ -217,16 +178,3 @@ def transitions_chunk(experts, counts):
                     j = experts[t, layer + 1, b]
                     if j >= 0:
                         counts[layer, i, j] += 1
-
-
-def transitions_chunk_reference(experts: np.ndarray, counts: np.ndarray) -> None:
-    """numpy twin of :func:`transitions_chunk` (one bincount over (pair, i, j) codes)."""
-    n, num_layers, _ = experts.shape
-    if num_layers < 2 or n == 0:
-        return
-    E = counts.shape[1]
-    e = experts.astype(np.int64)
-    a, c = e[:, :-1, :, None], e[:, 1:, None, :]
-    ok = (a >= 0) & (c >= 0)
-    base = (np.arange(num_layers - 1, dtype=np.int64) * E * E)[None, :, None, None]
-    counts += np.bincount((base + a * E + c)[ok], minlength=(num_layers - 1) * E * E).reshape(counts.shape)

@@ -17,7 +17,7 @@ are helpers and are skipped. Every policy module provides:
 ``access(state, key, now, next_use, guard, stamp) -> int`` (``@njit``)
     Serve one request; see the contract below.
 ``replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out) -> int`` (``@njit``)
-    Serve a block of rows (usually ``replay_kernel(access, ...)``), write 1/0 per access into
+    Serve a block of rows (usually ``row_loop(access, ...)``), write 1/0 per access into
     ``hits_out`` and return the evictions. The state carries over between calls, so a trace is
     replayed in chunks. It must give exactly what ``access`` gives key by key (a property test
     runs the engine both ways for every registered policy).
@@ -26,6 +26,8 @@ are helpers and are skipped. Every policy module provides:
 
 Optional attributes: ``NEEDS_NEXT_USE = True`` if ``access`` reads ``next_use`` (the engine then
 computes it; otherwise ``replay`` gets an empty array and the loop passes ``NEVER``);
+``LAYER_CLOCK = True`` if ``make_state`` reads ``_num_layers`` (the policy counts in the layer clock,
+so a replay outside the engine must pass the trace's layer context);
 ``PRELOADS = True`` if the cache starts full (then it may beat OPT, which starts empty), with
 ``preloaded(state) -> keys`` saying what it holds; ``more_victims(state, out) -> int`` (``@njit``)
 for a policy that may evict several keys for one request (see below).
@@ -108,8 +110,8 @@ def get_policy(name: str) -> ModuleType:
     return registry[name]
 
 
-def resolve_params(policy: ModuleType, params: Mapping[str, Any] | None, *, layer: int = -1,
-                   num_layers: int = 1, num_experts: int = 0) -> dict[str, Any]:
+def resolve_policy_params(policy: ModuleType, params: Mapping[str, Any] | None, *, layer: int = -1,
+                          num_layers: int = 1, num_experts: int = 0) -> dict[str, Any]:
     """``PARAMS`` updated with ``params`` (unknown keys refused) plus the engine's context keys."""
     params = dict(params or {})
     unknown = sorted(k for k in params if k not in policy.PARAMS)
@@ -141,7 +143,7 @@ def replay_rows(policy: str | ModuleType, keys: np.ndarray, row_ptr: np.ndarray,
     if next_use is None:
         next_use = (next_use_times(keys, row_ptr, row_time, num_keys) if needs_next_use(module)
                     else np.zeros(0, np.int64))
-    state = module.make_state(capacity, num_keys, resolve_params(module, params), seed)
+    state = module.make_state(capacity, num_keys, resolve_policy_params(module, params), seed)
     widths = np.diff(row_ptr)
     if len(widths) and int(widths.max()) > capacity:  # as the engine refuses it (sim.replay)
         r = int(widths.argmax())
@@ -164,9 +166,9 @@ def reference_rows(policy: str | ModuleType, keys: np.ndarray, row_ptr: np.ndarr
         next_use = next_use_reference(keys, row_ptr, row_time)
     hits, evictions = module.reference(np.asarray(keys), np.asarray(row_ptr), np.asarray(row_time),
                                        np.asarray(next_use), capacity, num_keys,
-                                       resolve_params(module, params), seed)
+                                       resolve_policy_params(module, params), seed)
     return np.asarray(hits, np.uint8), int(evictions)
 
 
 __all__ = ["CONTEXT_PARAMS", "get_policy", "list_policies", "needs_next_use", "reference_rows",
-           "replay_rows", "resolve_params"]
+           "replay_rows", "resolve_policy_params"]

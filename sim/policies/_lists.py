@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import NONNEG
+from moesim.sim.row_loop import NONNEG
 
 
 def new_lists(num_keys: int, n_lists: int) -> tuple[np.ndarray, np.ndarray]:

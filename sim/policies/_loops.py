@@ -1,5 +1,5 @@
 """Shared pieces of the specialised policy loops: the one-key-row check, trace <-> CSR rows for the
-fused paths, and bit sets over ``uint64`` words (with a popcount). No module-level NAME: the policy
+fused paths, bit sets over ``uint64`` words (with a popcount), and the size of rings and logs. No module-level NAME: the policy
 registry skips it."""
 
 from __future__ import annotations
@@ -9,6 +9,16 @@ from moesim.kernels.jit import njit
 from numba.core.extending import intrinsic
 
 ONE = np.uint64(1)
+
+
+@njit
+def pow2_at_least(n):
+    """The smallest power of two that is at least ``n`` and at least 64: the size of the rings and
+    logs the loops index with ``position & (size - 1)``."""
+    m = 64
+    while m < n:
+        m *= 2
+    return m
 
 
 @intrinsic

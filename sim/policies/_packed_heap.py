@@ -8,7 +8,7 @@ inlined, so each loop is compiled for its arity. No module-level NAME: the polic
 from __future__ import annotations
 
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import NONNEG
+from moesim.sim.row_loop import NONNEG
 
 
 @njit(forceinline=True)

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies import _knobs
 from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
 from moesim.sim.policies._loops import next_row, one_key_prefix
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "arc"
 PARAMS: dict[str, Any] = {}
@@ -487,7 +487,7 @@ def _serve_rows(prv, nxt, where, guard, keys, hits, row_ptr, r0, r1, c, t1, t2, 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """:func:`access` written out, the list sizes and ``p`` in locals: the same accesses in the same
-    order, so exactly what ``replay_kernel(access, ...)`` gives (written out: the same steps as a
+    order, so exactly what ``row_loop(access, ...)`` gives (written out: the same steps as a
     helper serving one access and returning the sizes, called from the loop, measured three times
     slower). Runs of one-key rows (all of a flattened request stream) go through
     :func:`_serve_stream` (no guard, no row bounds) until the lists are full, then through
@@ -542,7 +542,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies._loops import (
     ONE,
     clear_bit,
@@ -40,6 +39,7 @@ from moesim.sim.policies._loops import (
     set_bit,
     steps_to_rows,
 )
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 NAME = "clock"
@@ -319,7 +319,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

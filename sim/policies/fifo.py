@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
+from moesim.sim.policies._loops import pow2_at_least
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "fifo"
 PARAMS: dict[str, Any] = {}
@@ -44,11 +45,7 @@ def ring_size(capacity: int, num_keys: int) -> int:
     At most ``min(capacity, num_keys)`` keys are live and a row adds at most ``num_keys`` (distinct)
     entries, so after a compaction every row fits.
     """
-    need = min(max(capacity, 1), num_keys) + num_keys
-    m = 64
-    while m < need:
-        m *= 2
-    return m
+    return pow2_at_least(min(max(capacity, 1), num_keys) + num_keys)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -263,4 +260,4 @@ def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

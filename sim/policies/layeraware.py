@@ -83,10 +83,11 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, replay_kernel
 from moesim.sim.policies import _knobs
+from moesim.sim.row_loop import HIT, MISS, row_loop
 
 NAME = "layeraware"
+LAYER_CLOCK = True  # counts in the layer clock: make_state reads _num_layers
 PARAMS: dict[str, Any] = {"predictor": "gap", "alpha": 0.3}
 
 PREDICTORS = ("gap", "age")
@@ -216,7 +217,7 @@ def _victim_slot(slots, s_step, sc, size, guard, stamp):
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """:func:`access` in the shared row loop (:mod:`sim.kernel`), with the residents' layer, last
+    """:func:`access` in the shared row loop (:mod:`sim.row_loop`), with the residents' layer, last
     tick, gap and last step mirrored into slot-ordered arrays: an eviction scores every slot in a
     vectorised loop, then picks the best (measured ~5x the per-access loop, which gathers four
     per-key values per resident in a scalar loop). The same choices as :func:`access`, so the same
@@ -291,7 +292,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS
+from moesim.sim.row_loop import HIT, MISS
 
 NAME = "lfu"
 PARAMS: dict[str, Any] = {}
@@ -152,8 +152,8 @@ def access(state, key, now, next_use, guard, stamp):
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
-    accesses in the same order, so exactly what ``replay_kernel(access, ...)`` gives. Written out
+    """The shared replay loop (:mod:`sim.row_loop`) with :func:`access` written out in it: the same
+    accesses in the same order, so exactly what ``row_loop(access, ...)`` gives. Written out
     because numba's own inlining of a helper that takes arrays keeps reference counting in the loop
     (four times slower)."""
     kprv, knxt, knode, nprv, nnxt, nfreq, free, ctr = state

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG
 from moesim.sim.policies._heap import make_heap, place, push, replace_at, victim_slot
 from moesim.sim.policies._loops import one_key_prefix
 from moesim.sim.policies._packed_heap import down, up
+from moesim.sim.row_loop import HIT, MISS, NONNEG
 
 NAME = "lfuda"
 PARAMS: dict[str, Any] = {}
@@ -141,8 +141,8 @@ def _serve_stream(hk, hv, pos, freq, keys, hits, n, size, cap, age):
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
-    accesses in the same order, so exactly what ``replay_kernel(access, ...)`` gives. Written out
+    """The shared replay loop (:mod:`sim.row_loop`) with :func:`access` written out in it: the same
+    accesses in the same order, so exactly what ``row_loop(access, ...)`` gives. Written out
     because numba's own inlining of a helper that takes arrays keeps reference counting in the loop
     (several times slower). A run of at least ``STREAM_MIN`` one-key rows goes to
     :func:`_serve_stream` on packed priorities (the heap's pairs are packed before and unpacked after,

@@ -48,10 +48,18 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies import _knobs
 from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink
-from moesim.sim.policies._loops import ONE, clear_bit, get_bit, next_row, one_key_prefix, set_bit
+from moesim.sim.policies._loops import (
+    ONE,
+    clear_bit,
+    get_bit,
+    next_row,
+    one_key_prefix,
+    pow2_at_least,
+    set_bit,
+)
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 NAME = "lirs"
@@ -209,14 +217,6 @@ def access(state, key, now, next_use, guard, stamp):
 
 
 @njit
-def _pow2_at_least(n):
-    m = 64
-    while m < n:
-        m *= 2
-    return m
-
-
-@njit
 def _log_compact(ring, pos, head, tail, mask):
     """Keep only the current entries of a log, in order, from ``head`` on; returns the new tail.
     An entry ``q`` is current while ``pos[key] == q`` (``pos`` is -1 for a key on no list). A log
@@ -292,7 +292,7 @@ def _serve_stream(state, keys, hits):
     nothing)."""
     sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
     n = flags.shape[1]
-    big = _pow2_at_least(2 * (n + 1))
+    big = pow2_at_least(2 * (n + 1))
     rings = np.empty((3, big), np.int64)
     pos = np.full((3, n), -1, np.int64)
     code = np.empty(n, np.uint8)
@@ -651,7 +651,7 @@ def _serve_rows(sprv, snxt, qprv, qnxt, flags, qwhere, cnt, guard, keys, hits, r
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
+    """The shared replay loop (:mod:`sim.row_loop`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what :func:`replay_by_access` gives.
 
     A long run of one-key rows (a flattened request stream) goes to :func:`_serve_stream`; the rows
@@ -708,7 +708,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

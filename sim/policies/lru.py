@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
-from moesim.sim.policies._loops import one_key_prefix
+from moesim.sim.policies._loops import one_key_prefix, pow2_at_least
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "lru"
 PARAMS: dict[str, Any] = {}
@@ -45,10 +45,7 @@ PARAMS: dict[str, Any] = {}
 
 def ring_size(num_keys: int) -> int:
     """The smallest power of two holding ``2 * num_keys`` entries (and at least 64)."""
-    m = 64
-    while m < 2 * num_keys:
-        m *= 2
-    return m
+    return pow2_at_least(2 * num_keys)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -366,4 +363,4 @@ def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NEVER, NONNEG, replay_kernel
 from moesim.sim.policies._heap import make_heap, place, push, replace_at, victim_slot
 from moesim.sim.policies._loops import one_key_prefix
 from moesim.sim.policies._packed_heap import down, put, up
+from moesim.sim.row_loop import HIT, MISS, NEVER, NONNEG, row_loop
 
 NAME = "opt"
 PARAMS: dict[str, Any] = {}
@@ -288,7 +288,7 @@ def _replay_pairs(hk, hp, hq, pos, hs, scratch, ctr, keys, row_ptr, next_use, nu
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
+    """The shared replay loop (:mod:`sim.row_loop`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what :func:`replay_by_access` gives. Written out
     because numba's own inlining of a helper that takes arrays keeps reference counting in the loop
     (several times slower). Runs on packed priorities while every next use has a packed form (any
@@ -310,7 +310,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

@@ -46,10 +46,10 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies import _knobs
 from moesim.sim.policies._lists import new_lists, push_back, unlink
-from moesim.sim.policies._loops import next_row, one_key_prefix
+from moesim.sim.policies._loops import next_row, one_key_prefix, pow2_at_least
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "s3fifo"
 PARAMS: dict[str, Any] = {"small_ratio": 0.1, "ghost_ratio": 0.9, "move_threshold": 2, "prefill_main": True}
@@ -189,14 +189,6 @@ def access(state, key, now, next_use, guard, stamp):
     return victim
 
 
-@njit
-def _pow2_at_least(n):
-    m = 64
-    while m < n:
-        m *= 2
-    return m
-
-
 @njit(forceinline=True)
 def _list_to_ring(nxt, sentinel, ring):
     """The keys of one list, front first, into ``ring[0:size]``; returns the size."""
@@ -240,11 +232,11 @@ def _serve_stream(prv, nxt, where, freq, cnt, keys, hits):
     threshold = cnt[THRESHOLD]
     prefill = cnt[PREFILL] != 0
     has_evicted = cnt[HAS_EVICTED] != 0
-    m = _pow2_at_least(cap + 1)
+    m = pow2_at_least(cap + 1)
     mask = (m - 1) & NONNEG
     sring = np.empty(m, np.int64)
     mring = np.empty(m, np.int64)
-    gm = _pow2_at_least(2 * (ghost_cap + 1))
+    gm = pow2_at_least(2 * (ghost_cap + 1))
     gmask = (gm - 1) & NONNEG
     gring = np.empty(gm, np.int64)
     gpos = np.empty(n, np.int64)
@@ -464,7 +456,7 @@ def _serve_rows(prv, nxt, where, freq, cnt, guard, keys, hits, row_ptr, r0, r1, 
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it: the same
+    """The shared replay loop (:mod:`sim.row_loop`) with :func:`access` written out in it: the same
     accesses in the same order, so exactly what :func:`replay_by_access` gives.
 
     A long run of one-key rows (a flattened request stream) goes to :func:`_serve_stream`; the rows
@@ -522,7 +514,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

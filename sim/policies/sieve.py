@@ -35,16 +35,17 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies._loops import (
     ONE,
     clear_bit,
     get_bit,
     one_key_prefix,
+    pow2_at_least,
     rows_to_steps,
     set_bit,
     steps_to_rows,
 )
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM's cttz (numba's own RNG uses it)
 
 NAME = "sieve"
@@ -70,11 +71,7 @@ _BYTE = np.uint64(0xFF)
 
 def ring_size(capacity: int, num_keys: int) -> int:
     """The smallest power of two (at least 64) holding twice the live keys plus one row of new keys."""
-    need = 2 * min(max(capacity, 1), num_keys) + num_keys
-    m = 64
-    while m < need:
-        m *= 2
-    return m
+    return pow2_at_least(2 * min(max(capacity, 1), num_keys) + num_keys)
 
 
 def make_state(capacity: int, num_keys: int, params: Mapping[str, Any], seed: int) -> tuple:
@@ -495,7 +492,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

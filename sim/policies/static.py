@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from moesim.kernels.jit import njit
 from moesim.sim.errors import ConfigError
-from moesim.sim.kernel import BYPASS, HIT, replay_kernel
+from moesim.sim.row_loop import BYPASS, HIT, row_loop
 
 NAME = "static"
 PARAMS: dict[str, Any] = {"keys": None}
@@ -62,7 +62,7 @@ def access(state, key, now, next_use, guard, stamp):
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies import _knobs
 from moesim.sim.policies._lists import first_unguarded, new_lists, push_back, unlink, victim_front
 from moesim.sim.policies._loops import next_row, one_key_prefix
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "twoq"
 PARAMS: dict[str, Any] = {"kin_ratio": 0.25, "kout_ratio": 0.5}
@@ -193,9 +193,9 @@ def _serve_stream(prv, nxt, where, keys, hits, s_in, s_out, s_m, n_in, n_out, n_
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """The shared replay loop (:mod:`sim.kernel`) with :func:`access` written out in it, the queue
+    """The shared replay loop (:mod:`sim.row_loop`) with :func:`access` written out in it, the queue
     sizes in locals: the same accesses in the same order, so exactly what
-    ``replay_kernel(access, ...)`` gives (written out, not called: numba's calls to a helper that
+    ``row_loop(access, ...)`` gives (written out, not called: numba's calls to a helper that
     takes arrays keep reference counting in the loop).
 
     One loop over the accesses, with the row bounds advanced as the index passes them (a single
@@ -298,7 +298,7 @@ def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def reference(keys: np.ndarray, row_ptr: np.ndarray, row_time: np.ndarray, next_use: np.ndarray,

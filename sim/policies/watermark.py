@@ -50,10 +50,11 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, replay_kernel
 from moesim.sim.policies import _knobs
+from moesim.sim.row_loop import HIT, MISS, row_loop
 
 NAME = "watermark"
+LAYER_CLOCK = True  # counts in the layer clock: make_state reads _num_layers
 PARAMS: dict[str, Any] = {"high": 1.0, "low": 0.75, "score": "recency", "decay": 1.0, "weight": 0.5}
 
 SCORES = ("recency", "frequency", "mix")
@@ -185,7 +186,7 @@ def more_victims(state, out):
 
 @njit
 def replay(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    """:func:`access` and :func:`_batch_evict` written out in the shared row loop (:mod:`sim.kernel`),
+    """:func:`access` and :func:`_batch_evict` written out in the shared row loop (:mod:`sim.row_loop`),
     the counters in locals: the same operations in the same order, so the same hits, evictions and
     state as ``replay_by_access`` (measured ~3x faster on 4-key rows: a call per access that takes the state's
     arrays keeps numba's reference counting in the loop). A hit skips the power when ``decay`` is 1
@@ -252,7 +253,7 @@ def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_ou
     """The shared per-access loop over :func:`access`: (evictions, every key of a batch counted)."""
     cnt = state[5]
     before = cnt[EVICTED]
-    replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
     return cnt[EVICTED] - before
 
 

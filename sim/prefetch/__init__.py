@@ -70,7 +70,7 @@ def get_prefetcher(name: str) -> ModuleType:
     return registry[name]
 
 
-def resolve_params(module: ModuleType, params: Mapping[str, Any] | None) -> dict[str, Any]:
+def resolve_prefetch_params(module: ModuleType, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """``PARAMS`` updated with ``params``; an unknown knob is refused naming the known ones."""
     params = dict(params or {})
     unknown = sorted(k for k in params if k not in module.PARAMS)
@@ -84,7 +84,7 @@ def start(name: str, num_layers: int, num_experts: int, top_k: int, params: Mapp
           seed: int = 0) -> Any:
     """A session of prefetcher ``name`` (its knobs checked)."""
     module = get_prefetcher(name)
-    return module.start(num_layers, num_experts, top_k, resolve_params(module, params), seed)
+    return module.start(num_layers, num_experts, top_k, resolve_prefetch_params(module, params), seed)
 
 
 class FixedPlan:
@@ -129,4 +129,5 @@ def make_plan(name: str, trace: Any, params: Mapping[str, Any] | None = None, se
 
 
 __all__ = ["FixedPlan", "PieceRouting", "PrefetchPlan", "RoutingRows", "empty_plan", "get_prefetcher",
-           "list_prefetchers", "make_plan", "plan_from_lists", "resolve_params", "routing_rows", "start"]
+           "list_prefetchers", "make_plan", "plan_from_lists", "resolve_prefetch_params", "routing_rows",
+           "start"]

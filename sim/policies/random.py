@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.jit import njit
-from moesim.sim.kernel import HIT, MISS, NONNEG, replay_kernel
 from moesim.sim.policies._loops import one_key_prefix, rows_to_steps, steps_to_rows
+from moesim.sim.row_loop import HIT, MISS, NONNEG, row_loop
 
 NAME = "random"
 PARAMS: dict[str, Any] = {}
@@ -198,7 +198,7 @@ def replay_steps(state, chunk, num_experts, step_hits, step_acc):
 @njit
 def replay_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """The shared per-access loop over :func:`access`; gives exactly what :func:`replay` gives."""
-    return replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def _next_ref(state: list[int]) -> int:

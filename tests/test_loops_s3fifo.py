@@ -1,7 +1,9 @@
 """S3-FIFO's loop over rows of any width (``_serve_rows``): guarded keys skipped in place by both
 walks, the second eviction round, the every-resident-guarded error, one-key and wide rows mixed,
 the state carried between calls; exact hits on hand-made rows, and on random row traces ``replay``
-== ``replay_by_access`` == ``reference`` with the same state left behind."""
+== ``replay_by_access`` == ``reference`` with the same state left behind. Then the one-key fast
+path (no guard: small promoting everything, an empty main, ghost hits) and its ring buffers. The
+checks S3-FIFO shares with LIRS are in test_loops_s3fifo_lirs.py."""
 
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.policies import s3fifo
-from policy_loop_support import (
+from policy_support import (
     check_rows_and_cut,
     new_policy_state,
-    queue,
     serve,
     serve_in_parts,
     three_ways_state,
     wide_rows,
+)
+from policy_support import (
+    s3fifo_meaning as meaning,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,14 +32,6 @@ LOOPS = {"replay": s3fifo.replay, "replay_by_access": s3fifo.replay_by_access}
 
 def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
     return new_policy_state(s3fifo, cap, num_keys, params)
-
-
-def meaning(state: tuple) -> list:
-    """The queues front first (links of keys on no list are leftovers nothing reads), then where,
-    freq and the counters."""
-    prv, nxt, where, freq, cnt = state
-    n = len(where)
-    return [queue(prv, nxt, n + j) for j in range(3)] + [where.tolist(), freq.tolist(), cnt.tolist()]
 
 
 def three_ways(rows: list[list[int]], cap: int, num_keys: int,
@@ -149,3 +145,58 @@ KNOBS = st.fixed_dictionaries({"small_ratio": st.sampled_from([0.1, 0.3, 0.5]),
 def test_row_loop_equals_per_access_and_reference(data, cap: int, params: dict[str, Any], cut: float) -> None:
     rows, num_keys = data
     check_rows_and_cut(s3fifo, meaning, rows, cap, num_keys, params, cut)
+
+
+# ---- the one-key fast path: hand-made rows, runs around the ring threshold -------------------
+
+def test_s3fifo_small_promotes_everything_then_main_evicts() -> None:
+    # C=4, small 2 (ratio 0.5), main 2, threshold 1, no prefill, no ghost. Every miss goes to small:
+    # [0 1 2 3]; 0 1 2 3 hit (freq 1 each). 4: main (empty) is not over its share and small is not
+    # empty, so small walks: 0 1 2 3 all reach the threshold and move to main (freq 0); small is
+    # empty, so main evicts its oldest, 0; small [4]. 0: main [1 2 3] is over its share, it evicts 1;
+    # small [4 0]. 1: main [2 3] is not over its share, small evicts 4; small [0 1].
+    rows = [[k] for k in [0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1]]
+    params = {"small_ratio": 0.5, "move_threshold": 1, "prefill_main": False, "ghost_ratio": 0.0}
+    hits, evictions = three_ways(rows, 4, 5, params)[:2]
+    assert hits == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0] and evictions == 3
+    state = new_state(4, 5, params)
+    serve(s3fifo.replay, state, rows, 5)
+    where = state[2]
+    assert where.tolist() == [s3fifo.SMALL, s3fifo.SMALL, s3fifo.MAIN, s3fifo.MAIN, s3fifo.NONE]
+
+
+def test_s3fifo_ghost_hit_goes_to_main() -> None:
+    # C=4, small 1 (ratio 0.1), ghost 3 (0.9 * 4 -> 3), no prefill: 0 1 2 3 fill small. 4: main is
+    # empty and small is not, so small evicts 0 (freq 0) into the ghost. 0: a ghost hit (ghost []),
+    # small evicts 1 (ghost [1]) and 0 goes to main. 1: a ghost hit too (ghost []), small evicts 2
+    # (ghost [2]); main [0 1], small [3 4].
+    rows = [[k] for k in [0, 1, 2, 3, 4, 0, 1]]
+    params = {"prefill_main": False}
+    hits, evictions = three_ways(rows, 4, 5, params)[:2]
+    assert hits == [0] * 7 and evictions == 3
+    state = new_state(4, 5, params)
+    serve(s3fifo.replay, state, rows, 5)
+    where = state[2]
+    assert where.tolist() == [s3fifo.MAIN, s3fifo.MAIN, s3fifo.GHOST, s3fifo.SMALL, s3fifo.SMALL]
+
+
+def test_s3fifo_runs_around_the_ring_threshold() -> None:
+    # C=8, ghost 7: a run of one-key rows of at least C + ghost + 64 = 79 rows goes to the ring
+    # buffers, a shorter one stays on the lists. Runs of 78, 79 and 80 rows and single rows, each
+    # followed by a wide row, switch between the three loops with the state carried through.
+    rng = np.random.default_rng(3)
+    rows: list[list[int]] = []
+    for length in (78, 79, 80, 1, 0, 200, 5):
+        rows += [[int(k)] for k in rng.integers(0, 30, length)]
+        rows.append(rng.choice(30, 3, replace=False).tolist())
+    hits, evictions = three_ways(rows, 8, 30)[:2]
+    assert evictions == len(hits) - sum(hits) - 8
+
+
+@pytest.mark.parametrize("ghost", [0.0, 0.9, 3.0])
+def test_s3fifo_ghost_hits_on_a_long_stream(ghost: float) -> None:
+    # A loop over 11 keys with C=8 misses again and again; with a ghost, most misses are ghost hits
+    # that leave stale entries in the ring, which is compacted many times over 3000 requests.
+    rows = [[k % 11] for k in range(3000)] + [[k % 5] for k in range(500)]
+    hits, _ = three_ways(rows, 8, 11, {"ghost_ratio": ghost})[:2]
+    assert sum(hits[-400:]) == 400  # 5 keys fit in the cache: the tail of the second loop hits

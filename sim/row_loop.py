@@ -32,7 +32,7 @@ NONNEG = 0x7FFFFFFFFFFFFFFF
 
 
 @njit(inline="always")
-def replay_kernel(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
+def row_loop(access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
     """Serve every row; write 1/0 per access into ``hits_out``; return the number of evictions."""
     guard = np.full(num_keys, -1, np.int64)
     has_next = next_use.shape[0] > 0

@@ -9,32 +9,18 @@ import itertools
 
 import numpy as np
 import pytest
-from moesim.sim.kernel import replay_kernel
 from moesim.sim.policies import lfuda as lfuda_mod
 from moesim.sim.policies import reference_rows
+from moesim.sim.row_loop import row_loop
 from numba import njit
+from policy_support import csr, random_rows
 
 CAP = 5
 
 
 @njit
 def _by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
-
-
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
-
-
-def random_rows(seed: int, n_rows: int, num_keys: int, width: int, skew: float = 1.2) -> list[list[int]]:
-    """Rows of distinct keys drawn with a Zipf-like skew (so frequencies spread out)."""
-    rng = np.random.default_rng(seed)
-    p = 1.0 / np.arange(1, num_keys + 1) ** skew
-    p /= p.sum()
-    return [rng.choice(num_keys, int(rng.integers(1, width + 1)), replace=False, p=p).tolist()
-            for _ in range(n_rows)]
+    return row_loop(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 def mixed_rows(seed: int, run: int) -> list[list[int]]:

@@ -2,7 +2,10 @@
 lowest unguarded LIR block of S evicted when Q holds only guarded blocks, pruning and demotion
 around guarded blocks, the stack bound, the every-resident-guarded error, one-key and wide rows
 mixed, the state carried between calls; exact hits on hand-made rows, and on random row traces
-``replay`` == ``replay_by_access`` == ``reference`` with the same state left behind."""
+``replay`` == ``replay_by_access`` == ``reference`` with the same state left behind. Then the stream
+loop: long runs of one-key rows on logs whose positions double as list memberships, carried across
+blocks and loops, the bound on S, and runs around the log threshold. The checks LIRS shares with
+S3-FIFO are in test_loops_s3fifo_lirs.py."""
 
 from __future__ import annotations
 
@@ -13,14 +16,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moesim.sim.policies import lirs
-from policy_loop_support import (
+from policy_support import (
     check_rows_and_cut,
+    csr,
     new_policy_state,
-    queue,
     serve,
+    serve_csr,
     serve_in_parts,
     three_ways_state,
     wide_rows,
+)
+from policy_support import (
+    lirs_meaning as meaning,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -29,18 +36,6 @@ LOOPS = {"replay": lirs.replay, "replay_by_access": lirs.replay_by_access}
 
 def new_state(cap: int, num_keys: int, params: dict[str, Any] | None) -> tuple:
     return new_policy_state(lirs, cap, num_keys, params)
-
-
-def meaning(state: tuple) -> list:
-    """S bottom first, Q front first and the non-resident list oldest first (links of keys on no
-    list are leftovers nothing reads), then the LIR blocks, the residents, the flags, the list
-    codes and the counters."""
-    sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
-    n = flags.shape[1]
-    lir = [k for k in range(n) if flags[1, k]]
-    resident = [k for k in range(n) if flags[0, k]]
-    return [queue(sprv, snxt, n), queue(qprv, qnxt, n), queue(qprv, qnxt, n + 1), lir, resident,
-            flags.tolist(), qwhere.tolist(), cnt.tolist()]
 
 
 def three_ways(rows: list[list[int]], cap: int, num_keys: int,
@@ -155,3 +150,131 @@ KNOBS = st.fixed_dictionaries({"hir_ratio": st.sampled_from([0.01, 0.3, 0.6]),
 def test_row_loop_equals_per_access_and_reference(data, cap: int, params: dict[str, Any], cut: float) -> None:
     rows, num_keys = data
     check_rows_and_cut(lirs, meaning, rows, cap, num_keys, params, cut)
+
+
+# ---- long runs of one-key rows (the stream loop) ---------------------------------------------
+
+STREAM_KNOBS = st.fixed_dictionaries({"hir_ratio": st.sampled_from([0.01, 0.25, 0.6]),
+                                      "stack_ratio": st.sampled_from([0.0, 1.0, 2.0])})
+
+
+@st.composite
+def runs_and_rows(draw, max_keys: int = 12):
+    """Runs of one-key rows long enough for the logs (over ``num_keys + 64`` rows) between short
+    runs and wider rows, over a few keys with a hot subset."""
+    num_keys = draw(st.integers(3, max_keys))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    hot = int(rng.integers(1, num_keys + 1))
+    rows: list[list[int]] = []
+    for _ in range(draw(st.integers(1, 5))):
+        n = int(rng.integers(1, 3 * (num_keys + 64)))
+        pool = hot if rng.random() < 0.5 else num_keys
+        rows += [[int(rng.integers(0, pool))] for _ in range(n)]
+        for _ in range(int(rng.integers(0, 4))):
+            rows.append(rng.choice(num_keys, int(rng.integers(1, 4)), replace=False).tolist())
+    return rows, num_keys
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=runs_and_rows(), extra=st.integers(0, 5), params=STREAM_KNOBS)
+def test_lirs_stream_loop_equals_per_access_loop_and_reference(data, extra: int, params: dict) -> None:
+    rows, num_keys = data
+    three_ways(rows, max(2, max(len(r) for r in rows) + extra), num_keys, params)
+
+
+@pytest.mark.parametrize("params", [{}, {"hir_ratio": 0.3, "stack_ratio": 0.0}, {"stack_ratio": 1.0}])
+def test_lirs_state_carries_across_blocks_and_loops(params: dict) -> None:
+    # Long one-key runs split across blocks (each block's run starts on the state the last left),
+    # alternating the stream loop and the per-access loop, equal one per-access pass.
+    rng = np.random.default_rng(11)
+    p = 1.0 / np.arange(1, 41) ** 0.9
+    p /= p.sum()
+    rows = [[int(k)] for k in rng.choice(40, 1500, p=p)]
+    rows[700:700] = [[1, 2, 3], [4, 5]]
+    keys, row_ptr, row_time = csr(rows)
+    whole_state = new_state(12, 40, params)
+    whole = serve_csr(lirs.replay_by_access, whole_state, keys, row_ptr, row_time, 40)
+    state = new_state(12, 40, params)
+    hits: list[int] = []
+    evictions = 0
+    cuts = [0, 400, 650, 1200, len(rows)]
+    for b, fn in enumerate([lirs.replay, lirs.replay_by_access, lirs.replay, lirs.replay]):
+        r0, r1 = cuts[b], cuts[b + 1]
+        lo, hi = int(row_ptr[r0]), int(row_ptr[r1])
+        h, e = serve_csr(fn, state, keys[lo:hi], row_ptr[r0:r1 + 1] - lo, row_time[r0:r1], 40)
+        hits += h
+        evictions += e
+    assert (hits, evictions) == whole
+    assert meaning(state) == meaning(whole_state)
+    assert 0 < sum(hits) < len(hits)
+
+
+@pytest.mark.parametrize("stack_ratio", [0.0, 2.0])
+def test_lirs_loop_over_one_more_key_than_fits(stack_ratio: float) -> None:
+    # Capacity 4 (3 LIR, 1 HIR) over a loop of 5 keys, 200 one-key rows (a long run): after the
+    # first pass 0, 1 and 2 stay LIR and hit, 3 and 4 take turns in the one HIR slot and miss
+    # (LRU would hit nothing). 117 hits = 3 per pass after the first; every miss after the first
+    # four evicts.
+    rows = [[k] for _ in range(40) for k in range(5)]
+    hits, evictions = three_ways(rows, 4, 5, {"hir_ratio": 0.25, "stack_ratio": stack_ratio})[:2]
+    assert sum(hits) == 117 and evictions == 200 - 117 - 4
+    assert hits[5:10] == [1, 1, 1, 0, 0]
+
+
+def test_lirs_log_compaction_keeps_order() -> None:
+    # Two keys hit in turn for many rows: every hit appends a log entry and leaves a stale one, so
+    # the logs fill and compact many times; the state must still read the same as the lists'.
+    rows = [[k % 2] for k in range(5000)] + [[2], [3], [0], [4]]
+    hits, _ = three_ways(rows, 3, 5, {"hir_ratio": 0.34})[:2]
+    assert sum(hits) == 4998 + 1
+
+
+# ---- the one-key fast path: hand-made rows, runs around the log threshold --------------------
+
+def test_lirs_stack_bound_drops_the_oldest_non_resident_entries() -> None:
+    # stack_ratio 1 bounds S at C entries; a scan over many keys fills S with non-resident HIR
+    # entries that the bound must drop, with the fast loop exactly as with the per-access loop.
+    rows = [[k % 3] for k in range(30)] + [[k] for k in range(3, 40)] + [[k % 3] for k in range(30)]
+    hits, _ = three_ways(rows, 4, 40, {"stack_ratio": 1.0})[:2]
+    # the three LIR keys 0 1 2 (Llirs = 3) survive the scan: all their later requests hit
+    assert hits[-30:] == [1] * 30
+    state = new_state(4, 40, {"stack_ratio": 1.0})
+    serve(lirs.replay, state, rows, 40)
+    assert state[-1][lirs.N_S] <= 4
+
+
+def test_lirs_miss_in_stack_becomes_lir() -> None:
+    # C=3 (Llirs 2, Lhirs 1). 0 1 are LIR; 2 is HIR in S and Q; 3 evicts 2 (non-resident, still in
+    # S); 2 again: a miss found in S, so it becomes LIR on top and the bottom LIR (0) is demoted to Q.
+    rows = [[k] for k in [0, 1, 2, 3, 2]]
+    hits, evictions = three_ways(rows, 3, 4)[:2]
+    assert hits == [0] * 5 and evictions == 2
+    state = new_state(3, 4, None)
+    serve(lirs.replay, state, rows, 4)
+    flags = state[4]
+    assert flags[0].tolist() == [1, 1, 1, 0]  # resident: 0 1 2 (3 was evicted by 2's miss)
+    assert flags[1].tolist() == [0, 1, 1, 0]  # LIR: 1 2
+
+
+@pytest.mark.parametrize("params", [{}, {"stack_ratio": 1.0}, {"stack_ratio": 0.0}, {"hir_ratio": 0.3}])
+def test_lirs_runs_around_the_log_threshold(params: dict[str, float]) -> None:
+    # 30 keys: a run of one-key rows of at least 30 + 64 = 94 rows goes to the logs, a shorter one
+    # stays on the lists. Runs of 93, 94 and 95 rows and single rows, each followed by a wide row,
+    # switch between the three loops with the state carried through.
+    rng = np.random.default_rng(4)
+    rows: list[list[int]] = []
+    for length in (93, 94, 95, 1, 0, 300, 5):
+        rows += [[int(k)] for k in np.minimum(rng.zipf(1.4, length), 30) - 1]
+        rows.append(rng.choice(30, 3, replace=False).tolist())
+    hits, evictions = three_ways(rows, 6, 30, params)[:2]
+    assert evictions == len(hits) - sum(hits) - 6
+
+
+@pytest.mark.parametrize("params", [{"stack_ratio": 1.0}, {"stack_ratio": 0.0}, {"hir_ratio": 0.3}])
+def test_lirs_long_skewed_stream_with_knobs(params: dict[str, float]) -> None:
+    # 6000 requests over 300 keys: the logs of S, Q and the non-resident list fill and compact many
+    # times; the bound on S (or its absence) and a large Q change which entries go stale.
+    rng = np.random.default_rng(12)
+    rows = [[int(k)] for k in np.minimum(rng.zipf(1.2, 6000), 300) - 1]
+    hits, _ = three_ways(rows, 20, 300, params)[:2]
+    assert 0 < sum(hits) < len(rows)

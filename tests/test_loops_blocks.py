@@ -16,10 +16,10 @@ from moesim.sim.policies import (
     needs_next_use,
     reference_rows,
     replay_rows,
-    resolve_params,
+    resolve_policy_params,
 )
 from moesim.sim.rows import next_use_times
-from policy_loop_support import csr
+from policy_support import csr
 
 NO_NEXT = np.zeros(0, np.int64)
 SEED = 3  # Random draws from it; the other policies ignore it
@@ -32,7 +32,7 @@ def _knobs(module: ModuleType) -> dict | None:
 @pytest.mark.parametrize("name", list_policies())
 def test_no_rows_is_nothing(name: str) -> None:
     module = get_policy(name)
-    state = module.make_state(3, 5, resolve_params(module, _knobs(module)), SEED)
+    state = module.make_state(3, 5, resolve_policy_params(module, _knobs(module)), SEED)
     before = tuple(a.copy() for a in state)
     for row_ptr in (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(4, np.int64)):
         n = max(row_ptr.shape[0] - 1, 0)
@@ -51,7 +51,7 @@ def test_state_carries_across_blocks(name: str) -> None:
     keys, row_ptr, row_time = csr(rows)
     module = get_policy(name)
     knobs = _knobs(module)
-    params = resolve_params(module, knobs)
+    params = resolve_policy_params(module, knobs)
     nu = next_use_times(keys, row_ptr, row_time, 40) if needs_next_use(module) else NO_NEXT
     whole, ev = replay_rows(module, keys, row_ptr, row_time, 9, 40, params=knobs, seed=SEED, next_use=nu)
     ref, ref_ev = reference_rows(module, keys, row_ptr, row_time, 9, 40, params=knobs, seed=SEED, next_use=nu)

@@ -1,10 +1,8 @@
-"""The specialised ``replay`` loops of OPT and LIRS.
-
-OPT: packed priorities, a guard-free path for one-key rows and a fallback on the heap's pairs.
-LIRS: long runs of one-key rows on logs whose positions double as list memberships. Each gives
-exactly what the shared per-access loop (``replay_by_access``) and the plain-Python ``reference``
-give, leaves the very same state behind, and carries state across blocks (OPT including blocks
-that switch between the packed and the pair representation)."""
+"""OPT's specialised ``replay`` loop: packed priorities, a guard-free path for one-key rows and a
+fallback on the heap's pairs. It gives exactly what the shared per-access loop
+(``replay_by_access``) and the plain-Python ``reference`` give, leaves the very same heap behind,
+and carries state across blocks, including blocks that switch between the packed and the pair
+representation."""
 
 from __future__ import annotations
 
@@ -12,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.kernel import NEVER
-from moesim.sim.policies import lirs, opt, reference_rows, resolve_params
+from moesim.sim.policies import opt, reference_rows
+from moesim.sim.row_loop import NEVER
 from moesim.sim.rows import next_use_times
-from policy_loop_support import csr
+from policy_support import csr
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -188,116 +186,3 @@ def test_wide_row_guards_the_farthest() -> None:
     # would evict 0 and 1 would hit).
     rows = [[0], [1], [0, 2], [1]]
     assert three_ways(rows, 2, 3) == ([0, 0, 1, 0, 0], 2)
-
-
-# ---- LIRS ------------------------------------------------------------------------------------------
-
-NO_NEXT = np.zeros(0, np.int64)
-LIRS_KNOBS = st.fixed_dictionaries({"hir_ratio": st.sampled_from([0.01, 0.25, 0.6]),
-                                    "stack_ratio": st.sampled_from([0.0, 1.0, 2.0])})
-
-
-def lirs_state(cap: int, num_keys: int, params: dict) -> tuple:
-    return lirs.make_state(cap, num_keys, resolve_params(lirs, params), 0)
-
-
-def chain(prv: np.ndarray, nxt: np.ndarray, sentinel: int) -> list[int]:
-    """One linked list, front first, checking that the back links agree."""
-    out = []
-    k = int(nxt[sentinel])
-    while k != sentinel:
-        assert int(nxt[prv[k]]) == k
-        out.append(k)
-        k = int(nxt[k])
-    assert int(prv[sentinel]) == (out[-1] if out else sentinel)
-    return out
-
-
-def lirs_meaning(state: tuple) -> list:
-    """S, Q and the non-resident list in order, the flags, the list codes and the counters."""
-    sprv, snxt, qprv, qnxt, flags, qwhere, cnt = state
-    n = flags.shape[1]
-    return [chain(sprv, snxt, n), chain(qprv, qnxt, n), chain(qprv, qnxt, n + 1), flags.tolist(),
-            qwhere.tolist(), cnt.tolist()]
-
-
-def lirs_three_ways(rows: list[list[int]], cap: int, num_keys: int, params: dict) -> tuple[list[int], int]:
-    keys, row_ptr, row_time = csr(rows)
-    s1, s2 = lirs_state(cap, num_keys, params), lirs_state(cap, num_keys, params)
-    fast = run(lirs.replay, s1, keys, row_ptr, row_time, NO_NEXT, num_keys)
-    slow = run(lirs.replay_by_access, s2, keys, row_ptr, row_time, NO_NEXT, num_keys)
-    ref, ev_ref = reference_rows(lirs, keys, row_ptr, row_time, cap, num_keys, params)
-    assert fast == slow == (ref.tolist(), ev_ref)
-    assert lirs_meaning(s1) == lirs_meaning(s2)
-    return fast
-
-
-@st.composite
-def runs_and_rows(draw, max_keys: int = 12):
-    """Runs of one-key rows long enough for the logs (over ``num_keys + 64`` rows) between short
-    runs and wider rows, over a few keys with a hot subset."""
-    num_keys = draw(st.integers(3, max_keys))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    hot = int(rng.integers(1, num_keys + 1))
-    rows: list[list[int]] = []
-    for _ in range(draw(st.integers(1, 5))):
-        n = int(rng.integers(1, 3 * (num_keys + 64)))
-        pool = hot if rng.random() < 0.5 else num_keys
-        rows += [[int(rng.integers(0, pool))] for _ in range(n)]
-        for _ in range(int(rng.integers(0, 4))):
-            rows.append(rng.choice(num_keys, int(rng.integers(1, 4)), replace=False).tolist())
-    return rows, num_keys
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=runs_and_rows(), extra=st.integers(0, 5), params=LIRS_KNOBS)
-def test_lirs_stream_loop_equals_per_access_loop_and_reference(data, extra: int, params: dict) -> None:
-    rows, num_keys = data
-    lirs_three_ways(rows, max(2, max(len(r) for r in rows) + extra), num_keys, params)
-
-
-@pytest.mark.parametrize("params", [{}, {"hir_ratio": 0.3, "stack_ratio": 0.0}, {"stack_ratio": 1.0}])
-def test_lirs_state_carries_across_blocks_and_loops(params: dict) -> None:
-    # Long one-key runs split across blocks (each block's run starts on the state the last left),
-    # alternating the stream loop and the per-access loop, equal one per-access pass.
-    rng = np.random.default_rng(11)
-    p = 1.0 / np.arange(1, 41) ** 0.9
-    p /= p.sum()
-    rows = [[int(k)] for k in rng.choice(40, 1500, p=p)]
-    rows[700:700] = [[1, 2, 3], [4, 5]]
-    keys, row_ptr, row_time = csr(rows)
-    whole_state = lirs_state(12, 40, params)
-    whole = run(lirs.replay_by_access, whole_state, keys, row_ptr, row_time, NO_NEXT, 40)
-    state = lirs_state(12, 40, params)
-    hits: list[int] = []
-    evictions = 0
-    cuts = [0, 400, 650, 1200, len(rows)]
-    for b, fn in enumerate([lirs.replay, lirs.replay_by_access, lirs.replay, lirs.replay]):
-        r0, r1 = cuts[b], cuts[b + 1]
-        lo, hi = int(row_ptr[r0]), int(row_ptr[r1])
-        h, e = run(fn, state, keys[lo:hi], row_ptr[r0:r1 + 1] - lo, row_time[r0:r1], NO_NEXT, 40)
-        hits += h
-        evictions += e
-    assert (hits, evictions) == whole
-    assert lirs_meaning(state) == lirs_meaning(whole_state)
-    assert 0 < sum(hits) < len(hits)
-
-
-@pytest.mark.parametrize("stack_ratio", [0.0, 2.0])
-def test_lirs_loop_over_one_more_key_than_fits(stack_ratio: float) -> None:
-    # Capacity 4 (3 LIR, 1 HIR) over a loop of 5 keys, 200 one-key rows (a long run): after the
-    # first pass 0, 1 and 2 stay LIR and hit, 3 and 4 take turns in the one HIR slot and miss
-    # (LRU would hit nothing). 117 hits = 3 per pass after the first; every miss after the first
-    # four evicts.
-    rows = [[k] for _ in range(40) for k in range(5)]
-    hits, evictions = lirs_three_ways(rows, 4, 5, {"hir_ratio": 0.25, "stack_ratio": stack_ratio})
-    assert sum(hits) == 117 and evictions == 200 - 117 - 4
-    assert hits[5:10] == [1, 1, 1, 0, 0]
-
-
-def test_lirs_log_compaction_keeps_order() -> None:
-    # Two keys hit in turn for many rows: every hit appends a log entry and leaves a stale one, so
-    # the logs fill and compact many times; the state must still read the same as the lists'.
-    rows = [[k % 2] for k in range(5000)] + [[2], [3], [0], [4]]
-    hits, _ = lirs_three_ways(rows, 3, 5, {"hir_ratio": 0.34})
-    assert sum(hits) == 4998 + 1

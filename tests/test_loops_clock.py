@@ -3,7 +3,9 @@ the key and the hand's turn of its reference bit, copied from the state and back
 call of ``replay`` on one-key rows must give what the per-access loop over ``access`` gives, hits,
 evictions and the whole state, whatever the state it starts from: an empty or partly filled cache,
 the hand anywhere, bits set before and behind it, calls of a few accesses, more than 256 turns of the
-hand in one call, sweeps that pass every slot."""
+hand in one call, sweeps that pass every slot. Then rows of any width: protected slots are passed
+untouched. The checks CLOCK shares with FIFO, SIEVE and Random are in
+test_loops_fifo_clock_sieve_random.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import itertools
 import numpy as np
 import pytest
 from moesim.sim.policies import clock
+from policy_support import three_ways
 
 NO_NEXT = np.zeros(0, np.int64)
 
@@ -99,3 +102,12 @@ def test_stream_then_wide_rows_then_stream() -> None:
     assert int(ev_fast) == int(ev_slow)
     for a, b in zip(fast, slow, strict=True):
         assert a.tolist() == b.tolist()
+
+
+# ---- rows of any width --------------------------------------------------------------------------
+
+def test_clock_protected_slots_are_skipped_untouched() -> None:
+    # Capacity 3: [0 1 2], bits 0:1 1:0 2:0. Row [3, 1, 2]: 1 and 2 are protected, 0's bit is set,
+    # so the hand clears 0, passes 1 and 2 untouched and comes back to evict 0. Row [1, 2, 3] hits.
+    hits, evictions = three_ways("clock", [[0], [1], [2], [0], [3, 1, 2], [1, 2, 3]], 3, 4)
+    assert hits == [0, 0, 0, 1, 0, 1, 1, 1, 1, 1] and evictions == 1

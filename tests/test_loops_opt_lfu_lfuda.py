@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moesim.sim.kernel import replay_kernel
 from moesim.sim.policies import get_policy, reference_rows, replay_rows
 from moesim.sim.policies import lfu as lfu_mod
 from moesim.sim.policies import lfuda as lfuda_mod
 from moesim.sim.policies import opt as opt_mod
+from moesim.sim.row_loop import row_loop
 from moesim.sim.rows import next_use_times
 from numba import njit
+from policy_support import csr, random_rows
 
 POLICIES = ["opt", "lfu", "lfuda"]
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -24,35 +25,20 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 @njit
 def _opt_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(opt_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(opt_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 @njit
 def _lfu_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(lfu_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(lfu_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 @njit
 def _lfuda_by_access(state, keys, row_ptr, row_time, next_use, num_keys, hits_out):
-    return replay_kernel(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
+    return row_loop(lfuda_mod.access, state, keys, row_ptr, row_time, next_use, num_keys, hits_out)
 
 
 BY_ACCESS: dict[str, Callable] = {"opt": _opt_by_access, "lfu": _lfu_by_access, "lfuda": _lfuda_by_access}
-
-
-def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keys = np.array([k for r in rows for k in r], np.int32)
-    row_ptr = np.r_[0, np.cumsum([len(r) for r in rows])].astype(np.int64)
-    return keys, row_ptr, np.arange(len(rows), dtype=np.int64)
-
-
-def random_rows(seed: int, n_rows: int, num_keys: int, width: int, skew: float = 1.2) -> list[list[int]]:
-    """Rows of distinct keys drawn with a Zipf-like skew (so frequencies spread out)."""
-    rng = np.random.default_rng(seed)
-    p = 1.0 / np.arange(1, num_keys + 1) ** skew
-    p /= p.sum()
-    return [rng.choice(num_keys, int(rng.integers(1, width + 1)), replace=False, p=p).tolist()
-            for _ in range(n_rows)]
 
 
 def three_ways(policy: str, rows: list[list[int]], cap: int, num_keys: int) -> tuple[list[int], int]:
