@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moesim.bench import tables
+from moesim.kernels import tables
 
 # (column, path into metrics.json)
 RESULT_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (

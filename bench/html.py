@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moesim.bench import tables
+from moesim.kernels import tables
 from moesim.kernels.files import atomic_write_text
 
 

@@ -134,7 +134,8 @@ def write_curves(trace: Trace, policies: Sequence[str], out_dir: str | Path, *, 
                  points: int = GRID_POINTS, name: str = "mrc", **kwargs: Any) -> list[Path]:
     """``<name>.csv`` (:data:`CURVE_COLUMNS`), ``<name>.png`` and ``<name>.svg`` of the policies'
     curves on ``trace`` (OPT added as the bound); ``kwargs`` as for :func:`curves`."""
-    from moesim.bench import plots, tables
+    from moesim.bench import plots
+    from moesim.kernels import tables
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

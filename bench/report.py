@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moesim.bench import html, plots, style, tables
+from moesim.bench import html, plots, style
 from moesim.bench.aggregate import collect, swept_columns, write_table
 from moesim.bench.context import sweep_context
 from moesim.bench.frontier import FRONTIER_COLUMNS, frontier, is_bound
 from moesim.bench.mrc import CURVE_COLUMNS, curve_rows, measured_points, sweep_curves
+from moesim.kernels import tables
 from moesim.kernels.files import atomic_write_text
 from moesim.kernels.messages import internal_error, one_line
 

@@ -57,9 +57,10 @@ from typing import Any
 import numpy as np
 from moesim.kernels import metrics
 from moesim.kernels.checkpoint import Checkpoint, ExpertMatrix, ReadUnit
-from moesim.kernels.files import atomic_path, atomic_write_text
+from moesim.kernels.files import atomic_write_text
 from moesim.kernels.formats import get_format
 from moesim.kernels.formats.base import FormatError
+from moesim.kernels.tables import read_data, write_data
 
 BACKENDS = ("numba", "reference", "mlx")
 TABLES = ("inventory", "matrix_stats", "quant_error", "summary", "format_deltas", "warnings")
@@ -285,62 +286,16 @@ def format_deltas(errors: Sequence[dict[str, Any]], baseline: str) -> list[dict[
 
 # ---- writing -----------------------------------------------------------------------------------
 
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet  # the submodule must load too
-    except ImportError:
-        return None
-    return pyarrow
-
-
-def _arrow_type(pa: Any, col: str) -> Any:
-    if col in _STRING_COLUMNS:
-        return pa.string()
-    return pa.int64() if col in _INT_COLUMNS else pa.float64()
-
-
-def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: str | os.PathLike[str]) -> Path:
-    """Write rows with exactly ``columns`` as parquet (pyarrow) or CSV, atomically; the suffix of
-    ``path`` becomes ``.parquet`` or ``.csv``. An empty table keeps its columns."""
-    for i, r in enumerate(rows):
-        if tuple(r) != tuple(columns):
-            raise ValueError(f"{path}: row {i} has columns {list(r)}, expected {list(columns)}")
-    pa = _pyarrow()
-    if pa is not None:
-        import pyarrow.parquet as pq
-
-        schema = pa.schema([(c, _arrow_type(pa, c)) for c in columns])
-        table = pa.table({c: [r[c] for r in rows] for c in columns}, schema=schema)
-        out = Path(path).with_suffix(".parquet")
-        with atomic_path(out) as tmp:
-            pq.write_table(table, tmp)
-        return out
-    import csv
-
-    out = Path(path).with_suffix(".csv")
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: repr(v) if isinstance(v, float) else v for c, v in r.items()})
-    return out
+def column_kinds(columns: Sequence[str]) -> dict[str, str]:
+    """Each column's type in the written tables (so an empty table keeps its schema)."""
+    return {c: "str" if c in _STRING_COLUMNS else "int" if c in _INT_COLUMNS else "float" for c in columns}
 
 
 def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a table written by :func:`write_table` (CSV values get their types back)."""
+    """Rows of a table written by :func:`analyze_checkpoint` (parquet or CSV)."""
     p = Path(path)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist()
-    import csv
-
-    def conv(k: str, v: str) -> Any:
-        return v if k in _STRING_COLUMNS else int(v) if k in _INT_COLUMNS else float(v)
-
-    with open(p, newline="") as fh:
-        return [{k: conv(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    kinds = column_kinds(next((cols for name, cols in COLUMNS.items() if p.stem == name), ()))
+    return read_data(p, kinds)
 
 
 def _versions() -> dict[str, str]:
@@ -470,7 +425,8 @@ def analyze_checkpoint(path: str | os.PathLike[str], *, rules: Any = None, forma
 def _write_all(tables: dict[str, list[dict[str, Any]]], out: Path, ckpt: Checkpoint, settings: dict[str, Any],
                elapsed: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    written = {name: write_table(rows, COLUMNS[name], out / f"{name}.parquet").name for name, rows in tables.items()}
+    written = {name: write_data(rows, out / f"{name}.parquet", COLUMNS[name], kinds=column_kinds(COLUMNS[name])).name
+               for name, rows in tables.items()}
     meta = {
         "tool": "moesim.kernels.analysis",
         "versions": _versions(),

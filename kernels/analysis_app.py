@@ -25,6 +25,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from moesim.kernels import tables as table_io
 from moesim.kernels.files import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -112,28 +113,19 @@ SUMMARY_COLUMNS = {"format": "format", "bits_per_weight": "bits/weight", "rel_fr
 def summary_text(tables: dict[str, list[dict[str, Any]]], checkpoint: Path) -> str:
     """One line per format: its error over all layers and projections (the summary's ``layer = -1``,
     ``proj = "all"`` rows), as aligned text."""
-    import pandas as pd
-
     rows = [r for r in tables.get("summary", []) if r.get("layer") == -1 and r.get("proj") == "all"]
     if not rows:
         return f"{checkpoint}: no expert matrix analysed"
-    df = pd.DataFrame(rows)[list(SUMMARY_COLUMNS)].rename(columns=SUMMARY_COLUMNS)
     n = len(tables.get("matrix_stats", []))
-    return f"{checkpoint}: {n} expert matrices\n" + df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return f"{checkpoint}: {n} expert matrices\n" + table_io.text(rows, list(SUMMARY_COLUMNS), SUMMARY_COLUMNS)
 
 
 def write_csv(tables: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
     """Every table as ``<name>.csv`` in ``out_dir`` (atomic; an empty table keeps its columns)."""
-    import pandas as pd
-    from moesim.kernels.analysis import COLUMNS
+    from moesim.kernels.analysis import COLUMNS, column_kinds
 
-    written = []
-    for name, rows in tables.items():
-        path = out_dir / f"{name}.csv"
-        df = pd.DataFrame(rows, columns=list(COLUMNS.get(name, ())) or None)
-        atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
-        written.append(path)
-    return written
+    return [table_io.write_data(rows, out_dir / f"{name}.csv", COLUMNS[name], kinds=column_kinds(COLUMNS[name]),
+                                parquet=False) for name, rows in tables.items()]
 
 
 # Jobs of this invocation that failed; the basic launcher runs jobs in this process. Out-of-process

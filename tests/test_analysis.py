@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from moesim.kernels import analysis
+from moesim.kernels import tables as table_io
 from moesim.kernels.analysis import COLUMNS, TABLES, analyze_checkpoint, read_table
 from moesim.kernels.analysis_plots import PLOT_NAMES, plot_all
 from moesim.kernels.checkpoint import Checkpoint, CheckpointError, NameRule, resolve_rules
@@ -335,7 +336,7 @@ def test_tables_written_and_read_back(gptoss_tables: tuple[dict, Path]) -> None:
 
 
 def test_csv_fallback(fused: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(analysis, "_pyarrow", lambda: None)
+    monkeypatch.setattr(table_io, "have_pyarrow", lambda: False)
     tables = analyze_checkpoint(fused["path"], rules="fused", formats="bf16", out_dir=tmp_path, quiet=True)
     for name in TABLES:
         assert (tmp_path / f"{name}.csv").is_file() and not (tmp_path / f"{name}.parquet").exists()

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from moesim.kernels.tables import read_data
 from moesim.traces import io
 from moesim.traces.cli import main
 from moesim.traces.plots import PLOT_NAMES
-from moesim.traces.stats import read_table, table_columns
+from moesim.traces.stats import table_columns
 from moesim.traces.trace import PAD, Trace, TraceMeta, make_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def test_stats_writes_table_and_plots(trace_file: Path, tmp_path: Path, capsys: 
     names = sorted(p.name for p in out.iterdir())
     table = next(p for p in out.iterdir() if p.stem == "stats")
     assert names == sorted([table.name, *PLOT_NAMES])
-    rows = read_table(table)
+    rows = read_data(table)
     assert [r["layer"] for r in rows] == ["0", "1", "2", "all"]
     assert list(rows[0]) == table_columns()
     assert rows[-1]["ws_window"] == 5 and rows[-1]["accesses"] == 240
@@ -271,7 +272,7 @@ def test_pad_only_trace_through_stats(tmp_path: Path) -> None:
     tr = make_trace(np.full((4, 2, 2), PAD, np.int16), TraceMeta("pads", 2, 4, 2))
     path = io.save(tr, tmp_path / "pads.safetensors")
     assert main(["stats", str(path), "--out", str(tmp_path / "s")]) == 0
-    rows = read_table(next((tmp_path / "s").glob("stats.*")))
+    rows = read_data(next((tmp_path / "s").glob("stats.*")))
     assert rows[-1]["accesses"] == 0
 
 

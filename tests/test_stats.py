@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moesim.kernels import tables
 from moesim.traces import io, stats
 from moesim.traces.plots import (
     PLOT_NAMES,
@@ -432,30 +433,32 @@ def rows_equal(a: list[dict], b: list[dict]) -> None:
                 assert x[k] == y[k] and type(x[k]) is type(y[k]), k
 
 
-def test_write_table_parquet(tmp_path: Path) -> None:
+def test_the_statistics_table_round_trips_through_parquet(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     rows = stats.summary_table(table_trace())
-    path = stats.write_table(rows, tmp_path / "t.csv")
+    path = tables.write_data(rows, tmp_path / "t.csv")
     assert path == tmp_path / "t.parquet"
-    rows_equal(rows, stats.read_table(path))
+    rows_equal(rows, tables.read_data(path))
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
 
 
-def test_write_table_csv_without_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stats, "_pyarrow", lambda: None)
+def test_the_statistics_table_round_trips_through_csv_without_pyarrow(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tables, "have_pyarrow", lambda: False)
     rows = stats.summary_table(table_trace())
-    path = stats.write_table(rows, tmp_path / "t.parquet")
+    rows[0] = {**rows[0], **{k: math.nan for k, v in rows[0].items() if isinstance(v, float)}}
+    path = tables.write_data(rows, tmp_path / "t.parquet")
     assert path == tmp_path / "t.csv"
     assert path.read_text().splitlines()[0] == ",".join(stats.table_columns())
-    rows_equal(rows, stats.read_table(path))
+    rows_equal(rows, tables.read_data(path))
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
 
-def test_write_table_refuses_ragged_rows(tmp_path: Path) -> None:
+def test_a_data_table_refuses_ragged_rows_and_an_empty_table_without_columns(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="row 1"):
-        stats.write_table([{"a": 1}, {"b": 2}], tmp_path / "t")
+        tables.write_data([{"a": 1}, {"b": 2}], tmp_path / "t")
     with pytest.raises(ValueError, match="no rows"):
-        stats.write_table([], tmp_path / "t")
+        tables.write_data([], tmp_path / "t")
 
 
 def test_describe() -> None:

@@ -21,19 +21,20 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.messages import internal_error, one_line
+from moesim.kernels.tables import write_data
 from moesim.traces import oracle_general
 from moesim.traces.errors import TraceError
 from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
 from moesim.traces.io import load_any, save_any
 from moesim.traces.plots import plot_all
-from moesim.traces.stats import WINDOW_DEFAULT, compute_stats, describe, summary_table, write_table
+from moesim.traces.stats import WINDOW_DEFAULT, compute_stats, describe, summary_table
 from moesim.traces.trace import Trace
 
 # Errors a bad file or argument can raise; anything else is a bug, still reported on one line.
 _INPUT_ERRORS = (TraceError, OSError, ValueError)
 DEMO_PRESET = "default"
 TRACE_NAME = "trace.safetensors"
-TABLE_NAME = "stats"  # write_table picks .parquet or .csv
+TABLE_NAME = "stats"  # write_data picks .parquet or .csv
 
 
 class SynthUnavailableError(RuntimeError):
@@ -129,7 +130,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def _write_stats(trace: Trace, out_dir: Path, window: int) -> None:
     stats = compute_stats(trace, window=window)
     _print_summary(trace, stats)
-    table = write_table(summary_table(stats), out_dir / TABLE_NAME)
+    table = write_data(summary_table(stats), out_dir / TABLE_NAME)
     print(f"wrote {table}")
     for path in plot_all(trace, out_dir, stats=stats):
         print(f"wrote {path}")

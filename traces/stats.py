@@ -40,14 +40,11 @@ same accumulators. :func:`summary_table` turns the result into rows (one per lay
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from moesim.kernels.files import atomic_path
 from moesim.traces.stats_kernel import (
     GAP_BINS,
     new_state,
@@ -444,67 +441,6 @@ def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
     v, w = np.asarray(values, np.float64), np.asarray(weights, np.float64)
     ok = np.isfinite(v) & (w > 0)
     return float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
-
-
-# ---- writing and reading tables ----------------------------------------------------------------
-
-_INT_COLUMNS = {"accesses", "experts_used", "rd_first", "ws_window", "ws_max"}
-
-
-def _pyarrow() -> Any:
-    """The pyarrow module, or None when it is not installed (then tables are CSV)."""
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        return None
-    return pyarrow
-
-
-def write_table(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write ``rows`` as parquet when pyarrow is installed, else CSV; atomically.
-
-    The suffix of ``path`` is replaced by ``.parquet`` or ``.csv``; the written path is returned.
-    Columns follow the first row's keys (the same set either way); CSV writes NaN as ``nan``.
-    """
-    if not rows:
-        raise ValueError(f"{path}: no rows to write")
-    cols = list(rows[0])
-    for i, r in enumerate(rows):
-        if list(r) != cols:
-            raise ValueError(f"{path}: row {i} has columns {list(r)}, expected {cols}")
-    pa = _pyarrow()
-    if pa is not None:
-        import pyarrow.parquet as pq
-
-        out = Path(path).with_suffix(".parquet")
-        table = pa.table({c: [r[c] for r in rows] for c in cols})
-        with atomic_path(out) as tmp:
-            pq.write_table(table, tmp)
-        return out
-    import csv
-
-    out = Path(path).with_suffix(".csv")
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: repr(v) if isinstance(v, float) else v for c, v in r.items()})
-    return out
-
-
-def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a table written by :func:`write_table` back into rows (CSV values get their types back)."""
-    p = Path(path)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist()
-    import csv
-
-    with open(p, newline="") as fh:
-        return [{k: (v if k == "layer" else int(v) if k in _INT_COLUMNS else float(v)) for k, v in r.items()}
-                for r in csv.DictReader(fh)]
 
 
 # ---- a printable summary ---------------------------------------------------------------------
