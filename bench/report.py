@@ -158,10 +158,10 @@ def _sections(root: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mappin
         cols = [c for c in cols if c == "bound" or c not in tables.constant_columns(win, cols)
                 or c in ("budget_gib", "tokens_per_s")]
         sections.append(html.Section("frontier", "Budget frontier",
-                                     ["Deployable runs that no other deployable run beats on GPU budget, tokens/s "
+                                     [CAPTIONS["budget_frontier"] if "budget_frontier" in plotted else
+                                      "Deployable runs that no other deployable run beats on GPU budget, tokens/s "
                                       "and quant error together; rows marked `bound` read the future (OPT, the "
-                                      "oracle prefetcher) and show how far the frontier is from the optimum.",
-                                      CAPTIONS["budget_frontier"] if "budget_frontier" in plotted else ""],
+                                      "oracle prefetcher) and show how far the frontier is from the optimum."],
                                      table=html.Table("frontier", _named(win, axes), cols, headers),
                                      figure="budget_frontier" if "budget_frontier" in plotted else None))
     for name in plotted:
