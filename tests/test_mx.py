@@ -523,6 +523,35 @@ def test_streaming_decode_equals_the_plain_kernels(monkeypatch: pytest.MonkeyPat
         assert _same_bits(buf, want)
 
 
+@pytest.mark.parametrize("table", ["ocp", "gptoss-ldexp", "gptoss-half"])
+@pytest.mark.parametrize("parallel", [False, True, None])
+def test_packed_fp4_to_bfloat16_by_table_equals_rounding_every_product(monkeypatch: pytest.MonkeyPatch, table: str,
+                                                                       parallel: bool | None) -> None:
+    # every scale byte x every packed byte: the per-call table of bf16 pairs (serial, parallel,
+    # streaming) gives the bits of rounding each float32 product (the per-element kernel), and a
+    # buffer only 2-byte aligned (the per-element kernel itself) gives them too
+    from moesim.kernels.formats import gptoss
+    from moesim.kernels.formats._mx_common import OCP_SCALES, pair_lut
+
+    scale_table = {"ocp": OCP_SCALES, "gptoss-ldexp": gptoss._POW2_SCALES, "gptoss-half": gptoss.HALF_SCALES}[table]
+    scale_table = np.ascontiguousarray(scale_table, np.float32)
+    blocks = np.tile(np.arange(256, dtype=np.uint8).reshape(16, 16), (256, 1))  # 16 blocks hold every byte
+    scales = np.repeat(np.arange(256, dtype=np.uint8), 16)
+    want = np.empty((scales.size, 32), np.uint16)
+    lut = element_lut("fp4_e2m1")
+    nbk.decode_bf16_ser(blocks, True, scales, lut, pair_lut("fp4_e2m1"), scale_table, want)
+    if parallel is None:
+        monkeypatch.setattr(_stream, "MIN_BYTES", 0)  # the streaming kernel, where the machine has it
+    got = decode_mx(blocks, scales, "fp4_e2m1", dtype="bfloat16", parallel=parallel, scale_table=scale_table)
+    assert np.array_equal(got.reshape(want.shape), want)
+    raw = np.empty(want.nbytes + 2, np.uint8)
+    start = 2 if raw.ctypes.data % 4 == 0 else 0
+    buf = raw[start: start + want.nbytes].view(np.uint16).reshape(scales.size * 32)
+    assert buf.ctypes.data % 4 == 2
+    decode_mx(blocks, scales, "fp4_e2m1", dtype="bfloat16", parallel=parallel, scale_table=scale_table, out=buf)
+    assert np.array_equal(buf.reshape(want.shape), want)
+
+
 def test_streaming_decode_at_its_real_threshold() -> None:
     # an output of exactly MIN_BYTES streams without any patching
     nblocks = _stream.MIN_BYTES // (32 * 4)

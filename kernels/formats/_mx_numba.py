@@ -240,6 +240,52 @@ def decode_bf16_ser(data, packed, scales, lut, pairs, scale_table, out):
         _decode_bf16_chunk(c, data, packed, scales, lut, pairs, scale_table, out)
 
 
+# ---- packed FP4 into bfloat16: a table of both halves of every byte, per scale byte --------------
+#
+# A packed byte holds two of 16 values and a block has one scale byte, so the bf16 bits of both
+# values of a byte under a scale are one of 256 x 256 words. The table is built once per call for
+# the scale bytes the data uses (a block then costs 16 table reads and 16 word stores, no arithmetic
+# per element); rounding each element instead kept the bf16 decode at 0.3-0.6x of a plain copy of
+# its output. The table holds the same bits as :func:`_bf16` of the float32 product.
+
+@njit(nogil=True)
+def fp4_bf16_pair_table(scales, pairs, scale_table):
+    """uint32 ``[256, 256]``: at ``[scale byte, packed byte]`` the bf16 bits of the low nibble's
+    value times that scale in the low half and the high nibble's in the high half (the order of two
+    uint16 in memory on a little-endian machine); rows only for the scale bytes in ``scales``."""
+    table = np.zeros((256, 256), np.uint32)
+    used = np.zeros(256, np.uint8)
+    for b in range(scales.shape[0]):
+        used[scales[b]] = 1
+    tmp = np.empty(2, np.float32)
+    tb = tmp.view(np.uint32)
+    for row in range(256):
+        if used[row]:
+            s = scale_table[row]
+            for byte in range(256):
+                tmp[0] = pairs[byte, 0] * s
+                tmp[1] = pairs[byte, 1] * s
+                table[row, byte] = np.uint32(_bf16(np.int64(tb[0]))) | (np.uint32(_bf16(np.int64(tb[1]))) << 16)
+    return table
+
+
+@njit(parallel=True, nogil=True)
+def decode_fp4_bf16_par(blocks, scales, pair_table, out):
+    """``out``: uint32 ``[nb, 16]``, the bf16 output seen two values per word."""
+    for b in prange(scales.shape[0]):
+        row = scales[b]
+        for j in range(16):
+            out[b, j] = pair_table[row, blocks[b, j]]
+
+
+@njit(nogil=True)
+def decode_fp4_bf16_ser(blocks, scales, pair_table, out):
+    for b in range(scales.shape[0]):
+        row = scales[b]
+        for j in range(16):
+            out[b, j] = pair_table[row, blocks[b, j]]
+
+
 # ---- streaming decode (x86-64, large outputs): the same arithmetic, each 16 bytes of output written
 # ---- with one non-temporal store (:mod:`kernels.formats._stream`); ``out`` is 16-byte aligned, 1-d
 
@@ -255,6 +301,20 @@ def decode_fp4_stream(blocks, scales, pairs, scale_table, out):
                 q = src[b * 16 + j + 1]
                 stream_store(out, b * 32 + 2 * j, (pairs[p, 0] * s, pairs[p, 1] * s, pairs[q, 0] * s,
                                                    pairs[q, 1] * s))
+        store_fence()
+
+
+@njit(parallel=True, nogil=True)
+def decode_fp4_bf16_stream(blocks, scales, pair_table, out):
+    src = blocks.reshape(-1)
+    nb = scales.shape[0]
+    for c in prange((nb + _CHUNK - 1) // _CHUNK):
+        for b in range(c * _CHUNK, min(nb, (c + 1) * _CHUNK)):
+            row = scales[b]
+            base = b * 16
+            for j in range(0, 16, 4):
+                stream_store(out, base + j, (pair_table[row, src[base + j]], pair_table[row, src[base + j + 1]],
+                                             pair_table[row, src[base + j + 2]], pair_table[row, src[base + j + 3]]))
         store_fence()
 
 
@@ -305,6 +365,7 @@ _KERNELS = {
     "decode_fp4": (decode_fp4_ser, decode_fp4_par),
     "decode_unpacked": (decode_unpacked_ser, decode_unpacked_par),
     "decode_bf16": (decode_bf16_ser, decode_bf16_par),
+    "decode_fp4_bf16": (decode_fp4_bf16_ser, decode_fp4_bf16_par),
 }
 
 
@@ -312,6 +373,7 @@ _STREAM_KERNELS = {
     "decode_fp4": decode_fp4_stream,
     "decode_unpacked": decode_unpacked_stream,
     "decode_bf16": decode_bf16_stream,
+    "decode_fp4_bf16": decode_fp4_bf16_stream,
 }
 
 

@@ -70,6 +70,7 @@ least ``emin + 22 >= 8`` significant bits, more than any element's mantissa widt
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -181,7 +182,10 @@ def decode_mx(data: np.ndarray, scales: np.ndarray, element: str | MXElement, *,
         values = np.ascontiguousarray(element_lut(el.name) if lut is None else lut, dtype=np.float32)
         pairs = pair_lut(el.name) if lut is None else np.ascontiguousarray(
             np.stack([values[np.arange(256) & 0xF], values[np.arange(256) >> 4]], axis=1))
-        if out_kind == BFLOAT16:
+        if out_kind == BFLOAT16 and el.packed and sys.byteorder == "little" and target.ctypes.data % 4 == 0:
+            words = target.view(np.uint32)  # [nb, 16]: two bf16 values per word, low nibble's first
+            nbk.decode_into("decode_fp4_bf16", words, parallel, d2, s1, nbk.fp4_bf16_pair_table(s1, pairs, table))
+        elif out_kind == BFLOAT16:
             nbk.decode_into("decode_bf16", target, parallel, d2, el.packed, s1, values, pairs, table)
         elif el.packed:
             nbk.decode_into("decode_fp4", target, parallel, d2, s1, pairs, table)
