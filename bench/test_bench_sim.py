@@ -197,31 +197,37 @@ def test_policy_against_libcachesim(benchmark: Any, policy: str, oracle_file: Ca
 
 # ---- one-pass hit curves ------------------------------------------------------------------------
 
+def _curve_vs_one_replay(benchmark: Any, trace: Any, curve_of: Any, policy: str) -> tuple[Any, float, float]:
+    """``curve_of(trace)`` (every size, one pass) and ``replay(trace, policy, CAPACITY)`` timed in
+    alternation, fastest of each kept; the curve's hits at CAPACITY must equal the replay's."""
+    rounds = 1 if benchmark.disabled else SIDE_BY_SIDE_ROUNDS
+    curve_of(trace)
+    replay(trace, policy, CAPACITY)
+    best_curve = best_one = float("inf")
+    curve = one = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        curve = curve_of(trace)
+        best_curve = min(best_curve, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        one = replay(trace, policy, CAPACITY)
+        best_one = min(best_one, time.perf_counter() - t0)
+    assert curve is not None and one is not None
+    assert curve.hits[list(curve.sizes).index(CAPACITY)] == one.hits
+    benchmark.pedantic(curve_of, args=(trace,), rounds=_rounds(benchmark), warmup_rounds=1)
+    return curve, best_curve, best_one
+
+
 def test_lru_curve_one_pass_vs_one_replay(benchmark: Any) -> None:
     """LRU hits at every size (``lru_hit_curve(trace)``: 1 ... L * E) against ONE ``replay`` at one
     size, alternated round by round (``vs_one_replay``: the curve's time over the replay's; goal <= 2);
     and against one replay per size at 12 sizes (``speedup_vs_separate``)."""
     trace = bench_trace(benchmark)
-    rounds = 1 if benchmark.disabled else SIDE_BY_SIDE_ROUNDS
-    lru_hit_curve(trace)
-    replay(trace, "lru", CAPACITY)
-    best_curve = best_one = float("inf")
-    curve = one = None
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        curve = lru_hit_curve(trace)
-        best_curve = min(best_curve, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        one = replay(trace, "lru", CAPACITY)
-        best_one = min(best_one, time.perf_counter() - t0)
-    assert curve is not None and one is not None
-    assert curve.hits[list(curve.sizes).index(CAPACITY)] == one.hits
+    curve, best_curve, best_one = _curve_vs_one_replay(benchmark, trace, lru_hit_curve, "lru")
     sizes = list(range(64, 64 * 13, 64))
     separate_s, separate = _timed(lambda: [replay(trace, "lru", c).hits for c in sizes], _rounds(benchmark))
     assert [curve.hits[list(curve.sizes).index(c)] for c in sizes] == separate
-    benchmark.pedantic(lru_hit_curve, args=(trace,), rounds=_rounds(benchmark), warmup_rounds=1)
-    accesses = trace.num_accesses()
-    _record(benchmark, accesses, sizes=len(curve.sizes), curve_s=best_curve, one_replay_s=best_one,
+    _record(benchmark, trace.num_accesses(), sizes=len(curve.sizes), curve_s=best_curve, one_replay_s=best_one,
             vs_one_replay=best_curve / best_one, separate_runs_12_s=separate_s,
             speedup_vs_separate=separate_s / best_curve)
 
@@ -230,20 +236,6 @@ def test_opt_curve_one_pass_vs_one_replay(benchmark: Any) -> None:
     """OPT hits at every size from one pass (``opt_hit_curve``) against one OPT ``replay`` at one size,
     alternated (``vs_one_replay``)."""
     trace = bench_trace(benchmark)
-    rounds = 1 if benchmark.disabled else SIDE_BY_SIDE_ROUNDS
-    opt_hit_curve(trace)
-    replay(trace, "opt", CAPACITY)
-    best_curve = best_one = float("inf")
-    curve = one = None
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        curve = opt_hit_curve(trace)
-        best_curve = min(best_curve, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        one = replay(trace, "opt", CAPACITY)
-        best_one = min(best_one, time.perf_counter() - t0)
-    assert curve is not None and one is not None
-    assert curve.hits[list(curve.sizes).index(CAPACITY)] == one.hits
-    benchmark.pedantic(opt_hit_curve, args=(trace,), rounds=_rounds(benchmark), warmup_rounds=1)
+    curve, best_curve, best_one = _curve_vs_one_replay(benchmark, trace, opt_hit_curve, "opt")
     _record(benchmark, trace.num_accesses(), sizes=len(curve.sizes), curve_s=best_curve, one_replay_s=best_one,
             vs_one_replay=best_curve / best_one)

@@ -122,6 +122,15 @@ def test_curve_starts_at_the_widest_row_by_hand() -> None:
     assert [replay(tr, "lru", s).hits for s in (2, 3, 4)] == [0, 1, 2]
     with pytest.raises(ConfigError, match="size 1: 1 policy slot"):
         lru_hit_curve(tr, [1])
+    # the first bad size in the order given is the one named, as replay names it
+    with pytest.raises(ConfigError, match="size 1: 1 policy slot"):
+        lru_hit_curve(tr, [3, 1, 0])
+    with pytest.raises(ConfigError) as zero:
+        lru_hit_curve(tr, [3, 0, 1])
+    with pytest.raises(ConfigError) as replayed:
+        replay(tr, "lru", 0)
+    assert str(zero.value) == str(replayed.value)
+    assert lru_hit_curve(tr, [4, 2]).hits.tolist() == [2, 0]  # sizes in any order
 
 
 def test_hit_ratio_curve_uses_one_pass_for_lru_and_opt() -> None:

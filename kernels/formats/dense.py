@@ -19,7 +19,7 @@ from moesim.kernels.formats.base import (
     bf16_bits_to_f32,
     check_backend,
     check_out_torch,
-    decode_target,
+    deliver,
     f32_to_bf16_bits,
     require,
     resolve_dtype,
@@ -55,10 +55,7 @@ class DenseFormat:
         v = np.asarray(enc["values"])
         f32 = bf16_bits_to_f32(v) if self.name == "bf16" else v.astype(np.float32)
         result = f32_to_bf16_bits(f32) if resolve_dtype(dtype) == BFLOAT16 else f32
-        if out is None:
-            return result
-        np.copyto(decode_target(out, result.shape, dtype, self.name, v), result)
-        return out
+        return deliver(result, out, dtype, self.name, v)
 
     def encode_torch(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"values": x.to(_TORCH[self.name])}

@@ -64,7 +64,7 @@ from moesim.kernels.formats.base import (
     check_backend,
     check_last_dim,
     check_out_torch,
-    decode_target,
+    deliver,
     require,
     shape_array,
 )
@@ -303,12 +303,8 @@ class MLXAffineFormat:
                out: Any = None) -> Any:
         """Decode (into ``out`` when given: a float32, bfloat16-bits or tensor buffer, see
         :func:`~moesim.kernels.formats.base.decode_target`)."""
-        res = self._decode(enc, dtype=dtype, backend=backend)
-        if out is None:
-            return res
-        np.copyto(decode_target(out, np.shape(res), dtype, self.name, *(np.asarray(v) for v in enc.values())),
-                  np.asarray(res))
-        return out
+        return deliver(self._decode(enc, dtype=dtype, backend=backend), out, dtype, self.name,
+                       *(np.asarray(v) for v in enc.values()))
 
     def _decode(self, enc: Mapping[str, np.ndarray], *, dtype: Any = np.float32, backend: str = "numba") -> Any:
         if backend == "mlx":
