@@ -25,7 +25,6 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from moesim.kernels import tables as table_io
 from moesim.kernels.files import atomic_write_text
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -116,12 +115,15 @@ def summary_text(tables: dict[str, list[dict[str, Any]]], checkpoint: Path) -> s
     rows = [r for r in tables.get("summary", []) if r.get("layer") == -1 and r.get("proj") == "all"]
     if not rows:
         return f"{checkpoint}: no expert matrix analysed"
+    from moesim.kernels import tables as table_io  # pandas (0.5 s): not for --help
+
     n = len(tables.get("matrix_stats", []))
     return f"{checkpoint}: {n} expert matrices\n" + table_io.text(rows, list(SUMMARY_COLUMNS), SUMMARY_COLUMNS)
 
 
 def write_csv(tables: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[Path]:
     """Every table as ``<name>.csv`` in ``out_dir`` (atomic; an empty table keeps its columns)."""
+    from moesim.kernels import tables as table_io
     from moesim.kernels.analysis import COLUMNS, column_kinds
 
     return [table_io.write_data(rows, out_dir / f"{name}.csv", COLUMNS[name], kinds=column_kinds(COLUMNS[name]),

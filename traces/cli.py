@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 from moesim.kernels.messages import internal_error, one_line
-from moesim.kernels.tables import write_data
 from moesim.traces import oracle_general
 from moesim.traces.errors import TraceError
 from moesim.traces.importers import import_mixtral_jsonl, import_olmoe_npz
@@ -128,6 +127,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _write_stats(trace: Trace, out_dir: Path, window: int) -> None:
+    # pandas takes 0.5 s to import: only the commands that write a table pay it
+    from moesim.kernels.tables import write_data
+
     stats = compute_stats(trace, window=window)
     _print_summary(trace, stats)
     table = write_data(summary_table(stats), out_dir / TABLE_NAME)
